@@ -1,0 +1,3 @@
+//! superserve
+#[cfg(feature = "local")]
+pub mod local;
