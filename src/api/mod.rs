@@ -1,0 +1,18 @@
+//! The API, written once in async style and compiled twice (see `build-features.md`).
+//!
+//! This file and everything below it is included by `crate::blocking` (with
+//! `maybe_async::must_be_sync` as `dual` and `rt::blocking` as `rt`) and by `crate::nonblocking`
+//! (with `must_be_async` and `rt::nonblocking`).
+
+use super::{dual, rt};
+
+mod client;
+mod commands;
+mod files;
+pub(crate) use files::check_path;
+mod sandbox;
+
+pub(crate) use client::Api;
+pub use commands::{CommandSession, Commands};
+pub use files::Files;
+pub use sandbox::Sandbox;

@@ -1,0 +1,442 @@
+//! Client configuration: API key, endpoints, timeouts and retry policy.
+//!
+//! Resolution follows the official SDKs: an explicit value wins, then the environment
+//! (`SUPERSERVE_API_KEY`, `SUPERSERVE_BASE_URL`), then the region encoded in the API key, then the
+//! default `https://api.superserve.ai`. One addition: `SUPERSERVE_SANDBOX_URL` (or
+//! [`ConfigBuilder::sandbox_url`]) points the data plane at an explicit base URL, with the
+//! sandbox chosen by the `X-Superserve-Sandbox-Id` header. That is how a local or self-hosted
+//! backend is used.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::error::{ApiError, Error, Result};
+use crate::retry::RetryPolicy;
+
+/// Default control-plane URL.
+pub const DEFAULT_BASE_URL: &str = "https://api.superserve.ai";
+/// Default data-plane host.
+pub const DEFAULT_SANDBOX_HOST: &str = "sandbox.superserve.ai";
+
+const REGIONS: &[(&str, &str, &str)] = &[
+    ("use", "https://api.superserve.ai", "sandbox.superserve.ai"),
+    ("usw", "https://api-usw.superserve.ai", "usw-sandbox.superserve.ai"),
+];
+const SHARED_HOSTS: &[&str] = &[
+    "sandbox.superserve.ai",
+    "staging-sandbox.superserve.ai",
+    "usw-sandbox.superserve.ai",
+];
+
+/// Timeouts applied to requests.
+///
+/// `connect` bounds establishing a connection; `request` bounds one control-plane request
+/// (per attempt, including the body). Long operations have their own settings in their options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Timeouts {
+    /// Time allowed to open a connection. Default 10 s.
+    pub connect: Duration,
+    /// Time allowed for one control-plane request attempt. Default 30 s.
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            request: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Timeouts {
+    /// Sets the connect timeout.
+    #[must_use]
+    pub fn connect(mut self, d: Duration) -> Self {
+        self.connect = d;
+        self
+    }
+    /// Sets the per-request timeout.
+    #[must_use]
+    pub fn request(mut self, d: Duration) -> Self {
+        self.request = d;
+        self
+    }
+}
+
+/// Resolved client configuration, shared by every handle made from it.
+///
+/// Cheap to clone (an `Arc`); clones share one connection pool per flavour.
+///
+/// ```
+/// let config = superserve::Config::builder()
+///     .api_key("ss_live_usw_0123456789abcdef0123456789abcdef")
+///     .build()
+///     .unwrap();
+/// assert_eq!(config.base_url(), "https://api-usw.superserve.ai");
+/// assert_eq!(config.sandbox_host(), "usw-sandbox.superserve.ai");
+/// ```
+#[derive(Clone)]
+pub struct Config {
+    pub(crate) inner: Arc<ConfigInner>,
+}
+
+pub(crate) struct ConfigInner {
+    pub(crate) api_key: String,
+    pub(crate) base_url: String,
+    pub(crate) sandbox_host: String,
+    pub(crate) sandbox_url: Option<String>,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) retry: RetryPolicy,
+    #[cfg(feature = "blocking")]
+    pub(crate) blocking_http: OnceLock<crate::rt::blocking::Http>,
+    #[cfg(feature = "async")]
+    pub(crate) async_http: OnceLock<crate::rt::nonblocking::Http>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("api_key", &"<redacted>")
+            .field("base_url", &self.inner.base_url)
+            .field("sandbox_host", &self.inner.sandbox_host)
+            .field("sandbox_url", &self.inner.sandbox_url)
+            .field("timeouts", &self.inner.timeouts)
+            .field("retry", &self.inner.retry)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Starts an explicit configuration. Unset values fall back to the environment, then to the
+    /// defaults.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder::default()
+    }
+
+    /// The configuration from the environment (`SUPERSERVE_API_KEY`, `SUPERSERVE_BASE_URL`,
+    /// `SUPERSERVE_SANDBOX_URL`).
+    ///
+    /// Calls with the same environment return the same configuration (and so share one
+    /// connection pool). Fails with [`Error::Authentication`] when no API key is set.
+    pub fn from_env() -> Result<Config> {
+        static CACHE: OnceLock<Mutex<Option<(EnvKey, Config)>>> = OnceLock::new();
+        let key = EnvKey::read();
+        let cache = CACHE.get_or_init(|| Mutex::new(None));
+        let mut guard = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((k, c)) = guard.as_ref() {
+            if *k == key {
+                return Ok(c.clone());
+            }
+        }
+        let config = ConfigBuilder::default().build()?;
+        *guard = Some((key, config.clone()));
+        Ok(config)
+    }
+
+    /// The control-plane base URL.
+    pub fn base_url(&self) -> &str {
+        &self.inner.base_url
+    }
+
+    /// The data-plane host (`sandbox.superserve.ai`, ...).
+    pub fn sandbox_host(&self) -> &str {
+        &self.inner.sandbox_host
+    }
+
+    /// The explicit data-plane base URL, when one is set.
+    pub fn sandbox_url(&self) -> Option<&str> {
+        self.inner.sandbox_url.as_deref()
+    }
+
+    /// The region encoded in the API key (`"use"`, `"usw"`, ...), if any.
+    pub fn region(&self) -> Option<&str> {
+        region_of(&self.inner.api_key)
+    }
+
+    /// The timeouts.
+    pub fn timeouts(&self) -> Timeouts {
+        self.inner.timeouts
+    }
+
+    /// The retry policy.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.inner.retry
+    }
+
+    /// Data-plane base URL for a sandbox and whether the `X-Superserve-Sandbox-Id` header is
+    /// needed (protocol §1.4).
+    pub(crate) fn data_plane(&self, sandbox_id: &str) -> (String, bool) {
+        if let Some(url) = &self.inner.sandbox_url {
+            return (url.trim_end_matches('/').to_owned(), true);
+        }
+        let host = self.inner.sandbox_host.to_ascii_lowercase();
+        if SHARED_HOSTS.contains(&host.as_str()) {
+            (format!("https://{host}"), true)
+        } else {
+            (format!("https://boxd-{sandbox_id}.{host}"), false)
+        }
+    }
+
+    /// WebSocket URL of `exec/connect` and whether the sandbox-id header is needed.
+    #[allow(dead_code)]
+    pub(crate) fn exec_connect_url(&self, sandbox_id: &str) -> (String, bool) {
+        if let Some(url) = &self.inner.sandbox_url {
+            let url = url.trim_end_matches('/');
+            let ws = if let Some(rest) = url.strip_prefix("https://") {
+                format!("wss://{rest}")
+            } else if let Some(rest) = url.strip_prefix("http://") {
+                format!("ws://{rest}")
+            } else {
+                url.to_owned()
+            };
+            return (format!("{ws}/exec/connect"), true);
+        }
+        (
+            format!(
+                "wss://boxd-{sandbox_id}.{}/exec/connect",
+                self.inner.sandbox_host
+            ),
+            false,
+        )
+    }
+}
+
+#[derive(PartialEq, Eq)]
+struct EnvKey(Option<String>, Option<String>, Option<String>);
+
+impl EnvKey {
+    fn read() -> Self {
+        EnvKey(
+            std::env::var("SUPERSERVE_API_KEY").ok(),
+            std::env::var("SUPERSERVE_BASE_URL").ok(),
+            std::env::var("SUPERSERVE_SANDBOX_URL").ok(),
+        )
+    }
+}
+
+/// Builder for [`Config`].
+///
+/// ```
+/// use std::time::Duration;
+/// use superserve::{Config, RetryPolicy, Timeouts};
+/// let config = Config::builder()
+///     .api_key("ss_live_0123456789abcdef0123456789abcdef")
+///     .base_url("http://127.0.0.1:8080")
+///     .sandbox_url("http://127.0.0.1:8081")
+///     .timeouts(Timeouts::default().request(Duration::from_secs(10)))
+///     .retry_policy(RetryPolicy::default().max_attempts(5))
+///     .build()
+///     .unwrap();
+/// assert_eq!(config.base_url(), "http://127.0.0.1:8080");
+/// ```
+#[derive(Default, Clone)]
+#[must_use]
+pub struct ConfigBuilder {
+    api_key: Option<String>,
+    base_url: Option<String>,
+    sandbox_url: Option<String>,
+    timeouts: Option<Timeouts>,
+    retry: Option<RetryPolicy>,
+}
+
+impl fmt::Debug for ConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigBuilder")
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("base_url", &self.base_url)
+            .field("sandbox_url", &self.sandbox_url)
+            .finish_non_exhaustive()
+    }
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+impl ConfigBuilder {
+    /// The API key (`ss_live_...`). Default: `SUPERSERVE_API_KEY`.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+    /// The control-plane base URL. Default: `SUPERSERVE_BASE_URL`, then the key's region.
+    pub fn base_url(mut self, url: impl Into<String>) -> Self {
+        self.base_url = Some(url.into());
+        self
+    }
+    /// An explicit data-plane base URL (shared-host mode). Default: `SUPERSERVE_SANDBOX_URL`,
+    /// else derived from the base URL.
+    pub fn sandbox_url(mut self, url: impl Into<String>) -> Self {
+        self.sandbox_url = Some(url.into());
+        self
+    }
+    /// Timeouts.
+    pub fn timeouts(mut self, t: Timeouts) -> Self {
+        self.timeouts = Some(t);
+        self
+    }
+    /// Retry policy for idempotent requests.
+    pub fn retry_policy(mut self, r: RetryPolicy) -> Self {
+        self.retry = Some(r);
+        self
+    }
+
+    /// Resolves the configuration. Fails with [`Error::Authentication`] when no API key is
+    /// given or set in the environment, and with [`Error::Validation`] for a URL that is not
+    /// `http(s)://`.
+    pub fn build(self) -> Result<Config> {
+        let api_key = non_empty(self.api_key)
+            .or_else(|| non_empty(std::env::var("SUPERSERVE_API_KEY").ok()))
+            .ok_or_else(|| {
+                Error::Authentication(ApiError::new(
+                    401,
+                    None,
+                    "Missing API key: pass one to Config::builder().api_key(..) or set SUPERSERVE_API_KEY",
+                ))
+            })?;
+        let base_override = non_empty(self.base_url)
+            .or_else(|| non_empty(std::env::var("SUPERSERVE_BASE_URL").ok()));
+        let (base_url, sandbox_host) = match base_override {
+            Some(url) => {
+                let host = sandbox_host_for(&url);
+                (url, host)
+            }
+            None => {
+                let region = region_of(&api_key)
+                    .and_then(|r| REGIONS.iter().find(|(name, _, _)| *name == r));
+                match region {
+                    Some((_, base, host)) => ((*base).to_owned(), (*host).to_owned()),
+                    None => (DEFAULT_BASE_URL.to_owned(), DEFAULT_SANDBOX_HOST.to_owned()),
+                }
+            }
+        };
+        check_url("base URL", &base_url)?;
+        let sandbox_url = non_empty(self.sandbox_url)
+            .or_else(|| non_empty(std::env::var("SUPERSERVE_SANDBOX_URL").ok()));
+        if let Some(u) = &sandbox_url {
+            check_url("sandbox URL", u)?;
+        }
+        Ok(Config {
+            inner: Arc::new(ConfigInner {
+                api_key,
+                base_url,
+                sandbox_host,
+                sandbox_url,
+                timeouts: self.timeouts.unwrap_or_default(),
+                retry: self.retry.unwrap_or_default(),
+                #[cfg(feature = "blocking")]
+                blocking_http: OnceLock::new(),
+                #[cfg(feature = "async")]
+                async_http: OnceLock::new(),
+            }),
+        })
+    }
+}
+
+fn check_url(what: &str, u: &str) -> Result<()> {
+    match url::Url::parse(u) {
+        Ok(p) if matches!(p.scheme(), "http" | "https") && p.host_str().is_some() => Ok(()),
+        _ => Err(Error::validation(format!(
+            "invalid {what} {u:?}: expected an http:// or https:// URL"
+        ))),
+    }
+}
+
+/// The region token of a region-tagged key (`ss_live_<region>_<32 chars>`), protocol §1.2.
+pub(crate) fn region_of(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix("ss_live_")?;
+    if rest.len() < 34 || rest.len() > 50 || !rest.is_ascii() {
+        return None;
+    }
+    let split = rest.len() - 33;
+    let (region, tail) = rest.split_at(split);
+    let tail = tail.strip_prefix('_')?;
+    let region_ok = region
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let tail_ok = tail
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    (region_ok && tail_ok).then_some(region)
+}
+
+/// Sandbox host derived from a base-URL override (protocol §1.3).
+fn sandbox_host_for(base_url: &str) -> String {
+    let host = url::Url::parse(base_url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
+    match host.as_deref() {
+        Some("api-staging.superserve.ai") => "staging-sandbox.superserve.ai".to_owned(),
+        Some(h) => REGIONS
+            .iter()
+            .find(|(_, base, _)| base.strip_prefix("https://") == Some(h))
+            .map(|(_, _, sb)| (*sb).to_owned())
+            .unwrap_or_else(|| DEFAULT_SANDBOX_HOST.to_owned()),
+        None => DEFAULT_SANDBOX_HOST.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TAIL: &str = "0123456789abcdef0123456789abcd_-";
+
+    #[test]
+    fn region_parsing() {
+        assert_eq!(region_of(&format!("ss_live_usw_{TAIL}")), Some("usw"));
+        assert_eq!(region_of(&format!("ss_live_{TAIL}")), None);
+        assert_eq!(region_of(&format!("ss_live_US_{TAIL}")), None);
+        assert_eq!(
+            region_of(&format!("ss_live_abcdefghijklmnopqr_{TAIL}")),
+            None
+        );
+        assert_eq!(region_of("garbage"), None);
+    }
+
+    #[test]
+    fn sandbox_host_derivation() {
+        assert_eq!(
+            sandbox_host_for("https://api-staging.superserve.ai"),
+            "staging-sandbox.superserve.ai"
+        );
+        assert_eq!(
+            sandbox_host_for("https://api-usw.superserve.ai/"),
+            "usw-sandbox.superserve.ai"
+        );
+        assert_eq!(sandbox_host_for("http://localhost:8080"), DEFAULT_SANDBOX_HOST);
+        assert_eq!(sandbox_host_for("not a url"), DEFAULT_SANDBOX_HOST);
+    }
+
+    #[test]
+    fn data_plane_modes() {
+        let c = Config::builder()
+            .api_key(format!("ss_live_{TAIL}"))
+            .base_url("https://api.superserve.ai")
+            .build()
+            .unwrap();
+        assert_eq!(
+            c.data_plane("abc"),
+            ("https://sandbox.superserve.ai".to_owned(), true)
+        );
+        assert_eq!(
+            c.exec_connect_url("abc").0,
+            "wss://boxd-abc.sandbox.superserve.ai/exec/connect"
+        );
+        let c = Config::builder()
+            .api_key("k")
+            .base_url("https://api.example.com")
+            .sandbox_url("http://127.0.0.1:9/")
+            .build()
+            .unwrap();
+        assert_eq!(c.data_plane("abc"), ("http://127.0.0.1:9".to_owned(), true));
+        assert_eq!(
+            c.exec_connect_url("abc"),
+            ("ws://127.0.0.1:9/exec/connect".to_owned(), true)
+        );
+        assert!(!format!("{c:?}").contains("\"k\""));
+    }
+}

@@ -1,0 +1,710 @@
+//! Request options shared by both flavours: plain data with consuming `#[must_use]` setters.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use crate::error::{Error, Result};
+use crate::models::{NetworkConfig, NetworkVerdict, PreviewAccessPolicy, SandboxStatus};
+
+const METADATA_MAX_KEYS: usize = 64;
+const METADATA_MAX_KEY_BYTES: usize = 256;
+const METADATA_MAX_VALUE_BYTES: usize = 2048;
+const METADATA_MAX_TOTAL_BYTES: usize = 16 * 1024;
+
+/// Checks metadata against the API's limits (protocol §3.1) before anything is sent.
+pub(crate) fn validate_metadata(m: &BTreeMap<String, String>) -> Result<()> {
+    if m.len() > METADATA_MAX_KEYS {
+        return Err(Error::validation(format!(
+            "metadata has {} keys; at most {METADATA_MAX_KEYS} are allowed",
+            m.len()
+        )));
+    }
+    let mut total = 0;
+    for (k, v) in m {
+        if k.is_empty() {
+            return Err(Error::validation("metadata keys must not be empty"));
+        }
+        if k.len() > METADATA_MAX_KEY_BYTES {
+            return Err(Error::validation(format!(
+                "metadata key {:?}... is {} bytes; at most {METADATA_MAX_KEY_BYTES} are allowed",
+                k.chars().take(32).collect::<String>(),
+                k.len()
+            )));
+        }
+        if v.len() > METADATA_MAX_VALUE_BYTES {
+            return Err(Error::validation(format!(
+                "metadata value of {k:?} is {} bytes; at most {METADATA_MAX_VALUE_BYTES} are allowed",
+                v.len()
+            )));
+        }
+        let lower = k.to_ascii_lowercase();
+        if lower.starts_with("superserve.") || lower.starts_with("_superserve") {
+            return Err(Error::validation(format!(
+                "metadata key {k:?} uses a reserved prefix (superserve. / _superserve)"
+            )));
+        }
+        total += k.len() + v.len();
+    }
+    if total > METADATA_MAX_TOTAL_BYTES {
+        return Err(Error::validation(format!(
+            "metadata is {total} bytes in all; at most {METADATA_MAX_TOTAL_BYTES} are allowed"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_env_key(kind: &str, k: &str) -> Result<()> {
+    if k.is_empty() || k.contains('=') || k.contains('\0') {
+        return Err(Error::validation(format!(
+            "{kind} name {k:?} is not a valid environment variable name"
+        )));
+    }
+    Ok(())
+}
+
+/// Options of [`Sandbox::create`](crate::blocking::Sandbox::create).
+///
+/// ```
+/// use superserve::{CreateOptions, NetworkConfig, PreviewAccessPolicy};
+/// let opts = CreateOptions::new("data-analyzer")
+///     .from_template("superserve/base")
+///     .timeout_seconds(3600)
+///     .auto_delete_seconds(600)
+///     .metadata("env", "prod")
+///     .env_var("LOG_LEVEL", "debug")
+///     .secret("ANTHROPIC_API_KEY", "anthropic-prod")
+///     .network(NetworkConfig::new().allow_out(["api.openai.com"]).deny_out(["0.0.0.0/0"]))
+///     .preview_access(PreviewAccessPolicy::Private);
+/// # let _ = opts;
+/// ```
+#[derive(Clone, PartialEq)]
+#[non_exhaustive]
+#[must_use]
+pub struct CreateOptions {
+    /// Sandbox name (1–64 characters).
+    pub name: String,
+    /// Template name or id (server default `superserve/base`).
+    pub from_template: Option<String>,
+    /// Snapshot id to fork from.
+    pub from_snapshot: Option<String>,
+    /// Auto-pause after this many seconds of active time.
+    pub timeout_seconds: Option<u64>,
+    /// Auto-delete after this many seconds continuously paused.
+    pub auto_delete_seconds: Option<u64>,
+    /// User metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// Environment variables for every process.
+    pub env_vars: BTreeMap<String, String>,
+    /// Secrets to bind: environment variable → secret name.
+    pub secrets: BTreeMap<String, String>,
+    /// Egress rules.
+    pub network: Option<NetworkConfig>,
+    /// Preview access policy.
+    pub preview_access: Option<PreviewAccessPolicy>,
+}
+
+impl std::fmt::Debug for CreateOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // env var values may be credentials: show the keys only.
+        f.debug_struct("CreateOptions")
+            .field("name", &self.name)
+            .field("from_template", &self.from_template)
+            .field("from_snapshot", &self.from_snapshot)
+            .field("timeout_seconds", &self.timeout_seconds)
+            .field("auto_delete_seconds", &self.auto_delete_seconds)
+            .field("metadata", &self.metadata)
+            .field("env_vars", &self.env_vars.keys().collect::<Vec<_>>())
+            .field("secrets", &self.secrets)
+            .field("network", &self.network)
+            .field("preview_access", &self.preview_access)
+            .finish()
+    }
+}
+
+impl CreateOptions {
+    /// Options for a sandbox called `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        CreateOptions {
+            name: name.into(),
+            from_template: None,
+            from_snapshot: None,
+            timeout_seconds: None,
+            auto_delete_seconds: None,
+            metadata: BTreeMap::new(),
+            env_vars: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            network: None,
+            preview_access: None,
+        }
+    }
+    /// Starts from a template (name or id).
+    pub fn from_template(mut self, template: impl Into<String>) -> Self {
+        self.from_template = Some(template.into());
+        self
+    }
+    /// Starts from a snapshot.
+    pub fn from_snapshot(mut self, snapshot_id: impl Into<String>) -> Self {
+        self.from_snapshot = Some(snapshot_id.into());
+        self
+    }
+    /// Auto-pause after `secs` of active time.
+    pub fn timeout_seconds(mut self, secs: u64) -> Self {
+        self.timeout_seconds = Some(secs);
+        self
+    }
+    /// Auto-delete after `secs` continuously paused (`0` = on pause).
+    pub fn auto_delete_seconds(mut self, secs: u64) -> Self {
+        self.auto_delete_seconds = Some(secs);
+        self
+    }
+    /// Adds one metadata entry.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+    /// Adds one environment variable.
+    pub fn env_var(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env_vars.insert(key.into(), value.into());
+        self
+    }
+    /// Binds a team secret as environment variable `env_key`.
+    pub fn secret(mut self, env_key: impl Into<String>, secret_name: impl Into<String>) -> Self {
+        self.secrets.insert(env_key.into(), secret_name.into());
+        self
+    }
+    /// Sets egress rules.
+    pub fn network(mut self, network: NetworkConfig) -> Self {
+        self.network = Some(network);
+        self
+    }
+    /// Sets the preview access policy.
+    pub fn preview_access(mut self, policy: PreviewAccessPolicy) -> Self {
+        self.preview_access = Some(policy);
+        self
+    }
+
+    /// Validates and builds the request body.
+    pub(crate) fn to_body(&self) -> Result<Value> {
+        let n = self.name.chars().count();
+        if self.name.trim().is_empty() || n > 64 {
+            return Err(Error::validation(format!(
+                "sandbox name must be 1-64 characters (got {n})"
+            )));
+        }
+        if self.from_template.is_some() && self.from_snapshot.is_some() {
+            return Err(Error::validation(
+                "from_template and from_snapshot are mutually exclusive",
+            ));
+        }
+        validate_metadata(&self.metadata)?;
+        for k in self.env_vars.keys() {
+            validate_env_key("env var", k)?;
+            if self.secrets.contains_key(k) {
+                return Err(Error::validation(format!(
+                    "{k:?} is both an env var and a secret binding"
+                )));
+            }
+        }
+        for k in self.secrets.keys() {
+            validate_env_key("secret env var", k)?;
+        }
+        let mut body = Map::new();
+        body.insert("name".into(), json!(self.name));
+        if let Some(t) = &self.from_template {
+            body.insert("from_template".into(), json!(t));
+        }
+        if let Some(s) = &self.from_snapshot {
+            body.insert("from_snapshot".into(), json!(s));
+        }
+        if let Some(t) = self.timeout_seconds {
+            body.insert("timeout_seconds".into(), json!(t));
+        }
+        if let Some(t) = self.auto_delete_seconds {
+            body.insert("auto_delete_seconds".into(), json!(t));
+        }
+        if !self.metadata.is_empty() {
+            body.insert("metadata".into(), json!(self.metadata));
+        }
+        if !self.env_vars.is_empty() {
+            body.insert("env_vars".into(), json!(self.env_vars));
+        }
+        if !self.secrets.is_empty() {
+            body.insert("secrets".into(), json!(self.secrets));
+        }
+        if let Some(n) = &self.network {
+            body.insert("network".into(), json!(n));
+        }
+        if let Some(p) = self.preview_access {
+            body.insert("preview_access".into(), json!(p.as_str()));
+        }
+        Ok(Value::Object(body))
+    }
+}
+
+/// Filters of [`Sandbox::list`](crate::blocking::Sandbox::list).
+///
+/// ```
+/// use superserve::{ListOptions, SandboxStatus};
+/// let opts = ListOptions::new()
+///     .metadata("env", "prod")
+///     .status(SandboxStatus::Active)
+///     .status(SandboxStatus::Paused)
+///     .limit(100)
+///     .offset(0);
+/// # let _ = opts;
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+#[must_use]
+pub struct ListOptions {
+    /// Metadata filters (AND, exact match).
+    pub metadata: BTreeMap<String, String>,
+    /// Statuses to include (any of).
+    pub statuses: Vec<SandboxStatus>,
+    /// Page size (all when unset).
+    pub limit: Option<u32>,
+    /// Rows to skip.
+    pub offset: Option<u32>,
+}
+
+impl ListOptions {
+    /// No filters.
+    pub fn new() -> Self {
+        ListOptions::default()
+    }
+    /// Adds a metadata filter.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+    /// Adds a status to include.
+    pub fn status(mut self, status: SandboxStatus) -> Self {
+        self.statuses.push(status);
+        self
+    }
+    /// Sets the page size.
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+    /// Sets the offset.
+    pub fn offset(mut self, offset: u32) -> Self {
+        self.offset = Some(offset);
+        self
+    }
+
+    pub(crate) fn to_query(&self) -> Result<String> {
+        validate_metadata(&self.metadata)?;
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &self.metadata {
+            q.append_pair(&format!("metadata.{k}"), v);
+        }
+        if !self.statuses.is_empty() {
+            let joined: Vec<&str> = self.statuses.iter().map(SandboxStatus::as_str).collect();
+            q.append_pair("status", &joined.join(","));
+        }
+        if let Some(l) = self.limit {
+            q.append_pair("limit", &l.to_string());
+        }
+        if let Some(o) = self.offset {
+            q.append_pair("offset", &o.to_string());
+        }
+        Ok(q.finish())
+    }
+}
+
+/// A tri-state field of an update: leave as is, set, or clear.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Patch<T> {
+    #[default]
+    Keep,
+    Set(T),
+    Clear,
+}
+
+/// Changes for [`Sandbox::update`](crate::blocking::Sandbox::update).
+///
+/// ```
+/// use superserve::UpdateOptions;
+/// let opts = UpdateOptions::new()
+///     .metadata("env", "staging")
+///     .auto_delete_seconds(3600)
+///     .clear_timeout_seconds();
+/// # let _ = opts;
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+#[must_use]
+pub struct UpdateOptions {
+    metadata: Option<BTreeMap<String, String>>,
+    network: Option<NetworkConfig>,
+    auto_delete_seconds: Patch<u64>,
+    timeout_seconds: Patch<u64>,
+    preview_access: Option<PreviewAccessPolicy>,
+}
+
+impl UpdateOptions {
+    /// No changes.
+    pub fn new() -> Self {
+        UpdateOptions::default()
+    }
+    /// Adds a metadata entry to the replacement metadata (metadata is replaced as a whole).
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key.into(), value.into());
+        self
+    }
+    /// Replaces the metadata with `map` (an empty map clears it).
+    pub fn replace_metadata<I, K, V>(mut self, map: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.metadata = Some(
+            map.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        );
+        self
+    }
+    /// Replaces the egress rules (the sandbox must be active).
+    pub fn network(mut self, network: NetworkConfig) -> Self {
+        self.network = Some(network);
+        self
+    }
+    /// Arms (or re-arms) auto-delete.
+    pub fn auto_delete_seconds(mut self, secs: u64) -> Self {
+        self.auto_delete_seconds = Patch::Set(secs);
+        self
+    }
+    /// Disarms auto-delete.
+    pub fn clear_auto_delete_seconds(mut self) -> Self {
+        self.auto_delete_seconds = Patch::Clear;
+        self
+    }
+    /// Sets the auto-pause timeout.
+    pub fn timeout_seconds(mut self, secs: u64) -> Self {
+        self.timeout_seconds = Patch::Set(secs);
+        self
+    }
+    /// Disables auto-pause.
+    pub fn clear_timeout_seconds(mut self) -> Self {
+        self.timeout_seconds = Patch::Clear;
+        self
+    }
+    /// Sets the default preview access for new ports.
+    pub fn preview_access(mut self, policy: PreviewAccessPolicy) -> Self {
+        self.preview_access = Some(policy);
+        self
+    }
+
+    pub(crate) fn to_body(&self) -> Result<Value> {
+        let mut body = Map::new();
+        if let Some(m) = &self.metadata {
+            validate_metadata(m)?;
+            body.insert("metadata".into(), json!(m));
+        }
+        if let Some(n) = &self.network {
+            body.insert("network".into(), json!(n));
+        }
+        for (key, patch) in [
+            ("auto_delete_seconds", self.auto_delete_seconds),
+            ("timeout_seconds", self.timeout_seconds),
+        ] {
+            match patch {
+                Patch::Keep => {}
+                Patch::Set(v) => {
+                    body.insert(key.into(), json!(v));
+                }
+                Patch::Clear => {
+                    body.insert(key.into(), Value::Null);
+                }
+            }
+        }
+        if let Some(p) = self.preview_access {
+            body.insert("preview_access".into(), json!(p.as_str()));
+        }
+        if body.is_empty() {
+            return Err(Error::validation(
+                "an update needs at least one field to change",
+            ));
+        }
+        Ok(Value::Object(body))
+    }
+}
+
+/// Filters of [`Sandbox::get_network_log`](crate::blocking::Sandbox::get_network_log).
+///
+/// ```
+/// use superserve::{NetworkLogOptions, NetworkVerdict};
+/// let opts = NetworkLogOptions::new().verdict(NetworkVerdict::Blocked).limit(100);
+/// # let _ = opts;
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+#[must_use]
+pub struct NetworkLogOptions {
+    /// Page size.
+    pub limit: Option<u32>,
+    /// Cursor (a previous `next_cursor`) or RFC 3339 time: rows strictly older.
+    pub before: Option<String>,
+    /// RFC 3339 time: rows at or after.
+    pub since: Option<String>,
+    /// Only connection rows with this verdict.
+    pub verdict: Option<NetworkVerdict>,
+}
+
+impl NetworkLogOptions {
+    /// No filters.
+    pub fn new() -> Self {
+        NetworkLogOptions::default()
+    }
+    /// Sets the page size.
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+    /// Rows older than this cursor or time.
+    pub fn before(mut self, cursor: impl Into<String>) -> Self {
+        self.before = Some(cursor.into());
+        self
+    }
+    /// Rows at or after this RFC 3339 time.
+    pub fn since(mut self, time: impl Into<String>) -> Self {
+        self.since = Some(time.into());
+        self
+    }
+    /// Only rows with this verdict.
+    pub fn verdict(mut self, verdict: NetworkVerdict) -> Self {
+        self.verdict = Some(verdict);
+        self
+    }
+
+    pub(crate) fn to_query(&self) -> String {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        if let Some(l) = self.limit {
+            q.append_pair("limit", &l.to_string());
+        }
+        if let Some(b) = &self.before {
+            q.append_pair("before", b);
+        }
+        if let Some(s) = &self.since {
+            q.append_pair("since", s);
+        }
+        if let Some(v) = &self.verdict {
+            q.append_pair("verdict", v.as_str());
+        }
+        q.finish()
+    }
+}
+
+/// How [`Sandbox::pause_with`](crate::blocking::Sandbox::pause_with) waits.
+///
+/// ```
+/// use std::time::Duration;
+/// let opts = superserve::PauseOptions::new().wait(true).timeout(Duration::from_secs(60));
+/// # let _ = opts;
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+#[must_use]
+pub struct PauseOptions {
+    /// Wait until the pause has landed (default `false`: return once accepted).
+    pub wait: bool,
+    /// Budget for the whole call, polling included. Default 300 s.
+    pub timeout: Duration,
+    /// Poll interval while waiting. Default 1 s.
+    pub poll_interval: Duration,
+}
+
+impl Default for PauseOptions {
+    fn default() -> Self {
+        PauseOptions {
+            wait: false,
+            timeout: Duration::from_secs(300),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl PauseOptions {
+    /// The defaults.
+    pub fn new() -> Self {
+        PauseOptions::default()
+    }
+    /// Whether to wait for the pause to land.
+    pub fn wait(mut self, wait: bool) -> Self {
+        self.wait = wait;
+        self
+    }
+    /// Budget for the call.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+    /// Poll interval.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_body_and_validation() {
+        let body = CreateOptions::new("x")
+            .network(NetworkConfig::new().allow_out(["a.com"]))
+            .to_body()
+            .unwrap();
+        assert_eq!(
+            body,
+            json!({"name":"x","network":{"allow_out":["a.com"],"deny_out":null}})
+        );
+        assert!(CreateOptions::new("").to_body().is_err());
+        assert!(CreateOptions::new("a".repeat(65)).to_body().is_err());
+        assert!(CreateOptions::new("x")
+            .metadata("superserve.owner", "me")
+            .to_body()
+            .is_err());
+        assert!(CreateOptions::new("x")
+            .env_var("K", "v")
+            .secret("K", "s")
+            .to_body()
+            .is_err());
+        let too_many = (0..65).fold(CreateOptions::new("x"), |o, i| {
+            o.metadata(format!("k{i}"), "v")
+        });
+        assert!(too_many.to_body().is_err());
+        let dbg = format!("{:?}", CreateOptions::new("x").env_var("TOKEN", "hunter2"));
+        assert!(!dbg.contains("hunter2"));
+    }
+
+    #[test]
+    fn list_query_encoding() {
+        let q = ListOptions::new()
+            .metadata("env", "prod x")
+            .status(SandboxStatus::Active)
+            .status(SandboxStatus::Paused)
+            .limit(10)
+            .offset(0)
+            .to_query()
+            .unwrap();
+        assert_eq!(q, "metadata.env=prod+x&status=active%2Cpaused&limit=10&offset=0");
+    }
+
+    #[test]
+    fn update_tri_state() {
+        let b = UpdateOptions::new()
+            .clear_timeout_seconds()
+            .auto_delete_seconds(5)
+            .to_body()
+            .unwrap();
+        assert_eq!(b, json!({"timeout_seconds":null,"auto_delete_seconds":5}));
+        assert!(UpdateOptions::new().to_body().is_err());
+        let b = UpdateOptions::new()
+            .replace_metadata(Vec::<(String, String)>::new())
+            .to_body()
+            .unwrap();
+        assert_eq!(b, json!({"metadata":{}}));
+    }
+}
+
+/// A callback that receives decoded output text as it arrives.
+pub(crate) type OutputCallback = std::sync::Arc<dyn Fn(&str) + Send + Sync + 'static>;
+
+/// Options of [`Commands::run_with`](crate::blocking::Commands::run_with) and
+/// [`Commands::spawn`](crate::blocking::Commands::spawn).
+///
+/// With an `on_stdout` or `on_stderr` callback, `run_with` streams the output (server-sent
+/// events) and calls the callback with each chunk as it arrives; the result still holds all of
+/// it.
+///
+/// ```
+/// use superserve::RunOptions;
+/// let opts = RunOptions::new()
+///     .cwd("/app")
+///     .env("CI", "1")
+///     .timeout_seconds(300)
+///     .on_stdout(|s: &str| print!("{s}"))
+///     .on_stderr(|s: &str| eprint!("{s}"));
+/// # let _ = opts;
+/// ```
+#[derive(Clone, Default)]
+#[must_use]
+pub struct RunOptions {
+    pub(crate) cwd: Option<String>,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) timeout_seconds: Option<u64>,
+    pub(crate) on_stdout: Option<OutputCallback>,
+    pub(crate) on_stderr: Option<OutputCallback>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("cwd", &self.cwd)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("timeout_seconds", &self.timeout_seconds)
+            .field("on_stdout", &self.on_stdout.is_some())
+            .field("on_stderr", &self.on_stderr.is_some())
+            .finish()
+    }
+}
+
+impl RunOptions {
+    /// No options: runs in the default directory with the sandbox's environment.
+    pub fn new() -> Self {
+        RunOptions::default()
+    }
+    /// Working directory.
+    pub fn cwd(mut self, dir: impl Into<String>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+    /// Adds an environment variable for this command.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(key.into(), value.into());
+        self
+    }
+    /// Server-side timeout. `run` waits this long plus 5 s (default 30 s); a streamed run
+    /// fails after this long plus 5 s without output (default 300 s).
+    pub fn timeout_seconds(mut self, secs: u64) -> Self {
+        self.timeout_seconds = Some(secs);
+        self
+    }
+    /// Called with each chunk of stdout (decoded UTF-8) as it arrives.
+    pub fn on_stdout(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.on_stdout = Some(std::sync::Arc::new(f));
+        self
+    }
+    /// Called with each chunk of stderr (decoded UTF-8) as it arrives.
+    pub fn on_stderr(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.on_stderr = Some(std::sync::Arc::new(f));
+        self
+    }
+
+    pub(crate) fn has_callbacks(&self) -> bool {
+        self.on_stdout.is_some() || self.on_stderr.is_some()
+    }
+
+    pub(crate) fn body(&self, command: &str) -> Result<Value> {
+        if command.trim().is_empty() {
+            return Err(Error::validation("command must not be empty"));
+        }
+        for k in self.env.keys() {
+            validate_env_key("env var", k)?;
+        }
+        Ok(crate::wire::exec::exec_body(
+            command,
+            self.cwd.as_deref(),
+            &self.env,
+            self.timeout_seconds,
+        ))
+    }
+}
