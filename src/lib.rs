@@ -94,11 +94,14 @@ mod wire;
 pub use config::{Config, ConfigBuilder, Timeouts, DEFAULT_BASE_URL, DEFAULT_SANDBOX_HOST};
 pub use error::{ApiError, Error, Result};
 pub use models::{
-    CommandResult, NetworkConfig, NetworkEvent, NetworkEventKind, NetworkLogPage, NetworkVerdict, PreviewAccess,
-    PreviewAccessPolicy, SandboxInfo, SandboxSecretBinding, SandboxStatus, Timestamp,
+    CommandResult, NetworkConfig, NetworkEvent, NetworkEventKind, NetworkLogPage, NetworkVerdict,
+    PreviewAccess, PreviewAccessPolicy, ProviderShortcut, ProxyAuditEvent, SandboxInfo,
+    SandboxSecretBinding, SandboxStatus, SecretAuthType, SecretInfo, SecretSandboxBinding,
+    Timestamp,
 };
 pub use options::{
-    CreateOptions, ListOptions, NetworkLogOptions, PauseOptions, RunOptions, UpdateOptions,
+    AuditOptions, AuditStatus, CreateOptions, ListOptions, NetworkLogOptions, PauseOptions,
+    RunOptions, SecretAuth, SecretCreateOptions, UpdateOptions,
 };
 pub use retry::RetryPolicy;
 
@@ -117,7 +120,7 @@ pub mod blocking {
     #[path = "flavor/blocking.rs"]
     mod flavor;
 
-    pub use api::{CommandSession, Commands, Files, Sandbox};
+    pub use api::{CommandSession, Commands, Files, Provider, Sandbox, Secret};
     pub use flavor::NetworkLogEvents;
 }
 
@@ -134,16 +137,16 @@ pub mod nonblocking {
     #[path = "flavor/nonblocking.rs"]
     mod flavor;
 
-    pub use api::{CommandSession, Commands, Files, Sandbox};
+    pub use api::{CommandSession, Commands, Files, Provider, Sandbox, Secret};
     pub use flavor::NetworkLogEvents;
 }
 
 #[cfg(feature = "blocking")]
-pub use blocking::{CommandSession, Commands, Files, Sandbox};
+pub use blocking::{CommandSession, Commands, Files, Provider, Sandbox, Secret};
 #[cfg(feature = "async")]
 pub use nonblocking::{
     CommandSession as AsyncCommandSession, Commands as AsyncCommands, Files as AsyncFiles,
-    Sandbox as AsyncSandbox,
+    Provider as AsyncProvider, Sandbox as AsyncSandbox, Secret as AsyncSecret,
 };
 
 #[cfg(feature = "local")]

@@ -708,3 +708,258 @@ impl RunOptions {
         ))
     }
 }
+
+/// How a secret is presented to its hosts (the request-side `auth` rule).
+///
+/// ```
+/// use superserve::SecretAuth;
+/// let bearer = SecretAuth::bearer();
+/// let key = SecretAuth::api_key("X-Api-Key").prefix("Key ");
+/// let basic = SecretAuth::basic("svc-user");
+/// let custom = SecretAuth::custom([("X-Token", "{{ value }}")]);
+/// let split = SecretAuth::per_host([
+///     (SecretAuth::bearer(), vec!["api.a.example.com"]),
+///     (SecretAuth::api_key("X-Key"), vec!["api.b.example.com"]),
+/// ]);
+/// # let _ = (bearer, key, basic, custom, split);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecretAuth(pub(crate) Value);
+
+impl SecretAuth {
+    /// `Authorization: Bearer <value>`.
+    pub fn bearer() -> Self {
+        SecretAuth(json!({"type": "bearer"}))
+    }
+    /// HTTP basic auth: `<username>:<value>`.
+    pub fn basic(username: impl Into<String>) -> Self {
+        SecretAuth(json!({"type": "basic", "username": username.into()}))
+    }
+    /// `<header>: <value>` (see [`prefix`](Self::prefix)).
+    pub fn api_key(header: impl Into<String>) -> Self {
+        SecretAuth(json!({"type": "api-key", "header": header.into()}))
+    }
+    /// Header templates; `{{ value }}` stands for the secret.
+    pub fn custom<I, K, V>(headers: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let headers: BTreeMap<String, String> = headers
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        SecretAuth(json!({"type": "custom", "headers": headers}))
+    }
+    /// One rule per group of hosts.
+    pub fn per_host<I, H, S>(rules: I) -> Self
+    where
+        I: IntoIterator<Item = (SecretAuth, H)>,
+        H: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let rules: Vec<Value> = rules
+            .into_iter()
+            .map(|(auth, hosts)| {
+                let mut rule = auth.0;
+                let hosts: Vec<String> = hosts.into_iter().map(Into::into).collect();
+                if let Value::Object(m) = &mut rule {
+                    m.insert("hosts".into(), json!(hosts));
+                }
+                rule
+            })
+            .collect();
+        SecretAuth(json!({"per_host": rules}))
+    }
+    /// A prefix before the value (`api_key` rules).
+    #[must_use]
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        if let Value::Object(m) = &mut self.0 {
+            m.insert("prefix".into(), json!(prefix.into()));
+        }
+        self
+    }
+
+    fn is_per_host(&self) -> bool {
+        self.0.get("per_host").is_some()
+    }
+}
+
+/// What [`Secret::create`](crate::blocking::Secret::create) stores.
+///
+/// The value is never shown by `Debug`.
+///
+/// ```
+/// use superserve::{SecretAuth, SecretCreateOptions};
+/// let openai = SecretCreateOptions::new("openai-prod", "sk-...").provider("openai");
+/// let internal = SecretCreateOptions::new("internal-api", "tok")
+///     .hosts(["api.internal.example.com"])
+///     .auth(SecretAuth::api_key("X-Api-Key"));
+/// assert!(!format!("{internal:?}").contains("tok\""));
+/// # let _ = openai;
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct SecretCreateOptions {
+    pub(crate) name: String,
+    pub(crate) value: String,
+    pub(crate) provider: Option<String>,
+    pub(crate) auth: Option<SecretAuth>,
+    pub(crate) hosts: Vec<String>,
+}
+
+impl std::fmt::Debug for SecretCreateOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretCreateOptions")
+            .field("name", &self.name)
+            .field("value", &"<redacted>")
+            .field("provider", &self.provider)
+            .field("auth", &self.auth)
+            .field("hosts", &self.hosts)
+            .finish()
+    }
+}
+
+impl SecretCreateOptions {
+    /// A secret called `name` holding `value`.
+    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
+        SecretCreateOptions {
+            name: name.into(),
+            value: value.into(),
+            provider: None,
+            auth: None,
+            hosts: Vec::new(),
+        }
+    }
+    /// Uses a provider shortcut (hosts and auth preset), e.g. `"openai"`.
+    pub fn provider(mut self, provider: impl Into<String>) -> Self {
+        self.provider = Some(provider.into());
+        self
+    }
+    /// The auth rule.
+    pub fn auth(mut self, auth: SecretAuth) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+    /// Hosts the secret is injected for (`*.example.com` matches subdomains).
+    pub fn hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.hosts = hosts.into_iter().map(Into::into).collect();
+        self
+    }
+
+    pub(crate) fn to_body(&self) -> Result<Value> {
+        if self.name.trim().is_empty() {
+            return Err(Error::validation("secret name must not be empty"));
+        }
+        if self.value.is_empty() {
+            return Err(Error::validation("secret value must not be empty"));
+        }
+        let per_host = self.auth.as_ref().is_some_and(SecretAuth::is_per_host);
+        if self.provider.is_none() && self.hosts.is_empty() && !per_host {
+            return Err(Error::validation(
+                "a secret needs a provider shortcut or the hosts it is for",
+            ));
+        }
+        let mut m = Map::new();
+        m.insert("name".into(), json!(self.name));
+        m.insert("value".into(), json!(self.value));
+        if let Some(p) = &self.provider {
+            m.insert("provider".into(), json!(p));
+        }
+        if let Some(a) = &self.auth {
+            m.insert("auth".into(), a.0.clone());
+        }
+        if !self.hosts.is_empty() {
+            m.insert("hosts".into(), json!(self.hosts));
+        }
+        Ok(Value::Object(m))
+    }
+}
+
+/// Status filter of a secret's audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuditStatus {
+    /// 2xx answers.
+    Success,
+    /// 3xx answers.
+    Redirect,
+    /// 4xx answers.
+    ClientError,
+    /// 5xx answers.
+    ServerError,
+    /// Every failed request.
+    Errors,
+}
+
+impl AuditStatus {
+    /// The wire value (`2xx`, `3xx`, `4xx`, `5xx`, `errors`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditStatus::Success => "2xx",
+            AuditStatus::Redirect => "3xx",
+            AuditStatus::ClientError => "4xx",
+            AuditStatus::ServerError => "5xx",
+            AuditStatus::Errors => "errors",
+        }
+    }
+}
+
+/// Filters of [`Secret::get_audit`](crate::blocking::Secret::get_audit).
+///
+/// ```
+/// use superserve::{AuditOptions, AuditStatus};
+/// let opts = AuditOptions::new().limit(50).status(AuditStatus::Errors);
+/// # let _ = opts;
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+#[must_use]
+pub struct AuditOptions {
+    /// Page size.
+    pub limit: Option<u32>,
+    /// Only events with a smaller id (the cursor).
+    pub before: Option<i64>,
+    /// Status filter.
+    pub status: Option<AuditStatus>,
+}
+
+impl AuditOptions {
+    /// No filters.
+    pub fn new() -> Self {
+        AuditOptions::default()
+    }
+    /// Page size.
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+    /// Events older than this id.
+    pub fn before(mut self, id: i64) -> Self {
+        self.before = Some(id);
+        self
+    }
+    /// Status filter.
+    pub fn status(mut self, status: AuditStatus) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    pub(crate) fn to_query(&self) -> String {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        if let Some(l) = self.limit {
+            q.append_pair("limit", &l.to_string());
+        }
+        if let Some(b) = self.before {
+            q.append_pair("before", &b.to_string());
+        }
+        if let Some(s) = self.status {
+            q.append_pair("status", s.as_str());
+        }
+        q.finish()
+    }
+}

@@ -11,8 +11,10 @@ mod commands;
 mod files;
 pub(crate) use files::check_path;
 mod sandbox;
+mod secret;
 
 pub(crate) use client::Api;
 pub use commands::{CommandSession, Commands};
 pub use files::Files;
 pub use sandbox::Sandbox;
+pub use secret::{Provider, Secret};

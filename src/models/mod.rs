@@ -6,6 +6,7 @@
 mod command;
 mod network;
 mod sandbox;
+mod secret;
 
 pub use command::CommandResult;
 pub use network::{NetworkConfig, NetworkEvent, NetworkEventKind, NetworkLogPage, NetworkVerdict};
@@ -13,6 +14,9 @@ pub use sandbox::{
     PreviewAccess, PreviewAccessPolicy, SandboxInfo, SandboxSecretBinding, SandboxStatus,
 };
 pub(crate) use sandbox::SandboxTokens;
+pub use secret::{
+    ProviderShortcut, ProxyAuditEvent, SecretAuthType, SecretInfo, SecretSandboxBinding,
+};
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
