@@ -21,7 +21,11 @@ pub const DEFAULT_SANDBOX_HOST: &str = "sandbox.superserve.ai";
 
 const REGIONS: &[(&str, &str, &str)] = &[
     ("use", "https://api.superserve.ai", "sandbox.superserve.ai"),
-    ("usw", "https://api-usw.superserve.ai", "usw-sandbox.superserve.ai"),
+    (
+        "usw",
+        "https://api-usw.superserve.ai",
+        "usw-sandbox.superserve.ai",
+    ),
 ];
 const SHARED_HOSTS: &[&str] = &[
     "sandbox.superserve.ai",
@@ -407,7 +411,10 @@ mod tests {
             sandbox_host_for("https://api-usw.superserve.ai/"),
             "usw-sandbox.superserve.ai"
         );
-        assert_eq!(sandbox_host_for("http://localhost:8080"), DEFAULT_SANDBOX_HOST);
+        assert_eq!(
+            sandbox_host_for("http://localhost:8080"),
+            DEFAULT_SANDBOX_HOST
+        );
         assert_eq!(sandbox_host_for("not a url"), DEFAULT_SANDBOX_HOST);
     }
 

@@ -363,11 +363,7 @@ impl UpdateOptions {
         K: Into<String>,
         V: Into<String>,
     {
-        self.metadata = Some(
-            map.into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        );
+        self.metadata = Some(map.into_iter().map(|(k, v)| (k.into(), v.into())).collect());
         self
     }
     /// Replaces the egress rules (the sandbox must be active).
@@ -595,7 +591,10 @@ mod tests {
             .offset(0)
             .to_query()
             .unwrap();
-        assert_eq!(q, "metadata.env=prod+x&status=active%2Cpaused&limit=10&offset=0");
+        assert_eq!(
+            q,
+            "metadata.env=prod+x&status=active%2Cpaused&limit=10&offset=0"
+        );
     }
 
     #[test]

@@ -83,7 +83,11 @@ impl RetryPolicy {
     /// Sets the relative jitter (clamped to 0..=1).
     #[must_use]
     pub fn jitter(mut self, j: f64) -> Self {
-        self.jitter = if j.is_finite() { j.clamp(0.0, 1.0) } else { 0.0 };
+        self.jitter = if j.is_finite() {
+            j.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         self
     }
 
@@ -141,7 +145,10 @@ impl<'p> RetryState<'p> {
         match seen {
             Attempt::Timeout => return None,
             Attempt::ConnectionError => {}
-            Attempt::Status { status, retry_after: ra } => match status {
+            Attempt::Status {
+                status,
+                retry_after: ra,
+            } => match status {
                 429 => retry_after = ra.and_then(parse_retry_after),
                 502..=504 => {}
                 409 if self.retry_conflict => {

@@ -36,10 +36,17 @@ impl Api {
     /// Non-2xx answers become typed errors.
     pub(crate) async fn send(&self, req: &Req) -> Result<Resp> {
         let http = rt::Http::for_config(&self.config)?;
-        let mut retry = RetryState::new(&self.config.inner.retry, req.idempotent(), req.retry_conflict);
+        let mut retry = RetryState::new(
+            &self.config.inner.retry,
+            req.idempotent(),
+            req.retry_conflict,
+        );
         loop {
             let Some(timeout) = req.attempt_timeout() else {
-                return Err(Error::timeout(format!("{}: the time budget ran out", req.what)));
+                return Err(Error::timeout(format!(
+                    "{}: the time budget ran out",
+                    req.what
+                )));
             };
             let outcome = http.fetch(req, timeout, MAX_JSON_BYTES).await;
             let (delay, err) = match outcome {
@@ -49,7 +56,10 @@ impl Api {
                         status: resp.status,
                         retry_after: resp.header("retry-after"),
                     });
-                    (delay, wire::error_from(resp.status, &resp.headers, &resp.body))
+                    (
+                        delay,
+                        wire::error_from(resp.status, &resp.headers, &resp.body),
+                    )
                 }
                 Err(e) => {
                     let seen = match &e {

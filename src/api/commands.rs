@@ -69,7 +69,11 @@ impl Commands {
         resp.json("POST /exec")
     }
 
-    async fn run_streamed(&self, body: &serde_json::Value, opts: RunOptions) -> Result<CommandResult> {
+    async fn run_streamed(
+        &self,
+        body: &serde_json::Value,
+        opts: RunOptions,
+    ) -> Result<CommandResult> {
         let idle = Duration::from_secs(opts.timeout_seconds.map_or(300, |t| t.saturating_add(5)));
         let build = |t: &Tokens| {
             self.sandbox
@@ -107,9 +111,7 @@ impl Commands {
                         }
                         result.stderr.push_str(&e);
                     }
-                    result.exit_code = ev
-                        .exit_code
-                        .map_or(0, |c| i32::try_from(c).unwrap_or(-1));
+                    result.exit_code = ev.exit_code.map_or(0, |c| i32::try_from(c).unwrap_or(-1));
                     return Ok(result);
                 }
             }
@@ -132,7 +134,10 @@ impl Commands {
         let sandbox_id = needs_id.then(|| self.sandbox.id().to_owned());
         let tokens = self.sandbox.fresh_tokens().await?;
         let dial = |t: &Tokens| {
-            let mut protocols = vec![EXEC_SUBPROTOCOL.to_owned(), format!("token.{}", t.access_token)];
+            let mut protocols = vec![
+                EXEC_SUBPROTOCOL.to_owned(),
+                format!("token.{}", t.access_token),
+            ];
             if let Some(h) = &t.routing_hint {
                 protocols.push(format!("route.{h}"));
             }

@@ -145,10 +145,7 @@ impl Files {
     pub(crate) async fn open_download(&self, path: &str, zip: bool) -> Result<rt::StreamResponse> {
         check_path(path)?;
         let target = files_path(path, zip);
-        let build = |t: &Tokens| {
-            self.sandbox
-                .dp_req(t, Method::GET, &target, self.timeout)
-        };
+        let build = |t: &Tokens| self.sandbox.dp_req(t, Method::GET, &target, self.timeout);
         let resp = self.sandbox.dp_stream(&build, self.timeout).await?;
         if let Some(len) = resp
             .headers
@@ -165,10 +162,7 @@ impl Files {
     pub(crate) async fn upload(&self, path: &str, upload: rt::Upload) -> Result<()> {
         check_path(path)?;
         let target = files_path(path, false);
-        let build = |t: &Tokens| {
-            self.sandbox
-                .dp_req(t, Method::POST, &target, self.timeout)
-        };
+        let build = |t: &Tokens| self.sandbox.dp_req(t, Method::POST, &target, self.timeout);
         let mut resp = self.sandbox.dp_upload(&build, upload, self.timeout).await?;
         // The answer (`{"path", "size"}`) is not needed; read it so the connection is reusable.
         while resp.next_chunk().await?.is_some() {}

@@ -154,7 +154,10 @@ impl Sandbox {
 
     async fn activate_raw(api: &Api, sandbox_id: &str) -> Result<(SandboxInfo, SandboxTokens)> {
         let what = "POST /sandboxes/{id}/activate";
-        let req = api.control(Method::POST, &format!("/sandboxes/{}/activate", seg(sandbox_id)));
+        let req = api.control(
+            Method::POST,
+            &format!("/sandboxes/{}/activate", seg(sandbox_id)),
+        );
         let resp = api.send(&req).await?;
         decode_with_token(&resp, what)
     }
@@ -399,16 +402,19 @@ impl Sandbox {
     async fn post_resume(&self) -> Result<()> {
         let api = &self.inner.api;
         let revision = self.inner.next_revision.fetch_add(1, Ordering::SeqCst);
-        let resp = api.send(&api.control(Method::POST, &self.path("/resume"))).await?;
+        let resp = api
+            .send(&api.control(Method::POST, &self.path("/resume")))
+            .await?;
         let tokens: SandboxTokens = resp.json("POST /sandboxes/{id}/resume")?;
         self.apply_tokens(revision, tokens, "POST /sandboxes/{id}/resume")
     }
 
     /// Stores rotated tokens unless a newer rotation was applied meanwhile.
     fn apply_tokens(&self, revision: u64, tokens: SandboxTokens, what: &str) -> Result<()> {
-        let token = tokens.access_token.filter(|t| !t.is_empty()).ok_or_else(|| {
-            Error::decode(format!("{what}: missing access_token"), b"")
-        })?;
+        let token = tokens
+            .access_token
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Error::decode(format!("{what}: missing access_token"), b""))?;
         let mut held = self.inner.tokens.write().unwrap_or_else(|p| p.into_inner());
         if revision > held.revision {
             *held = Tokens {
@@ -523,7 +529,13 @@ impl Sandbox {
     }
 
     /// A data-plane request carrying the access token and routing headers.
-    pub(crate) fn dp_req(&self, tokens: &Tokens, method: Method, path: &str, timeout: Duration) -> Req {
+    pub(crate) fn dp_req(
+        &self,
+        tokens: &Tokens,
+        method: Method,
+        path: &str,
+        timeout: Duration,
+    ) -> Req {
         let config = &self.inner.api.config;
         let (base, needs_id) = config.data_plane(&self.inner.info.id);
         let mut req = Req::new(method, &base, path, timeout)
@@ -566,10 +578,19 @@ impl Sandbox {
     }
 
     /// Opens a streamed data-plane response, with the same re-activate-once rule.
-    pub(crate) async fn dp_stream(&self, build: BuildReq<'_>, idle: Duration) -> Result<rt::StreamResponse> {
+    pub(crate) async fn dp_stream(
+        &self,
+        build: BuildReq<'_>,
+        idle: Duration,
+    ) -> Result<rt::StreamResponse> {
         let tokens = self.fresh_tokens().await?;
         let hinted = tokens.routing_hint.is_some();
-        match self.inner.api.open_stream(&build(&tokens), None, idle).await {
+        match self
+            .inner
+            .api
+            .open_stream(&build(&tokens), None, idle)
+            .await
+        {
             Err(e) if resumable(&e, hinted) => {
                 self.refresh(tokens.revision).await?;
                 self.inner
@@ -583,9 +604,19 @@ impl Sandbox {
 
     /// Streams an upload body. The body cannot be replayed, so the credentials are checked
     /// first with a cheap request (which re-activates when needed).
-    pub(crate) async fn dp_upload(&self, build: BuildReq<'_>, upload: rt::Upload, idle: Duration) -> Result<rt::StreamResponse> {
+    pub(crate) async fn dp_upload(
+        &self,
+        build: BuildReq<'_>,
+        upload: rt::Upload,
+        idle: Duration,
+    ) -> Result<rt::StreamResponse> {
         let probe = |t: &Tokens| {
-            self.dp_req(t, Method::GET, "/files?path=%2F.superserve-token-check", Duration::from_secs(30))
+            self.dp_req(
+                t,
+                Method::GET,
+                "/files?path=%2F.superserve-token-check",
+                Duration::from_secs(30),
+            )
         };
         match self.dp_send(&probe).await {
             Ok(_) => {}

@@ -1,1 +1,76 @@
-//! Local backend (stub).
+//! The local backend (feature `local`): a Superserve-compatible server on this machine.
+//!
+//! [`LocalServer`] answers the Superserve control plane (sandbox lifecycle, list, update,
+//! secret bindings, network log) and data plane (`/exec`, `/exec/stream`, the
+//! `/exec/connect` WebSocket, `/files`) with the same JSON bodies, status codes and error
+//! shapes as the hosted service, and runs every sandbox as an isolated process tree:
+//!
+//! * a copy-on-write root filesystem: overlayfs over the `superserve/base` image, a skeleton
+//!   root with a minimal `/etc` (no `/etc/shadow`, no host home directories) plus the host's
+//!   `/usr` as a read-only lower layer (so `sh`, coreutils, `python3`, `curl`, `git` work).
+//!   Writes land in the sandbox's own upper directory under the data directory;
+//! * its own PID, mount and UTS namespaces (hostname = the first 8 characters of its id), with
+//!   an init process as PID 1, `/proc`, a minimal `/dev`, and a reduced capability set;
+//! * a cgroup (v1) per sandbox: the freezer pauses and resumes it with every process keeping its
+//!   memory, `memory_mib` (512) and `vcpu_count` (1) become memory and CPU limits;
+//! * state (records, tokens, metadata, bindings, network log) in SQLite in the data directory:
+//!   a restart on the same directory keeps every record and file. Processes do not survive a
+//!   restart: sandboxes that were running come back `paused`, and resuming (or `activate`)
+//!   starts a fresh process tree on the same files.
+//!
+//! Commands run as root inside the sandbox with `HOME=/root`, working directory `/` unless
+//! `working_dir` says otherwise, `PATH`, `LANG=C.UTF-8`, the sandbox's `env_vars` and the
+//! call's `env`. A command killed by its timeout reports exit code 124; one killed by signal N
+//! reports 128+N.
+//!
+//! Not yet isolated: the network. Sandboxes share the host's network namespace; their
+//! `network` rules are stored and reported but not enforced, and the network log stays empty.
+//!
+//! It is also a test double: [`LocalServer::inject`] scripts faults (429 with `Retry-After`,
+//! 5xx, dropped connections, streams cut before `finished`) and [`LocalServer::requests`]
+//! shows every request received.
+//!
+//! The same faults can be managed over HTTP on the control plane, with the backend's API key:
+//! `POST /_local/faults` (a [`FaultRule`] as JSON), `DELETE /_local/faults`,
+//! `GET /_local/requests` (the journal, secrets redacted) and `DELETE /_local/requests`.
+//!
+//! Requirements: Linux, root, overlayfs, cgroup v1 with the freezer controller, Linux 5.6+
+//! (`openat2`). [`LocalServer::start`] fails with a [`LocalError`] naming what is missing.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use superserve::local::{Fault, FaultRule, LocalServer};
+//!
+//! let server = LocalServer::start()?;
+//! println!("SUPERSERVE_BASE_URL={}", server.base_url());
+//! println!("SUPERSERVE_SANDBOX_URL={}", server.sandbox_url());
+//! server.inject(FaultRule::new("GET", "/sandboxes/*").fault(Fault::RateLimited { retry_after_secs: 1 }));
+//! let config = server.config(); // for Sandbox::create_with(&config, ...)
+//! # let _ = config;
+//! # Ok(())
+//! # }
+//! ```
+
+mod app;
+mod cgroup;
+mod control;
+mod data;
+mod error;
+mod exec;
+mod fault;
+mod files;
+mod http;
+mod image;
+mod journal;
+mod model;
+mod runtime;
+mod server;
+mod store;
+mod sys;
+mod time;
+mod zip;
+
+pub use error::LocalError;
+pub use fault::{Fault, FaultRule};
+pub use journal::{Plane, RecordedRequest};
+pub use server::{LocalServer, LocalServerBuilder};

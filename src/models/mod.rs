@@ -10,10 +10,10 @@ mod secret;
 
 pub use command::CommandResult;
 pub use network::{NetworkConfig, NetworkEvent, NetworkEventKind, NetworkLogPage, NetworkVerdict};
+pub(crate) use sandbox::SandboxTokens;
 pub use sandbox::{
     PreviewAccess, PreviewAccessPolicy, SandboxInfo, SandboxSecretBinding, SandboxStatus,
 };
-pub(crate) use sandbox::SandboxTokens;
 pub use secret::{
     ProviderShortcut, ProxyAuditEvent, SecretAuthType, SecretInfo, SecretSandboxBinding,
 };
@@ -256,8 +256,12 @@ mod tests {
         let back = Timestamp::from_system_time(st);
         assert_eq!(back.as_str(), "2026-11-28T14:04:05.500000000Z");
         assert_eq!(back.to_system_time(), Some(st));
-        assert!(Timestamp::from("2026-13-01T00:00:00Z").to_system_time().is_none());
+        assert!(Timestamp::from("2026-13-01T00:00:00Z")
+            .to_system_time()
+            .is_none());
         assert!(Timestamp::from("yesterday").to_system_time().is_none());
-        assert!(Timestamp::from("2026-01-01T00:00:00").to_system_time().is_none());
+        assert!(Timestamp::from("2026-01-01T00:00:00")
+            .to_system_time()
+            .is_none());
     }
 }

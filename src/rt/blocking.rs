@@ -14,8 +14,8 @@ use crate::wire::{Body, Req, Resp, USER_AGENT};
 
 #[path = "blocking_session.rs"]
 mod session;
-pub(crate) use session::ExecSession;
 pub(crate) use super::ExecDial;
+pub(crate) use session::ExecSession;
 
 pub(crate) fn sleep(d: Duration) {
     std::thread::sleep(d);
@@ -136,15 +136,19 @@ impl Http {
                 what: req.what.clone(),
             }),
             Ok(Msg::Err(e)) => Err(e),
-            Ok(_) => Err(Error::connection(format!("{}: no response", req.what), None)),
+            Ok(_) => Err(Error::connection(
+                format!("{}: no response", req.what),
+                None,
+            )),
             Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::timeout(format!(
                 "{}: no response within {}s",
                 req.what,
                 idle.as_secs_f64()
             ))),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                Err(Error::connection(format!("{}: no response", req.what), None))
-            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Error::connection(
+                format!("{}: no response", req.what),
+                None,
+            )),
         }
     }
 }
@@ -155,7 +159,11 @@ enum Msg {
     Err(Error),
 }
 
-fn body_worker(builder: reqwest::blocking::RequestBuilder, tx: mpsc::SyncSender<Msg>, what: String) {
+fn body_worker(
+    builder: reqwest::blocking::RequestBuilder,
+    tx: mpsc::SyncSender<Msg>,
+    what: String,
+) {
     let mut resp = match builder.send() {
         Ok(r) => r,
         Err(e) => {

@@ -11,7 +11,7 @@ use tungstenite::{Message, WebSocket};
 
 use crate::error::{Error, Result};
 use crate::rt::{ws_error_detail, ExecDial};
-use crate::wire::exec::{close_detail, OutputSink, Outcome, MAX_INBOUND_FRAME};
+use crate::wire::exec::{close_detail, Outcome, OutputSink, MAX_INBOUND_FRAME};
 
 /// How long the I/O thread waits for input before it looks at queued writes.
 const POLL: Duration = Duration::from_millis(5);
@@ -67,9 +67,9 @@ fn dial_tcp(url: &str, timeout: Duration) -> Result<TcpStream> {
         .host_str()
         .ok_or_else(|| Error::validation("exec/connect URL has no host"))?;
     let port = parsed.port_or_known_default().unwrap_or(443);
-    let addrs = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| Error::connection(format!("exec/connect: cannot resolve {host}: {e}"), None))?;
+    let addrs = (host, port).to_socket_addrs().map_err(|e| {
+        Error::connection(format!("exec/connect: cannot resolve {host}: {e}"), None)
+    })?;
     let mut last = None;
     for addr in addrs {
         match TcpStream::connect_timeout(&addr, timeout) {
@@ -100,7 +100,10 @@ impl ExecSession {
                 Error::connection(format!("exec/connect: {}", ws_error_detail(&e)), None)
             })?;
         ws.send(Message::Text(dial.start.into())).map_err(|e| {
-            Error::connection(format!("exec/connect: cannot send the start frame: {e}"), None)
+            Error::connection(
+                format!("exec/connect: cannot send the start frame: {e}"),
+                None,
+            )
         })?;
         set_read_timeout(&mut ws, Some(POLL));
         let (tx, rx) = mpsc::sync_channel::<Cmd>(64);

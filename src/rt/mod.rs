@@ -78,10 +78,10 @@ impl ExecDial {
     }
 }
 
-#[cfg(feature = "blocking")]
-use tungstenite as tungstenite_request;
 #[cfg(all(feature = "async", not(feature = "blocking")))]
 use tokio_tungstenite::tungstenite as tungstenite_request;
+#[cfg(feature = "blocking")]
+use tungstenite as tungstenite_request;
 
 /// Describes a WebSocket failure without leaking the request (its headers carry the token).
 pub(crate) fn ws_error_detail(e: &dyn std::fmt::Display) -> String {

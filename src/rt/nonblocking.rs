@@ -11,8 +11,8 @@ use crate::wire::{Body, Req, Resp, USER_AGENT};
 
 #[path = "nonblocking_session.rs"]
 mod session;
-pub(crate) use session::ExecSession;
 pub(crate) use super::ExecDial;
+pub(crate) use session::ExecSession;
 
 pub(crate) async fn sleep(d: Duration) {
     tokio::time::sleep(d).await;
@@ -83,11 +83,9 @@ impl Http {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| crate::rt::transport_error(&format!("{}: reading the response", req.what), e))?
-        {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| {
+            crate::rt::transport_error(&format!("{}: reading the response", req.what), e)
+        })? {
             if (body.len() + chunk.len()) as u64 > cap {
                 return Err(Error::validation(format!(
                     "{}: response exceeds the limit of {cap} bytes",

@@ -42,7 +42,11 @@ impl ExecSession {
             .max_frame_size(Some(MAX_INBOUND_FRAME));
         let connecting = tokio_tungstenite::connect_async_with_config(req, Some(config), true);
         let (ws, _) = match tokio::time::timeout(dial.connect_timeout, connecting).await {
-            Err(_) => return Err(Error::timeout("exec/connect: the WebSocket handshake timed out")),
+            Err(_) => {
+                return Err(Error::timeout(
+                    "exec/connect: the WebSocket handshake timed out",
+                ))
+            }
             Ok(Err(e)) => {
                 return Err(Error::connection(
                     format!("exec/connect: {}", ws_error_detail(&e)),
@@ -54,7 +58,12 @@ impl ExecSession {
         let (mut sink, mut stream) = ws.split();
         sink.send(Message::Text(dial.start.into()))
             .await
-            .map_err(|e| Error::connection(format!("exec/connect: cannot send the start frame: {e}"), None))?;
+            .map_err(|e| {
+                Error::connection(
+                    format!("exec/connect: cannot send the start frame: {e}"),
+                    None,
+                )
+            })?;
         let (tx, rx) = watch::channel(None);
         let tx = Arc::new(tx);
         let reader_tx = tx.clone();

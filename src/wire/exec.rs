@@ -117,11 +117,17 @@ mod tests {
         assert_eq!(frames[2].len(), 2);
         assert!(matches!(
             parse_text_frame(r#"{"exit_code":3,"finished":true}"#),
-            Lifecycle::Finished { exit_code: 3, error: None }
+            Lifecycle::Finished {
+                exit_code: 3,
+                error: None
+            }
         ));
         assert!(matches!(
             parse_text_frame(r#"{"error":"boom","code":"exec_failed","finished":true}"#),
-            Lifecycle::Finished { exit_code: 0, error: Some(_) }
+            Lifecycle::Finished {
+                exit_code: 0,
+                error: Some(_)
+            }
         ));
         assert_eq!(close_detail(None, ""), "connection dropped");
         assert_eq!(close_detail(Some(1011), ""), "close code 1011");

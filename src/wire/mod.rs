@@ -130,7 +130,12 @@ pub(crate) fn seg(s: &str) -> String {
 /// Maps a non-2xx response to the typed error (protocol §7).
 pub(crate) fn error_from(status: u16, headers: &HeaderMap, body: &[u8]) -> Error {
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-    let (code, message) = parse_error_body(status, header("content-type"), header("x-content-type-options"), body);
+    let (code, message) = parse_error_body(
+        status,
+        header("content-type"),
+        header("x-content-type-options"),
+        body,
+    );
     let api = ApiError {
         status,
         code,
@@ -186,7 +191,10 @@ fn parse_error_body(
         && nosniff.is_some_and(|v| v.eq_ignore_ascii_case("nosniff"))
         && (body == b"sandbox is paused\n" || body == b"sandbox is stopped\n")
     {
-        return (Some("sandbox_unavailable".to_owned()), text.trim().to_owned());
+        return (
+            Some("sandbox_unavailable".to_owned()),
+            text.trim().to_owned(),
+        );
     }
     let trimmed = text.trim();
     if trimmed.is_empty() {
@@ -204,21 +212,32 @@ mod tests {
     fn err(status: u16, ct: &str, body: &str) -> Error {
         let mut h = HeaderMap::new();
         h.insert("content-type", HeaderValue::from_str(ct).unwrap());
-        h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+        h.insert(
+            "x-content-type-options",
+            HeaderValue::from_static("nosniff"),
+        );
         h.insert("retry-after", HeaderValue::from_static("3"));
         error_from(status, &h, body.as_bytes())
     }
 
     #[test]
     fn error_shapes() {
-        let e = err(404, "application/json", r#"{"error":{"code":"not_found","message":"no such sandbox"}}"#);
+        let e = err(
+            404,
+            "application/json",
+            r#"{"error":{"code":"not_found","message":"no such sandbox"}}"#,
+        );
         assert!(e.is_not_found());
         assert_eq!(e.code(), Some("not_found"));
         assert_eq!(e.status_code(), Some(404));
         let e = err(404, "application/json", r#"{"error":"file not found"}"#);
         assert_eq!(e.api_error().unwrap().message, "file not found");
         assert_eq!(e.code(), None);
-        let e = err(400, "application/json", r#"{"code":"invalid_argument","message":"bad x"}"#);
+        let e = err(
+            400,
+            "application/json",
+            r#"{"code":"invalid_argument","message":"bad x"}"#,
+        );
         assert!(matches!(e, Error::Validation(_)));
         assert_eq!(e.code(), Some("invalid_argument"));
         let e = err(503, "text/plain; charset=utf-8", "sandbox is paused\n");
@@ -226,7 +245,11 @@ mod tests {
         let e = err(502, "text/html", "<html><body>Bad Gateway</body></html>");
         assert!(matches!(e, Error::Server(_)));
         assert!(e.to_string().contains("Bad Gateway"));
-        let e = err(429, "application/json", r#"{"error":{"code":"too_many_sandboxes","message":"limit"}}"#);
+        let e = err(
+            429,
+            "application/json",
+            r#"{"error":{"code":"too_many_sandboxes","message":"limit"}}"#,
+        );
         assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
         assert_eq!(e.code(), Some("too_many_sandboxes"));
         let e = err(418, "text/plain", "");
@@ -235,7 +258,14 @@ mod tests {
         let e = err(500, "application/json", "[1,2]");
         assert_eq!(e.api_error().unwrap().message, "[1,2]");
         let long = "x".repeat(2000);
-        assert_eq!(err(500, "text/plain", &long).api_error().unwrap().message.len(), 500);
+        assert_eq!(
+            err(500, "text/plain", &long)
+                .api_error()
+                .unwrap()
+                .message
+                .len(),
+            500
+        );
     }
 
     #[test]

@@ -19,7 +19,10 @@ impl ExecEvent {
         Some(ExecEvent {
             stdout: s("stdout"),
             stderr: s("stderr"),
-            finished: obj.get("finished").and_then(Value::as_bool).unwrap_or(false),
+            finished: obj
+                .get("finished")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             exit_code: obj.get("exit_code").and_then(Value::as_i64),
             error: s("error"),
         })

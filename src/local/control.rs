@@ -1,0 +1,366 @@
+//! Control-plane routes (protocol.md §3.1–3.3) and the `/_local/*` admin routes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::from_fn_with_state;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use serde::de::DeserializeOwned;
+
+use super::app::{ApiError, App};
+use super::fault::FaultRule;
+use super::http::{form_pairs, json, observe, require_api_key};
+use super::journal::{redact_header, Plane};
+use super::model::{Record, Status, KNOWN_STATUSES};
+use super::store::{self, decode_cursor, Before, EventQuery};
+use super::time::parse_rfc3339;
+
+/// The control-plane router.
+pub(crate) fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/sandboxes", post(create).get(list))
+        .route("/sandboxes/{id}", get(get_one).patch(patch).delete(remove))
+        .route("/sandboxes/{id}/activate", post(activate))
+        .route("/sandboxes/{id}/pause", post(pause))
+        .route("/sandboxes/{id}/resume", post(resume))
+        .route("/sandboxes/{id}/secrets", post(bind_secret))
+        .route("/sandboxes/{id}/secrets/{env_key}", delete(unbind_secret))
+        .route("/sandboxes/{id}/network", get(network_log))
+        .route("/_local/faults", post(add_fault).delete(clear_faults))
+        .route("/_local/requests", get(requests).delete(clear_requests))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn_with_state(app.clone(), require_api_key))
+        .layer(from_fn_with_state((app.clone(), Plane::Control), observe))
+        .with_state(app)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("route not found")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed for this route",
+    )
+}
+
+async fn health() -> Response {
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"status": "ok", "version": "0.1.0"}),
+    )
+}
+
+/// Parses a strict JSON body.
+fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("a JSON request body is required"));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
+fn view(rec: &Record, with_token: bool) -> Response {
+    json(StatusCode::OK, &rec.view(with_token))
+}
+
+async fn create(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+    let body = parse_body(&body)?;
+    let rec = app.create(body).await?;
+    Ok(json(StatusCode::CREATED, &rec.view(true)))
+}
+
+async fn list(
+    State(app): State<Arc<App>>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let mut metadata: BTreeMap<String, String> = BTreeMap::new();
+    let mut statuses: Option<Vec<String>> = None;
+    let mut limit: Option<usize> = None;
+    let mut offset = 0usize;
+    for (k, v) in form_pairs(query.as_deref().unwrap_or("")) {
+        if let Some(key) = k.strip_prefix("metadata.") {
+            if metadata.insert(key.to_owned(), v).is_some() {
+                return Err(ApiError::bad_request(format!(
+                    "metadata filter {key:?} is given more than once"
+                )));
+            }
+            continue;
+        }
+        match k.as_str() {
+            "status" => {
+                let list: Vec<String> = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if let Some(bad) = list.iter().find(|s| !KNOWN_STATUSES.contains(&s.as_str())) {
+                    return Err(ApiError::bad_request(format!("unknown status {bad:?}")));
+                }
+                statuses.get_or_insert_with(Vec::new).extend(list);
+            }
+            "limit" => {
+                limit = Some(v.parse().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "limit must be a non-negative integer, got {v:?}"
+                    ))
+                })?)
+            }
+            "offset" => {
+                offset = v.parse().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "offset must be a non-negative integer, got {v:?}"
+                    ))
+                })?
+            }
+            _ => {}
+        }
+    }
+    super::model::validate_metadata(&metadata).map_err(ApiError::bad_request)?;
+    let mut out: Vec<Record> = app
+        .all()
+        .into_iter()
+        .map(|e| e.rec())
+        .filter(|r| {
+            metadata
+                .iter()
+                .all(|(k, v)| r.metadata.get(k).is_some_and(|have| have == v))
+        })
+        .filter(|r| match &statuses {
+            None => true,
+            Some(list) => list.iter().any(|s| s == r.status.as_str()),
+        })
+        .collect();
+    // newest first
+    out.sort_by_key(|r| std::cmp::Reverse(r.seq));
+    let page: Vec<_> = out
+        .iter()
+        .skip(offset)
+        .take(limit.unwrap_or(usize::MAX))
+        .map(|r| r.view(false))
+        .collect();
+    Ok(json(StatusCode::OK, &page))
+}
+
+async fn get_one(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(view(&app.record(&id)?, false))
+}
+
+async fn patch(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    // unknown sandbox first: a 404 beats a body complaint
+    app.record(&id)?;
+    let body = parse_body(&body)?;
+    app.patch(&id, body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn activate(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rec = app.activate(&id).await?;
+    Ok(view(&rec, true))
+}
+
+async fn pause(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let prefer_async = headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("respond-async"));
+    let done = app.pause(&id, !prefer_async).await?;
+    if done {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Ok(json(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({"status": "pausing"}),
+        ))
+    }
+}
+
+async fn resume(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let rec = app.resume(&id).await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "id": rec.id,
+            "status": Status::Active.as_str(),
+            "access_token": rec.access_token,
+        }),
+    ))
+}
+
+async fn bind_secret(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    app.record(&id)?;
+    let body = parse_body(&body)?;
+    let binding = app.bind_secret(&id, body).await?;
+    Ok(json(StatusCode::CREATED, &binding))
+}
+
+async fn unbind_secret(
+    State(app): State<Arc<App>>,
+    Path((id, env_key)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    app.unbind_secret(&id, &env_key).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Parses the network-log query (protocol.md §3.3).
+pub(crate) fn parse_network_query(query: &str) -> Result<EventQuery, ApiError> {
+    let mut q = EventQuery {
+        limit: 100,
+        before: None,
+        since_ns: None,
+        verdict: None,
+    };
+    for (k, v) in form_pairs(query) {
+        match k.as_str() {
+            "limit" => {
+                q.limit = match v.parse::<usize>() {
+                    Ok(n) if (1..=1000).contains(&n) => n,
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                            "limit must be an integer between 1 and 1000, got {v:?}"
+                        )))
+                    }
+                }
+            }
+            "before" => {
+                q.before = Some(
+                    decode_cursor(&v)
+                        .or_else(|| parse_rfc3339(&v).map(Before::Time))
+                        .ok_or_else(|| {
+                            ApiError::bad_request(format!(
+                                "before must be a cursor or an RFC 3339 timestamp, got {v:?}"
+                            ))
+                        })?,
+                )
+            }
+            "since" => {
+                q.since_ns = Some(parse_rfc3339(&v).ok_or_else(|| {
+                    ApiError::bad_request(format!("since must be an RFC 3339 timestamp, got {v:?}"))
+                })?)
+            }
+            "verdict" => match v.as_str() {
+                "allowed" | "blocked" | "failed" => q.verdict = Some(v),
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "verdict must be allowed, blocked or failed, got {v:?}"
+                    )))
+                }
+            },
+            _ => {}
+        }
+    }
+    Ok(q)
+}
+
+async fn network_log(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    app.record(&id)?;
+    let q = parse_network_query(query.as_deref().unwrap_or(""))?;
+    let page = app
+        .db
+        .call(move |c| store::query_network_events(c, &id, &q))
+        .await?;
+    Ok(json(StatusCode::OK, &page))
+}
+
+async fn add_fault(State(app): State<Arc<App>>, body: Bytes) -> Result<StatusCode, ApiError> {
+    let rule: FaultRule = parse_body(&body)?;
+    app.faults.push(rule);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn clear_faults(State(app): State<Arc<App>>) -> StatusCode {
+    app.faults.clear();
+    StatusCode::NO_CONTENT
+}
+
+async fn requests(State(app): State<Arc<App>>) -> Response {
+    let list: Vec<serde_json::Value> = app
+        .journal
+        .snapshot()
+        .into_iter()
+        .map(|r| {
+            serde_json::json!({
+                "plane": match r.plane { Plane::Control => "control", Plane::Data => "data" },
+                "method": r.method,
+                "path": r.path,
+                "query": r.query,
+                "status": r.status,
+                "headers": r.headers.iter().map(|(k, v)| (k.clone(), redact_header(k, v))).collect::<Vec<_>>(),
+                "body": String::from_utf8_lossy(&r.body),
+            })
+        })
+        .collect();
+    json(StatusCode::OK, &list)
+}
+
+async fn clear_requests(State(app): State<Arc<App>>) -> StatusCode {
+    app.journal.clear();
+    StatusCode::NO_CONTENT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_query_validation() {
+        assert!(parse_network_query("limit=0").is_err());
+        assert!(parse_network_query("limit=abc").is_err());
+        assert!(parse_network_query("verdict=maybe").is_err());
+        assert!(parse_network_query("before=yesterday").is_err());
+        assert!(parse_network_query("since=2026-01-01").is_err());
+        let q =
+            parse_network_query("limit=100&verdict=blocked").unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(q.limit, 100);
+        assert_eq!(q.verdict.as_deref(), Some("blocked"));
+        let q = parse_network_query("before=2026-01-01T00%3A00%3A00Z&since=2025-12-31T00:00:00Z")
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(matches!(q.before, Some(Before::Time(_))));
+        assert!(q.since_ns.is_some());
+        let q = parse_network_query(&format!("before={}", store::encode_cursor(5, 7)))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(q.before, Some(Before::Cursor { ts_ns: 5, id: 7 }));
+    }
+}

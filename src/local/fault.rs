@@ -1,0 +1,232 @@
+//! Scripted faults: rules that make the backend answer chosen requests with an error, drop the
+//! connection, or cut a stream short.
+
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+/// What the backend does instead of answering normally.
+///
+/// In JSON (for `POST /_local/faults`) a fault is tagged by `type`:
+/// `{"type":"rate_limited","retry_after_secs":1}`, `{"type":"status","status":502,"code":"bad_gateway"}`,
+/// `{"type":"drop_connection"}`, `{"type":"cut_stream","after_events":1}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Fault {
+    /// `429` with `{"error":{"code":"rate_limited",..}}` and `Retry-After: <retry_after_secs>`.
+    RateLimited {
+        /// Seconds sent in `Retry-After`.
+        retry_after_secs: u64,
+    },
+    /// This status with the JSON error body `{"error":{"code":<code>,"message":..}}`
+    /// (e.g. 502 `bad_gateway`, 503 `service_unavailable`, 504 `gateway_timeout`, 409
+    /// `conflict`, 500 `internal_error`).
+    Status {
+        /// The HTTP status code (200–599; anything else is answered as 500).
+        status: u16,
+        /// The API error code in the body.
+        code: String,
+    },
+    /// Close the TCP connection without sending a single response byte.
+    DropConnection,
+    /// For `POST /exec/stream`: send this many real output events, then end the body without
+    /// the `finished` event. For `GET /exec/connect`: forward this many output frames, then
+    /// close the socket (code 1011) before the exit frame. The command is killed. Rules with
+    /// this fault only match those two endpoints.
+    CutStream {
+        /// Output events (SSE events or WebSocket output frames) sent before the cut.
+        after_events: u32,
+    },
+}
+
+/// A fault rule: which requests it matches, what it does, and how many times.
+///
+/// ```
+/// use superserve::local::{Fault, FaultRule};
+/// let rule = FaultRule::new("GET", "/sandboxes/*")
+///     .fault(Fault::RateLimited { retry_after_secs: 1 })
+///     .times(2);
+/// assert!(rule.matches("GET", "/sandboxes/abc"));
+/// assert!(!rule.matches("GET", "/sandboxes/abc/network"));
+/// ```
+///
+/// Path patterns: an exact path; `*` matches exactly one path segment; a trailing `/**`
+/// matches the prefix itself and anything below it. Method `*` matches any method. Rules apply
+/// to both listeners (control and data plane), never to the `/_local/*` admin routes; the first
+/// matching rule that has uses left wins.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultRule {
+    method: String,
+    path: String,
+    #[serde(default = "default_fault")]
+    fault: Fault,
+    #[serde(default = "default_times")]
+    times: u32,
+}
+
+fn default_fault() -> Fault {
+    Fault::Status {
+        status: 503,
+        code: "service_unavailable".to_owned(),
+    }
+}
+
+fn default_times() -> u32 {
+    1
+}
+
+impl FaultRule {
+    /// A rule for requests with this method (`GET`, `POST`, ..., or `*`) and path pattern.
+    /// Until [`fault`](Self::fault) is called it answers `503 service_unavailable`, once.
+    pub fn new(method: impl Into<String>, path: impl Into<String>) -> Self {
+        FaultRule {
+            method: method.into(),
+            path: path.into(),
+            fault: default_fault(),
+            times: 1,
+        }
+    }
+
+    /// What the rule does.
+    #[must_use]
+    pub fn fault(mut self, fault: Fault) -> Self {
+        self.fault = fault;
+        self
+    }
+
+    /// How many matching requests it applies to (default 1; 0 makes the rule inert).
+    #[must_use]
+    pub fn times(mut self, n: u32) -> Self {
+        self.times = n;
+        self
+    }
+
+    /// Whether a request with this method and path matches the rule (ignoring its use count).
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        (self.method == "*" || self.method.eq_ignore_ascii_case(method))
+            && path_matches(&self.path, path)
+    }
+}
+
+/// Path pattern matching: exact segments, `*` for one segment, trailing `/**` for any suffix.
+pub(crate) fn path_matches(pattern: &str, path: &str) -> bool {
+    let (pattern, any_suffix) = match pattern.strip_suffix("/**") {
+        Some(p) => (p, true),
+        None => (pattern, false),
+    };
+    let pat: Vec<&str> = pattern.split('/').collect();
+    let segs: Vec<&str> = path.split('/').collect();
+    if segs.len() < pat.len() || (!any_suffix && segs.len() != pat.len()) {
+        return false;
+    }
+    pat.iter()
+        .zip(segs.iter())
+        .all(|(p, s)| *p == "*" || p == s)
+}
+
+/// The live rule list.
+#[derive(Default)]
+pub(crate) struct FaultSet {
+    rules: Mutex<Vec<FaultRule>>,
+}
+
+impl FaultSet {
+    pub(crate) fn push(&self, rule: FaultRule) {
+        if rule.times > 0 {
+            lock(&self.rules).push(rule);
+        }
+    }
+
+    pub(crate) fn clear(&self) {
+        lock(&self.rules).clear();
+    }
+
+    /// Takes one use of the first rule matching this request. `streaming` tells whether the
+    /// endpoint is one that [`Fault::CutStream`] applies to.
+    pub(crate) fn take(&self, method: &str, path: &str, streaming: bool) -> Option<Fault> {
+        let mut rules = lock(&self.rules);
+        let idx = rules.iter().position(|r| {
+            r.matches(method, path) && (streaming || !matches!(r.fault, Fault::CutStream { .. }))
+        })?;
+        let fault = rules[idx].fault.clone();
+        rules[idx].times -= 1;
+        if rules[idx].times == 0 {
+            rules.remove(idx);
+        }
+        Some(fault)
+    }
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        assert!(path_matches("/sandboxes", "/sandboxes"));
+        assert!(!path_matches("/sandboxes", "/sandboxes/x"));
+        assert!(path_matches("/sandboxes/*", "/sandboxes/abc"));
+        assert!(!path_matches("/sandboxes/*", "/sandboxes"));
+        assert!(!path_matches("/sandboxes/*", "/sandboxes/a/pause"));
+        assert!(path_matches("/sandboxes/*/pause", "/sandboxes/a/pause"));
+        assert!(path_matches("/sandboxes/**", "/sandboxes"));
+        assert!(path_matches("/sandboxes/**", "/sandboxes/a/b/c"));
+        assert!(!path_matches("/sandboxes/**", "/sandboxesx"));
+        assert!(path_matches("/**", "/anything/at/all"));
+        assert!(path_matches("/exec/stream", "/exec/stream"));
+    }
+
+    #[test]
+    fn counts_and_order() {
+        let set = FaultSet::default();
+        set.push(
+            FaultRule::new("DELETE", "/sandboxes/*")
+                .fault(Fault::Status {
+                    status: 409,
+                    code: "conflict".into(),
+                })
+                .times(2),
+        );
+        set.push(FaultRule::new("*", "/sandboxes/**").fault(Fault::DropConnection));
+        set.push(
+            FaultRule::new("POST", "/exec/stream").fault(Fault::CutStream { after_events: 1 }),
+        );
+        let conflict = Fault::Status {
+            status: 409,
+            code: "conflict".into(),
+        };
+        assert_eq!(
+            set.take("delete", "/sandboxes/x", false),
+            Some(conflict.clone())
+        );
+        assert_eq!(set.take("DELETE", "/sandboxes/x", false), Some(conflict));
+        assert_eq!(
+            set.take("DELETE", "/sandboxes/x", false),
+            Some(Fault::DropConnection)
+        );
+        assert_eq!(set.take("DELETE", "/sandboxes/x", false), None);
+        // a cut-stream rule never fires on a non-streaming request
+        assert_eq!(set.take("POST", "/exec/stream", false), None);
+        assert_eq!(
+            set.take("POST", "/exec/stream", true),
+            Some(Fault::CutStream { after_events: 1 })
+        );
+        let json =
+            r#"{"method":"GET","path":"/x","fault":{"type":"rate_limited","retry_after_secs":2}}"#;
+        let rule: FaultRule = serde_json::from_str(json).unwrap_or_else(|_| FaultRule::new("", ""));
+        assert_eq!(rule.times, 1);
+        assert_eq!(
+            rule.fault,
+            Fault::RateLimited {
+                retry_after_secs: 2
+            }
+        );
+    }
+}

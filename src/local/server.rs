@@ -1,0 +1,624 @@
+//! [`LocalServer`]: starting, addressing, controlling and stopping the backend.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rand::RngCore;
+use tokio::sync::watch;
+
+use super::app::{App, Tuning};
+use super::cgroup::Cgroups;
+use super::error::LocalError;
+use super::fault::FaultRule;
+use super::image;
+use super::journal::{Plane, RecordedRequest};
+use super::runtime::Host;
+use super::store::Db;
+use super::sys;
+use super::{control, data, http};
+
+/// Default interval of `: keepalive` comments on `/exec/stream`.
+const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Configures and starts a [`LocalServer`].
+///
+/// ```no_run
+/// # fn main() -> Result<(), superserve::local::LocalError> {
+/// let server = superserve::local::LocalServer::builder()
+///     .data_dir("/var/lib/superserve-local")
+///     .port(8080) // the data plane gets 8081
+///     .start()?;
+/// println!("{}", server.base_url());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct LocalServerBuilder {
+    data_dir: Option<PathBuf>,
+    port: Option<u16>,
+    sandbox_port: Option<u16>,
+    api_key: Option<String>,
+    bind: IpAddr,
+    keepalive: Duration,
+}
+
+impl fmt::Debug for LocalServerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalServerBuilder")
+            .field("data_dir", &self.data_dir)
+            .field("port", &self.port)
+            .field("sandbox_port", &self.sandbox_port)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("bind", &self.bind)
+            .field("keepalive", &self.keepalive)
+            .finish()
+    }
+}
+
+impl Default for LocalServerBuilder {
+    fn default() -> Self {
+        LocalServerBuilder {
+            data_dir: None,
+            port: None,
+            sandbox_port: None,
+            api_key: None,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            keepalive: DEFAULT_KEEPALIVE,
+        }
+    }
+}
+
+impl LocalServerBuilder {
+    /// Keeps state (SQLite database, sandbox files) in this directory, created if missing, and
+    /// left in place on shutdown. Without it a temporary directory is used and removed on drop.
+    #[must_use]
+    pub fn data_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.data_dir = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// The control-plane port (default: a random free port). Unless
+    /// [`sandbox_port`](Self::sandbox_port) is set, the data plane listens on `port + 1`.
+    #[must_use]
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
+    /// The data-plane port (default: `port + 1` when [`port`](Self::port) is set, else random).
+    #[must_use]
+    pub fn sandbox_port(mut self, port: u16) -> Self {
+        self.sandbox_port = Some(port);
+        self
+    }
+
+    /// The API key clients must send (default: a random `ss_live_…` key).
+    #[must_use]
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// The address both listeners bind (default `127.0.0.1`).
+    #[must_use]
+    pub fn bind(mut self, ip: IpAddr) -> Self {
+        self.bind = ip;
+        self
+    }
+
+    /// Interval of `: keepalive` comments on `/exec/stream` (default 15 s, as the hosted
+    /// service). Tests can shorten it.
+    #[must_use]
+    pub fn keepalive_interval(mut self, every: Duration) -> Self {
+        self.keepalive = every;
+        self
+    }
+
+    /// Checks the machine, prepares the data directory and base image, binds both listeners
+    /// and starts serving on a background thread. Returns once both listeners accept
+    /// connections. Works from plain threads and from inside an async runtime.
+    pub fn start(self) -> Result<LocalServer, LocalError> {
+        LocalServer::start_with(self)
+    }
+}
+
+/// A Superserve-compatible backend running on this machine.
+///
+/// It serves the control plane ([`base_url`](Self::base_url)) and the data plane
+/// ([`sandbox_url`](Self::sandbox_url), sandbox chosen by the `X-Superserve-Sandbox-Id`
+/// header) of the Superserve API, and runs each sandbox as an isolated process tree: its own
+/// PID, mount and UTS namespaces, a copy-on-write root filesystem (overlayfs over the
+/// `superserve/base` image: a minimal `/etc` and the host's `/usr`), and a cgroup that pauses
+/// (freezer), limits memory and CPU. Needs root on Linux with cgroup v1.
+///
+/// Dropping it (or [`shutdown`](Self::shutdown)) kills every sandbox process and removes the
+/// temporary data directory if it made one. Sandbox processes never survive a shutdown: with a
+/// persistent [`data_dir`](LocalServerBuilder::data_dir), the next start reports sandboxes
+/// that were running as `paused`, with their records and files intact; resuming them starts a
+/// fresh process tree.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let server = superserve::local::LocalServer::start()?;
+/// let config = server.config(); // an SDK configuration pointing at it
+/// # let _ = config;
+/// # Ok(())
+/// # }
+/// ```
+pub struct LocalServer {
+    app: Arc<App>,
+    base_url: String,
+    sandbox_url: String,
+    data_dir: PathBuf,
+    temporary: bool,
+    config: crate::Config,
+    stop: Option<watch::Sender<bool>>,
+    thread: Option<JoinHandle<()>>,
+    lock_file: Option<std::fs::File>,
+}
+
+impl fmt::Debug for LocalServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalServer")
+            .field("base_url", &self.base_url)
+            .field("sandbox_url", &self.sandbox_url)
+            .field("data_dir", &self.data_dir)
+            .field("api_key", &"<redacted>")
+            .finish()
+    }
+}
+
+fn random_api_key() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut b = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut b);
+    let tail: String = b
+        .iter()
+        .map(|x| char::from(ALPHABET[usize::from(*x) % ALPHABET.len()]))
+        .collect();
+    format!("ss_live_{tail}")
+}
+
+/// Checks what sandbox isolation needs, naming what is missing.
+fn preflight() -> Result<(), LocalError> {
+    let uid = sys::euid();
+    if uid != 0 {
+        return Err(LocalError::NotRoot { uid });
+    }
+    for ns in ["pid", "mnt", "uts"] {
+        let p = format!("/proc/self/ns/{ns}");
+        if !Path::new(&p).exists() {
+            return Err(LocalError::Unsupported {
+                what: "Linux namespaces",
+                detail: format!("{p} does not exist"),
+            });
+        }
+    }
+    let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !fs
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("overlay"))
+    {
+        return Err(LocalError::Unsupported {
+            what: "overlayfs",
+            detail:
+                "the kernel does not list `overlay` in /proc/filesystems (try `modprobe overlay`)"
+                    .into(),
+        });
+    }
+    // openat2 (Linux 5.6) keeps file access inside a sandbox's root; pidfds (5.3) make
+    // killing race-free.
+    match sys::open_raw(Path::new("/"), libc::O_PATH) {
+        Ok(fd) => drop(fd),
+        Err(e) => {
+            return Err(LocalError::Unsupported {
+                what: "/proc access",
+                detail: e.to_string(),
+            })
+        }
+    }
+    if let Err(e) = super::files::probe_openat2() {
+        return Err(LocalError::Unsupported {
+            what: "openat2 (Linux 5.6+)",
+            detail: e.to_string(),
+        });
+    }
+    if let Err(e) = sys::pidfd_open(std::process::id() as i32) {
+        return Err(LocalError::Unsupported {
+            what: "pidfd_open (Linux 5.3+)",
+            detail: e.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn bind(ip: IpAddr, port: u16) -> Result<std::net::TcpListener, LocalError> {
+    let addr = SocketAddr::new(ip, port);
+    let l =
+        std::net::TcpListener::bind(addr).map_err(|source| LocalError::Bind { addr, source })?;
+    l.set_nonblocking(true)
+        .map_err(|source| LocalError::Bind { addr, source })?;
+    Ok(l)
+}
+
+fn url_of(l: &std::net::TcpListener, ip: IpAddr) -> Result<String, LocalError> {
+    let addr = l.local_addr().map_err(|source| LocalError::Bind {
+        addr: SocketAddr::new(ip, 0),
+        source,
+    })?;
+    Ok(match addr.ip() {
+        IpAddr::V6(v6) => format!("http://[{v6}]:{}", addr.port()),
+        IpAddr::V4(v4) if v4.is_unspecified() => format!("http://127.0.0.1:{}", addr.port()),
+        IpAddr::V4(v4) => format!("http://{v4}:{}", addr.port()),
+    })
+}
+
+impl LocalServer {
+    /// Starts a backend with a temporary data directory (removed on drop), random free ports
+    /// on `127.0.0.1` and a random API key.
+    pub fn start() -> Result<LocalServer, LocalError> {
+        LocalServerBuilder::default().start()
+    }
+
+    /// A builder for the data directory, ports, API key and bind address.
+    pub fn builder() -> LocalServerBuilder {
+        LocalServerBuilder::default()
+    }
+
+    fn start_with(b: LocalServerBuilder) -> Result<LocalServer, LocalError> {
+        preflight()?;
+        let cgroups = Cgroups::discover()?;
+
+        let (data_dir, temporary) = match &b.data_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d).map_err(|source| LocalError::DataDir {
+                    path: d.clone(),
+                    source,
+                })?;
+                (d.clone(), false)
+            }
+            None => {
+                let mut r = [0u8; 8];
+                rand::thread_rng().fill_bytes(&mut r);
+                let name: String = r.iter().map(|x| format!("{x:02x}")).collect();
+                let d = std::env::temp_dir().join(format!("superserve-local-{name}"));
+                // private to root: it holds every sandbox's files
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&d)
+                    .map_err(|source| LocalError::DataDir {
+                        path: d.clone(),
+                        source,
+                    })?;
+                (d, true)
+            }
+        };
+        let cleanup_temp = |e: LocalError| {
+            if temporary {
+                let _ = std::fs::remove_dir_all(&data_dir);
+            }
+            e
+        };
+        let data_dir = std::fs::canonicalize(&data_dir)
+            .map_err(|source| LocalError::DataDir {
+                path: data_dir.clone(),
+                source,
+            })
+            .map_err(cleanup_temp)?;
+        let cleanup_temp = |e: LocalError| {
+            if temporary {
+                let _ = std::fs::remove_dir_all(&data_dir);
+            }
+            e
+        };
+        let s = data_dir.to_string_lossy();
+        if s.contains([',', ':', '\\', '\n']) || data_dir.to_str().is_none() {
+            return Err(cleanup_temp(LocalError::InvalidDataDir {
+                path: data_dir.clone(),
+                reason: "overlayfs cannot use paths containing ',', ':', '\\', newlines or \
+                         non-UTF-8 bytes"
+                    .into(),
+            }));
+        }
+        const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
+        let on_overlay = sys::open_raw(&data_dir, libc::O_PATH | libc::O_DIRECTORY)
+            .and_then(|fd| super::files::fs_magic(std::os::fd::AsRawFd::as_raw_fd(&fd)))
+            .is_ok_and(|m| m == OVERLAYFS_MAGIC);
+        if on_overlay {
+            return Err(cleanup_temp(LocalError::InvalidDataDir {
+                path: data_dir.clone(),
+                reason: "it is on overlayfs, which cannot hold the sandboxes' writable layers;                          choose a directory on ext4, xfs, btrfs or tmpfs"
+                    .into(),
+            }));
+        }
+        let server = Self::start_in(b, cgroups, data_dir.clone(), temporary);
+        server.map_err(cleanup_temp)
+    }
+
+    fn start_in(
+        b: LocalServerBuilder,
+        cgroups: Cgroups,
+        data_dir: PathBuf,
+        temporary: bool,
+    ) -> Result<LocalServer, LocalError> {
+        let dd_err = |path: PathBuf| move |source| LocalError::DataDir { path, source };
+        let lock_path = data_dir.join(".lock");
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(dd_err(lock_path.clone()))?;
+        if !sys::try_lock_exclusive(&lock_file).map_err(dd_err(lock_path.clone()))? {
+            return Err(LocalError::DataDirInUse { path: data_dir });
+        }
+        let sandboxes_dir = data_dir.join("sandboxes");
+        std::fs::create_dir_all(&sandboxes_dir).map_err(dd_err(sandboxes_dir.clone()))?;
+        let base = image::prepare(&data_dir)?;
+        let db_path = data_dir.join("state.db");
+        let db = Db::open(&db_path).map_err(|e| LocalError::Database {
+            path: db_path.clone(),
+            source: Box::new(e),
+        })?;
+
+        let control_port = b.port.unwrap_or(0);
+        let data_port = match (b.sandbox_port, b.port) {
+            (Some(p), _) => p,
+            (None, Some(0)) | (None, None) => 0,
+            (None, Some(p)) => p.checked_add(1).ok_or_else(|| {
+                LocalError::InvalidOption(format!(
+                    "port {p} leaves no room for the data plane on port + 1; set sandbox_port"
+                ))
+            })?,
+        };
+        let control_listener = bind(b.bind, control_port)?;
+        let data_listener = bind(b.bind, data_port)?;
+        let base_url = url_of(&control_listener, b.bind)?;
+        let sandbox_url = url_of(&data_listener, b.bind)?;
+
+        let api_key = match b.api_key {
+            Some(k) if !k.trim().is_empty() => k.trim().to_owned(),
+            Some(_) => return Err(LocalError::InvalidOption("the API key is empty".into())),
+            None => random_api_key(),
+        };
+        let config = crate::Config::builder()
+            .api_key(api_key.clone())
+            .base_url(base_url.clone())
+            .sandbox_url(sandbox_url.clone())
+            .build()
+            .map_err(|e| LocalError::InvalidOption(format!("SDK configuration: {e}")))?;
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("superserve-local")
+            .build()
+            .map_err(LocalError::Runtime)?;
+        let spawner =
+            Arc::new(sys::Spawner::start(runtime.handle().clone()).map_err(LocalError::Runtime)?);
+        let host = Host {
+            base,
+            cgroups,
+            sandboxes_dir,
+            last_cap: sys::last_cap(),
+            handle: runtime.handle().clone(),
+            spawner: spawner.clone(),
+        };
+        let app = Arc::new(App::new(
+            api_key,
+            host,
+            db,
+            Tuning {
+                keepalive: if b.keepalive.is_zero() {
+                    DEFAULT_KEEPALIVE
+                } else {
+                    b.keepalive
+                },
+            },
+        )?);
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let thread_app = app.clone();
+        let thread = std::thread::Builder::new()
+            .name("superserve-local".into())
+            .spawn(move || {
+                run(
+                    runtime,
+                    thread_app,
+                    control_listener,
+                    data_listener,
+                    stop_rx,
+                    ready_tx,
+                )
+            })
+            .map_err(LocalError::Runtime)?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(LocalError::Stopped(e));
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(LocalError::Stopped("the server thread exited".into()));
+            }
+        }
+        Ok(LocalServer {
+            app,
+            base_url,
+            sandbox_url,
+            data_dir,
+            temporary,
+            config,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            lock_file: Some(lock_file),
+        })
+    }
+
+    /// The control-plane URL, e.g. `http://127.0.0.1:41234` (use as `SUPERSERVE_BASE_URL`).
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The data-plane URL (use as `SUPERSERVE_SANDBOX_URL`): requests name their sandbox in
+    /// `X-Superserve-Sandbox-Id`.
+    pub fn sandbox_url(&self) -> &str {
+        &self.sandbox_url
+    }
+
+    /// The API key the control plane accepts.
+    pub fn api_key(&self) -> &str {
+        &self.app.api_key
+    }
+
+    /// The data directory (state database, base image, sandbox files).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// An SDK configuration for this backend (API key, base URL and data-plane URL set).
+    pub fn config(&self) -> crate::Config {
+        self.config.clone()
+    }
+
+    /// Adds a fault rule (see [`FaultRule`]); rules apply in the order they were added.
+    pub fn inject(&self, rule: FaultRule) {
+        self.app.faults.push(rule);
+    }
+
+    /// Removes every fault rule.
+    pub fn clear_faults(&self) {
+        self.app.faults.clear();
+    }
+
+    /// Every request received so far (both listeners, oldest first; at most the last 10 000),
+    /// except the `/_local/*` admin routes.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.app.journal.snapshot()
+    }
+
+    /// Requests received so far on one listener.
+    pub fn requests_on(&self, plane: Plane) -> Vec<RecordedRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.plane == plane)
+            .collect()
+    }
+
+    /// Empties the request journal.
+    pub fn clear_requests(&self) {
+        self.app.journal.clear();
+    }
+
+    /// Invalidates the sandbox's current access token: its next data-plane call gets
+    /// `401 invalid access token` until a client activates it again. Returns whether the
+    /// sandbox exists.
+    pub fn expire_tokens(&self, sandbox_id: &str) -> bool {
+        self.app.expire_token(sandbox_id)
+    }
+
+    /// Stops serving, kills every sandbox process (their records and files stay; running
+    /// sandboxes are recorded as paused), and removes the temporary data directory if one was
+    /// created. Dropping the server does the same.
+    pub fn shutdown(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        // release the data directory for a next backend
+        self.lock_file.take();
+        if self.temporary {
+            self.temporary = false;
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+/// The server thread: serves until told to stop, then kills the sandboxes.
+fn run(
+    runtime: tokio::runtime::Runtime,
+    app: Arc<App>,
+    control_listener: std::net::TcpListener,
+    data_listener: std::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    runtime.block_on(async {
+        let listeners = (|| -> std::io::Result<_> {
+            Ok((
+                tokio::net::TcpListener::from_std(control_listener)?,
+                tokio::net::TcpListener::from_std(data_listener)?,
+            ))
+        })();
+        let (cl, dl) = match listeners {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(format!("cannot register the listeners: {e}")));
+                return;
+            }
+        };
+        let control = tokio::spawn(http::serve(cl, control::router(app.clone()), stop.clone()));
+        let data = tokio::spawn(http::serve(dl, data::router(app.clone()), stop.clone()));
+        let reaper_app = app.clone();
+        let mut reaper_stop = stop.clone();
+        let reaper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => reaper_app.reap(),
+                    _ = reaper_stop.changed() => return,
+                }
+            }
+        });
+        let _ = ready.send(Ok(()));
+        while !*stop.borrow() {
+            if stop.changed().await.is_err() {
+                break;
+            }
+        }
+        let _ = control.await;
+        let _ = data.await;
+        let _ = reaper.await;
+        app.shutdown().await;
+    });
+    app.host.spawner.stop();
+    runtime.shutdown_timeout(Duration::from_secs(2));
+}
+
+#[cfg(test)]
+mod tests {
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn public_types_are_send_sync() {
+        assert_send_sync::<super::LocalServer>();
+        assert_send_sync::<super::LocalServerBuilder>();
+        assert_send_sync::<super::super::LocalError>();
+        let key = super::random_api_key();
+        assert!(key.starts_with("ss_live_") && key.len() == 40, "{key}");
+        let dbg = format!(
+            "{:?}",
+            super::LocalServer::builder().api_key("ss_live_topsecret")
+        );
+        assert!(!dbg.contains("topsecret"), "{dbg}");
+    }
+}

@@ -1,0 +1,225 @@
+//! Helpers shared by both test targets (no flavour-specific code here).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use superserve::local::LocalServer;
+use superserve::Config;
+
+/// A fresh local backend (its own data dir, ports and key).
+pub fn server() -> LocalServer {
+    LocalServer::start().unwrap_or_else(|e| panic!("local backend failed to start: {e}"))
+}
+
+/// An SDK configuration for `server`.
+pub fn config(server: &LocalServer) -> Config {
+    server.config()
+}
+
+/// What a scripted server answers to one request.
+#[derive(Clone)]
+pub enum Reply {
+    /// A raw HTTP response (status line, headers, body); `Content-Length` is added.
+    Http {
+        status: u16,
+        headers: Vec<(&'static str, String)>,
+        body: Vec<u8>,
+    },
+    /// A streamed body: the head, then these chunks (chunked encoding), then hang.
+    StreamThenHang {
+        head: Vec<(&'static str, String)>,
+        chunks: Vec<String>,
+    },
+    /// Read the request, then never answer.
+    Hang,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: &str) -> Reply {
+        Reply::Http {
+            status,
+            headers: vec![("content-type", "application/json".into())],
+            body: body.as_bytes().to_vec(),
+        }
+    }
+    pub fn text(status: u16, content_type: &str, body: &str) -> Reply {
+        Reply::Http {
+            status,
+            headers: vec![("content-type", content_type.to_owned())],
+            body: body.as_bytes().to_vec(),
+        }
+    }
+}
+
+/// One request the scripted server saw.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A tiny HTTP/1.1 server answering a script of replies, one per request, for what a real
+/// server cannot be made to do on cue (malformed bodies, HTML error pages, stalls).
+pub struct Scripted {
+    pub url: String,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Scripted {
+    pub fn start(script: Vec<Reply>) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        let script = Arc::new(Mutex::new(script.into_iter()));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let seen = seen2.clone();
+                let script = script.clone();
+                std::thread::spawn(move || serve(conn, &seen, &script));
+            }
+        });
+        Scripted { url, seen }
+    }
+
+    pub fn config(&self) -> Config {
+        Config::builder()
+            .api_key("ss_live_scripted0000000000000000000000")
+            .base_url(&self.url)
+            .sandbox_url(&self.url)
+            .timeouts(superserve::Timeouts::default().request(Duration::from_secs(2)))
+            .build()
+            .expect("config")
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn serve(conn: TcpStream, seen: &Mutex<Vec<Seen>>, script: &Mutex<std::vec::IntoIter<Reply>>) {
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    let mut conn = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_owned();
+        let target = parts.next().unwrap_or("").to_owned();
+        let mut headers = Vec::new();
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                headers.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+        }
+        let mut body = vec![0u8; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        seen.lock().unwrap().push(Seen {
+            method,
+            target,
+            headers,
+            body,
+        });
+        let reply = script.lock().unwrap().next().unwrap_or(Reply::json(
+            500,
+            r#"{"error":{"code":"internal_error","message":"script exhausted"}}"#,
+        ));
+        match reply {
+            Reply::Http {
+                status,
+                headers,
+                body,
+            } => {
+                let mut out = format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\n", body.len());
+                for (k, v) in headers {
+                    out.push_str(&format!("{k}: {v}\r\n"));
+                }
+                out.push_str("\r\n");
+                let _ = conn.write_all(out.as_bytes());
+                let _ = conn.write_all(&body);
+            }
+            Reply::StreamThenHang { head, chunks } => {
+                let mut out = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n".to_owned();
+                for (k, v) in head {
+                    out.push_str(&format!("{k}: {v}\r\n"));
+                }
+                out.push_str("\r\n");
+                let _ = conn.write_all(out.as_bytes());
+                for c in chunks {
+                    let _ = conn.write_all(format!("{:x}\r\n{c}\r\n", c.len()).as_bytes());
+                }
+                let _ = conn.flush();
+                std::thread::sleep(Duration::from_secs(60));
+                return;
+            }
+            Reply::Hang => {
+                std::thread::sleep(Duration::from_secs(60));
+                return;
+            }
+        }
+    }
+}
+
+/// Names of the entries in a ZIP archive's central directory.
+pub fn zip_entries(zip: &[u8]) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut i = 0;
+    while i + 46 <= zip.len() {
+        if zip[i..i + 4] == [0x50, 0x4b, 0x01, 0x02] {
+            let n = u16::from_le_bytes([zip[i + 28], zip[i + 29]]) as usize;
+            let m = u16::from_le_bytes([zip[i + 30], zip[i + 31]]) as usize;
+            let k = u16::from_le_bytes([zip[i + 32], zip[i + 33]]) as usize;
+            if i + 46 + n <= zip.len() {
+                names.push(String::from_utf8_lossy(&zip[i + 46..i + 46 + n]).into_owned());
+            }
+            i += 46 + n + m + k;
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}

@@ -1,0 +1,105 @@
+//! The shared suite: written once in async style, compiled for each flavour by the including
+//! test target (which defines `dual`, `flavor` and `suite_tests!`).
+
+mod control;
+mod data;
+mod faults;
+
+#[allow(unused_imports)]
+pub use control::*;
+#[allow(unused_imports)]
+pub use data::*;
+#[allow(unused_imports)]
+pub use faults::*;
+
+use superserve::local::LocalServer;
+use superserve::CreateOptions;
+
+use crate::common;
+use crate::dual;
+use crate::flavor::Sandbox;
+
+/// Creates a sandbox on `server` named `name`.
+#[dual]
+pub async fn make(server: &LocalServer, name: &str) -> Sandbox {
+    Sandbox::create_with(&common::config(server), CreateOptions::new(name))
+        .await
+        .unwrap_or_else(|e| panic!("create {name}: {e}"))
+}
+
+/// Requests the backend received with this method and path.
+pub fn count(server: &LocalServer, method: &str, path: &str) -> usize {
+    server
+        .requests()
+        .iter()
+        .filter(|r| r.method == method && r.path == path)
+        .count()
+}
+
+/// A sandbox whose access token the backend has just invalidated.
+#[dual]
+pub async fn stale_token_setup() -> (LocalServer, Sandbox) {
+    let server = common::server();
+    let sb = make(&server, "stale").await;
+    let __a25 = sb.commands().run("true").await.unwrap().exit_code;
+    assert_eq!(__a25, 0);
+    server.expire_tokens(sb.id());
+    server.clear_requests();
+    (server, sb)
+}
+
+pub fn assert_single_activate(server: &LocalServer, sb: &Sandbox) {
+    let activates = count(server, "POST", &format!("/sandboxes/{}/activate", sb.id()));
+    assert_eq!(
+        activates, 1,
+        "concurrent stale callers must share one activate"
+    );
+    let refused = server
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/exec" && r.status == 401)
+        .count();
+    assert!(
+        refused >= 1,
+        "at least one call must have met the stale token"
+    );
+}
+
+suite_tests!(
+    // control plane
+    lifecycle_and_accessors,
+    create_validation_sends_nothing,
+    connect_rotates_token_and_resumes,
+    list_filters_and_query_encoding,
+    update_tri_state_and_update_by_id,
+    pause_resume_keeps_process_state,
+    pause_wait_and_conflicts,
+    secret_bindings,
+    network_log_paging_empty,
+    authentication_and_not_found,
+    request_shapes,
+    // data plane
+    run_basics,
+    run_streamed_with_callbacks,
+    stream_cut_before_finished_is_error,
+    stream_idle_timeout,
+    spawn_stdin_eof_and_signal,
+    session_cut_midway_is_error,
+    files_round_trips,
+    files_streamed_multi_mib,
+    files_zip_and_validation,
+    paused_sandbox_resumed_by_data_plane,
+    stale_token_refresh_once,
+    isolation_between_sandboxes,
+    restart_keeps_records_and_files,
+    // faults and wire shapes
+    retries_on_transient_statuses,
+    no_retry_for_post_and_patch,
+    delete_conflict_retried_up_to_eleven,
+    dropped_connection_retried_for_get_only,
+    rate_limit_error_carries_code_and_retry_after,
+    malformed_responses_are_decode_errors,
+    html_error_page_is_typed,
+    timeouts_are_typed,
+    unreachable_server_is_connection_error,
+);
