@@ -78,6 +78,11 @@
 //! runs its own I/O threads and would block the runtime); use the async flavour there.
 
 #![deny(missing_docs)]
+// With only `local`, the client plumbing is compiled but unused.
+#![cfg_attr(
+    not(any(feature = "async", feature = "blocking")),
+    allow(dead_code, unused_imports)
+)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 #[cfg(not(any(feature = "async", feature = "blocking", feature = "local")))]

@@ -103,38 +103,6 @@ pub(crate) fn check_signal(name: &str) -> crate::Result<()> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frames() {
-        let data = vec![7u8; STDIN_CHUNK * 2 + 1];
-        let frames: Vec<_> = stdin_frames(&data).collect();
-        assert_eq!(frames.len(), 3);
-        assert_eq!(frames[0].len(), STDIN_CHUNK + 1);
-        assert_eq!(frames[0][0], CHANNEL_STDIN);
-        assert_eq!(frames[2].len(), 2);
-        assert!(matches!(
-            parse_text_frame(r#"{"exit_code":3,"finished":true}"#),
-            Lifecycle::Finished {
-                exit_code: 3,
-                error: None
-            }
-        ));
-        assert!(matches!(
-            parse_text_frame(r#"{"error":"boom","code":"exec_failed","finished":true}"#),
-            Lifecycle::Finished {
-                exit_code: 0,
-                error: Some(_)
-            }
-        ));
-        assert_eq!(close_detail(None, ""), "connection dropped");
-        assert_eq!(close_detail(Some(1011), ""), "close code 1011");
-        assert!(check_signal("SIGKILL").is_err());
-    }
-}
-
 /// How a session ended: the result, or why it has none.
 pub(crate) type Outcome = std::result::Result<crate::models::CommandResult, String>;
 
@@ -230,5 +198,37 @@ impl OutputSink {
         Err(format!(
             "exec/connect: connection closed before the command finished ({detail})"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames() {
+        let data = vec![7u8; STDIN_CHUNK * 2 + 1];
+        let frames: Vec<_> = stdin_frames(&data).collect();
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[0].len(), STDIN_CHUNK + 1);
+        assert_eq!(frames[0][0], CHANNEL_STDIN);
+        assert_eq!(frames[2].len(), 2);
+        assert!(matches!(
+            parse_text_frame(r#"{"exit_code":3,"finished":true}"#),
+            Lifecycle::Finished {
+                exit_code: 3,
+                error: None
+            }
+        ));
+        assert!(matches!(
+            parse_text_frame(r#"{"error":"boom","code":"exec_failed","finished":true}"#),
+            Lifecycle::Finished {
+                exit_code: 0,
+                error: Some(_)
+            }
+        ));
+        assert_eq!(close_detail(None, ""), "connection dropped");
+        assert_eq!(close_detail(Some(1011), ""), "close code 1011");
+        assert!(check_signal("SIGKILL").is_err());
     }
 }
