@@ -279,12 +279,31 @@ pub async fn update_tri_state_and_update_by_id() {
 pub async fn pause_resume_keeps_process_state() {
     let server = common::server();
     let sb = make(&server, "pause").await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let s2 = seen.clone();
     let session = sb
         .commands()
-        .spawn("python3 -u -i -q", RunOptions::new())
+        .spawn(
+            "python3 -u -i -q",
+            RunOptions::new().on_stdout(move |s: &str| s2.lock().unwrap().push_str(s)),
+        )
         .await
         .unwrap();
-    session.write_stdin("x = 41\n").await.unwrap();
+    session
+        .write_stdin("x = 41\nprint('ready')\n")
+        .await
+        .unwrap();
+    // pause only once the interpreter provably holds the state
+    for _ in 0..1000 {
+        if seen.lock().unwrap().contains("ready") {
+            break;
+        }
+        crate::flavor::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        seen.lock().unwrap().contains("ready"),
+        "python did not start"
+    );
     sb.pause_with(PauseOptions::new().wait(true)).await.unwrap();
     let __a3 = sb.get_info().await.unwrap().status;
     assert_eq!(__a3, SandboxStatus::Paused);

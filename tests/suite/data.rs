@@ -1,7 +1,6 @@
 //! Data plane: commands, streamed output, sessions, files, token refresh, backend isolation.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use superserve::local::{Fault, FaultRule, LocalServer};
 use superserve::{CreateOptions, Error, PauseOptions, RunOptions, SandboxStatus};
@@ -9,7 +8,7 @@ use superserve::{CreateOptions, Error, PauseOptions, RunOptions, SandboxStatus};
 use super::{count, make};
 use crate::common;
 use crate::dual;
-use crate::flavor::{sleep, Sandbox};
+use crate::flavor::Sandbox;
 
 #[dual]
 pub async fn run_basics() {
@@ -166,15 +165,17 @@ pub async fn spawn_stdin_eof_and_signal() {
     s.write_stdin("ignored").await.unwrap();
     s.close().await.unwrap();
 
+    let ready = Arc::new(Mutex::new(String::new()));
+    let r2 = ready.clone();
     let s = sb
         .commands()
         .spawn(
             "trap 'echo got-term; exit 42' TERM; echo ready; while true; do sleep 0.05; done",
-            RunOptions::new(),
+            RunOptions::new().on_stdout(move |s: &str| r2.lock().unwrap().push_str(s)),
         )
         .await
         .unwrap();
-    sleep(Duration::from_millis(300)).await;
+    super::wait_for(&ready, "ready").await;
     let __a9_v = s.kill("SIGKILL").await;
     let __a9 = matches!(__a9_v, Err(Error::Validation(_)));
     assert!(__a9);
@@ -356,12 +357,17 @@ pub async fn isolation_between_sandboxes() {
     let host_path = std::path::Path::new("/tmp/secret-a");
     assert!(!host_path.exists() || std::fs::read(host_path).unwrap_or_default() != b"only a");
     // a's processes are invisible to b; each sees its own PID namespace
+    let started = Arc::new(Mutex::new(String::new()));
+    let st2 = started.clone();
     let s = a
         .commands()
-        .spawn("sleep 30", RunOptions::new())
+        .spawn(
+            "echo started; exec sleep 30",
+            RunOptions::new().on_stdout(move |s: &str| st2.lock().unwrap().push_str(s)),
+        )
         .await
         .unwrap();
-    sleep(Duration::from_millis(200)).await;
+    super::wait_for(&started, "started").await;
     let ps_b = b
         .commands()
         .run("ls /proc | grep -E '^[0-9]+$' | while read p; do cat /proc/$p/cmdline 2>/dev/null | tr '\\0' ' '; echo; done")

@@ -27,6 +27,18 @@ pub async fn make(server: &LocalServer, name: &str) -> Sandbox {
         .unwrap_or_else(|e| panic!("create {name}: {e}"))
 }
 
+/// Waits (bounded) until `seen` contains `needle`; panics if it never does.
+#[dual]
+pub async fn wait_for(seen: &std::sync::Arc<std::sync::Mutex<String>>, needle: &str) {
+    for _ in 0..1000 {
+        if seen.lock().unwrap().contains(needle) {
+            return;
+        }
+        crate::flavor::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("never saw {needle:?} in {:?}", seen.lock().unwrap());
+}
+
 /// Requests the backend received with this method and path.
 pub fn count(server: &LocalServer, method: &str, path: &str) -> usize {
     server
