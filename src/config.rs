@@ -185,7 +185,6 @@ impl Config {
     }
 
     /// WebSocket URL of `exec/connect` and whether the sandbox-id header is needed.
-    #[allow(dead_code)]
     pub(crate) fn exec_connect_url(&self, sandbox_id: &str) -> (String, bool) {
         if let Some(url) = &self.inner.sandbox_url {
             let url = url.trim_end_matches('/');

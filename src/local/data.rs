@@ -657,6 +657,25 @@ fn content_disposition(kind: &str, name: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!("{kind}; filename=\"{safe}\"")).ok()
 }
 
+/// Runs a blocking open inside the sandbox root off the async runtime; failures become the
+/// data plane's error responses.
+async fn open_in_root<T: Send + 'static>(
+    rt: &Arc<super::runtime::Runtime>,
+    path: &str,
+    open: fn(&std::os::fd::OwnedFd, &str) -> Result<T, FileError>,
+) -> Result<T, Box<Response>> {
+    let rt = rt.clone();
+    let path = path.to_owned();
+    match tokio::task::spawn_blocking(move || open(&rt.root, &path)).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(Box::new(file_error(e))),
+        Err(e) => Err(Box::new(boxd_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &e.to_string(),
+        ))),
+    }
+}
+
 async fn files_get(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -666,15 +685,9 @@ async fn files_get(
         Ok(t) => t,
         Err(r) => return *r,
     };
-    let open = {
-        let rt = rt.clone();
-        let path = path.clone();
-        tokio::task::spawn_blocking(move || files::open_read(&rt.root, &path)).await
-    };
-    let target = match open {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => return file_error(e),
-        Err(e) => return boxd_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    let target = match open_in_root(&rt, &path, files::open_read).await {
+        Ok(t) => t,
+        Err(r) => return *r,
     };
     let name = files::base_name(&path).to_owned();
     match target {
@@ -755,15 +768,9 @@ async fn files_post(
         Ok(t) => t,
         Err(r) => return *r,
     };
-    let open = {
-        let rt = rt.clone();
-        let path = path.clone();
-        tokio::task::spawn_blocking(move || files::open_write(&rt.root, &path)).await
-    };
-    let file = match open {
-        Ok(Ok(f)) => f,
-        Ok(Err(e)) => return file_error(e),
-        Err(e) => return boxd_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    let file = match open_in_root(&rt, &path, files::open_write).await {
+        Ok(f) => f,
+        Err(r) => return *r,
     };
     let mut file = tokio::fs::File::from_std(file);
     let mut size: u64 = 0;

@@ -19,6 +19,17 @@ pub fn config(server: &LocalServer) -> Config {
     server.config()
 }
 
+/// An SDK configuration for `server` with another retry policy.
+pub fn config_with_retry(server: &LocalServer, policy: superserve::RetryPolicy) -> Config {
+    Config::builder()
+        .api_key(server.api_key())
+        .base_url(server.base_url())
+        .sandbox_url(server.sandbox_url())
+        .retry_policy(policy)
+        .build()
+        .expect("config")
+}
+
 /// What a scripted server answers to one request.
 #[derive(Clone)]
 pub enum Reply {
