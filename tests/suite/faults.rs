@@ -78,13 +78,7 @@ pub async fn retries_on_transient_statuses() {
     assert_eq!(err.status_code(), Some(500));
     assert_eq!(count(&server, "GET", &path), 1);
     // a custom policy
-    let once = Config::builder()
-        .api_key(server.api_key())
-        .base_url(server.base_url())
-        .sandbox_url(server.sandbox_url())
-        .retry_policy(RetryPolicy::none())
-        .build()
-        .unwrap();
+    let once = common::config_with_retry(&server, RetryPolicy::none());
     server.clear_requests();
     server.inject(FaultRule::new("GET", "/sandboxes").fault(status(502, "bad_gateway")));
     let __a21 = Sandbox::list_with(&once, ListOptions::new()).await.is_err();
@@ -128,13 +122,10 @@ pub async fn no_retry_for_post_and_patch() {
 #[dual]
 pub async fn delete_conflict_retried_up_to_eleven() {
     let server = common::server();
-    let config = Config::builder()
-        .api_key(server.api_key())
-        .base_url(server.base_url())
-        .sandbox_url(server.sandbox_url())
-        .retry_policy(RetryPolicy::default().base_delay(Duration::from_millis(5)))
-        .build()
-        .unwrap();
+    let config = common::config_with_retry(
+        &server,
+        RetryPolicy::default().base_delay(Duration::from_millis(5)),
+    );
     let sb = Sandbox::create_with(&config, CreateOptions::new("del"))
         .await
         .unwrap();
@@ -348,4 +339,55 @@ pub async fn unreachable_server_is_connection_error() {
         .build()
         .unwrap_err();
     assert!(matches!(err, Error::Validation(_)));
+}
+
+#[dual]
+pub async fn connect_waits_out_sandbox_pausing() {
+    let server = common::server();
+    let config = common::config(&server);
+    let sb = make(&server, "pausing").await;
+    let path = format!("/sandboxes/{}/activate", sb.id());
+    server.inject(FaultRule::new("POST", &path).fault(status(409, "sandbox_pausing")));
+    let again = Sandbox::connect_with(&config, sb.id()).await.unwrap();
+    assert_eq!(again.id(), sb.id());
+    assert_eq!(count(&server, "POST", &path), 2, "one 409, then the retry");
+    // any other conflict is not retried
+    server.inject(FaultRule::new("POST", &path).fault(status(409, "conflict")));
+    let err = Sandbox::connect_with(&config, sb.id()).await.unwrap_err();
+    assert_eq!(err.code(), Some("conflict"));
+    assert_eq!(count(&server, "POST", &path), 3);
+    sb.kill().await.unwrap();
+}
+
+#[dual]
+pub async fn expired_routing_hint_refreshes_first() {
+    // {"e":1}: expired long ago; the fresh hint expires far in the future
+    let fresh = "v1.eyJlIjo5OTk5OTk5OTk5OX0.sig";
+    let s = Scripted::start(vec![
+        Reply::json(
+            201,
+            r#"{"id":"sb-1","status":"active","created_at":"2026-01-01T00:00:00Z","access_token":"t1","routing_hint":"v1.eyJlIjoxfQ.sig"}"#,
+        ),
+        Reply::json(
+            200,
+            &format!(
+                r#"{{"id":"sb-1","status":"active","created_at":"2026-01-01T00:00:00Z","access_token":"t2","routing_hint":"{fresh}"}}"#
+            ),
+        ),
+        Reply::json(200, r#"{"stdout":"ok\n","stderr":"","exit_code":0}"#),
+    ]);
+    let sb = Sandbox::create_with(&s.config(), CreateOptions::new("hint"))
+        .await
+        .unwrap();
+    let r = sb.commands().run("echo ok").await.unwrap();
+    assert_eq!(r.stdout, "ok\n");
+    let seen = s.requests();
+    let targets: Vec<&str> = seen.iter().map(|r| r.target.as_str()).collect();
+    assert_eq!(targets, ["/sandboxes", "/sandboxes/sb-1/activate", "/exec"]);
+    assert_eq!(seen[2].header("x-access-token"), Some("t2"));
+    assert_eq!(seen[2].header("x-superserve-routing-hint"), Some(fresh));
+    assert!(
+        seen[1].header("x-superserve-routing-hint").is_none(),
+        "never sent to the control plane"
+    );
 }

@@ -114,4 +114,6 @@ suite_tests!(
     html_error_page_is_typed,
     timeouts_are_typed,
     unreachable_server_is_connection_error,
+    connect_waits_out_sandbox_pausing,
+    expired_routing_hint_refreshes_first,
 );
