@@ -17,6 +17,7 @@ use super::model::{
     DEFAULT_VCPU,
 };
 use super::runtime::{CommandSpec, Host, Runtime, SandboxDirs};
+use super::secrets::{SecretKey, Secrets};
 use super::store::{self, Db};
 use super::sys::SpawnError;
 use super::time::now_ns;
@@ -135,6 +136,8 @@ pub(crate) struct App {
     pub journal: Journal,
     pub faults: FaultSet,
     pub tuning: Tuning,
+    /// Team secrets (values sealed at rest).
+    pub secrets: Secrets,
     seq: AtomicI64,
 }
 
@@ -184,6 +187,12 @@ impl App {
             path: host.sandboxes_dir.with_file_name("state.db"),
             source: Box::new(e),
         };
+        let key_path = host.sandboxes_dir.with_file_name("secrets.key");
+        let key = SecretKey::load_or_create(&key_path).map_err(|source| LocalError::DataDir {
+            path: key_path.clone(),
+            source,
+        })?;
+        let secrets = Secrets::new(db.clone(), key).map_err(db_err)?;
         let records = db.call_sync(store::load_all).map_err(db_err)?;
         let now = now_ns();
         let mut map = HashMap::new();
@@ -219,6 +228,7 @@ impl App {
             journal: Journal::default(),
             faults: FaultSet::default(),
             tuning,
+            secrets,
             seq: AtomicI64::new(max_seq + 1),
         })
     }
@@ -320,10 +330,7 @@ impl App {
                     "{env_key:?} is set in both env_vars and secrets"
                 )));
             }
-            secrets.push(Binding {
-                env_key,
-                secret_name,
-            });
+            secrets.push(self.new_binding(env_key, secret_name).await?);
         }
         if let Some(n) = &body.network {
             model::validate_network(n).map_err(ApiError::bad_request)?;
@@ -673,6 +680,21 @@ impl App {
         self.persist(&entry).await
     }
 
+    /// A binding of an existing secret with a fresh stand-in token (404 if the secret does not
+    /// exist).
+    async fn new_binding(&self, env_key: String, secret_name: String) -> Result<Binding, ApiError> {
+        let secret = self.secrets.get(&secret_name).await?;
+        Ok(Binding {
+            env_key,
+            secret_name,
+            revoked: false,
+            detached: false,
+            secret_id: secret.id,
+            hosts: secret.hosts,
+            standin: format!("ss_standin_{}", new_token()),
+        })
+    }
+
     /// `POST /sandboxes/{id}/secrets`.
     pub(crate) async fn bind_secret(&self, id: &str, body: BindBody) -> Result<Binding, ApiError> {
         let entry = self.entry(id)?;
@@ -686,11 +708,8 @@ impl App {
         if secret_name.is_empty() {
             return Err(ApiError::bad_request("secret_name is required"));
         }
+        let binding = self.new_binding(env_key, secret_name).await?;
         let _ops = entry.ops.lock().await;
-        let binding = Binding {
-            env_key,
-            secret_name,
-        };
         entry.with(|r| {
             if r.env_vars.contains_key(&binding.env_key) {
                 return Err(ApiError::bad_request(format!(
@@ -698,7 +717,12 @@ impl App {
                     binding.env_key
                 )));
             }
-            r.secrets.retain(|b| b.env_key != binding.env_key);
+            // a replaced binding's stand-in is revoked, like a detached one
+            for b in r.secrets.iter_mut() {
+                if b.env_key == binding.env_key {
+                    b.detached = true;
+                }
+            }
             r.secrets.push(binding.clone());
             Ok(())
         })?;
@@ -711,9 +735,14 @@ impl App {
         let entry = self.entry(id)?;
         let _ops = entry.ops.lock().await;
         let found = entry.with(|r| {
-            let before = r.secrets.len();
-            r.secrets.retain(|b| b.env_key != env_key);
-            r.secrets.len() != before
+            let mut found = false;
+            for b in r.secrets.iter_mut().filter(|b| b.visible()) {
+                if b.env_key == env_key {
+                    b.detached = true;
+                    found = true;
+                }
+            }
+            found
         });
         if !found {
             return Err(ApiError::not_found(format!(
@@ -721,6 +750,46 @@ impl App {
             )));
         }
         self.persist(&entry).await
+    }
+
+    /// After a secret was deleted: every binding of it is marked revoked (its stand-in is
+    /// refused at egress; the sandbox's bindings show `revoked: true`).
+    pub(crate) async fn revoke_bindings_of(&self, secret_name: &str) -> Result<(), ApiError> {
+        for entry in self.all() {
+            let touched = entry.with(|r| {
+                let mut touched = false;
+                for b in r.secrets.iter_mut() {
+                    if b.secret_name == secret_name && !b.revoked {
+                        b.revoked = true;
+                        touched = true;
+                    }
+                }
+                touched
+            });
+            if touched {
+                self.persist(&entry).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sandboxes with a live binding of `secret_name`: (id, name, env_key, status).
+    pub(crate) fn bindings_of(&self, secret_name: &str) -> Vec<(String, String, String, Status)> {
+        let mut out = Vec::new();
+        for entry in self.all() {
+            let rec = entry.rec();
+            for b in rec.secrets.iter() {
+                if b.secret_name == secret_name && b.visible() && !b.revoked {
+                    out.push((
+                        rec.id.clone(),
+                        rec.name.clone(),
+                        b.env_key.clone(),
+                        rec.status,
+                    ));
+                }
+            }
+        }
+        out
     }
 
     /// `GET /sandboxes/{id}` (the record) or 404.

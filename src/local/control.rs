@@ -17,6 +17,7 @@ use super::fault::FaultRule;
 use super::http::{form_pairs, json, observe, require_api_key};
 use super::journal::{redact_header, Plane};
 use super::model::{Record, Status, KNOWN_STATUSES};
+use super::secrets;
 use super::store::{self, decode_cursor, Before, EventQuery};
 use super::time::parse_rfc3339;
 
@@ -32,6 +33,14 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/sandboxes/{id}/secrets", post(bind_secret))
         .route("/sandboxes/{id}/secrets/{env_key}", delete(unbind_secret))
         .route("/sandboxes/{id}/network", get(network_log))
+        .route("/secrets", post(create_secret).get(list_secrets))
+        .route(
+            "/secrets/{name}",
+            get(get_secret).patch(rotate_secret).delete(delete_secret),
+        )
+        .route("/secrets/{name}/audit", get(secret_audit))
+        .route("/secrets/{name}/sandboxes", get(secret_sandboxes))
+        .route("/providers", get(providers))
         .route("/_local/faults", post(add_fault).delete(clear_faults))
         .route("/_local/requests", get(requests).delete(clear_requests))
         .fallback(not_found)
@@ -229,7 +238,7 @@ async fn bind_secret(
     app.record(&id)?;
     let body = parse_body(&body)?;
     let binding = app.bind_secret(&id, body).await?;
-    Ok(json(StatusCode::CREATED, &binding))
+    Ok(json(StatusCode::CREATED, &binding.view()))
 }
 
 async fn unbind_secret(
@@ -338,6 +347,94 @@ async fn requests(State(app): State<Arc<App>>) -> Response {
 async fn clear_requests(State(app): State<Arc<App>>) -> StatusCode {
     app.journal.clear();
     StatusCode::NO_CONTENT
+}
+
+/// Parses a body that may carry a secret value: errors never quote the input.
+fn parse_secret_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("a JSON request body is required"));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid request body (line {}, column {}): malformed JSON, an unknown field or a \
+             field of the wrong type",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+async fn create_secret(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+    let body: secrets::CreateBody = parse_secret_body(&body)?;
+    let rec = app.secrets.create(body).await?;
+    Ok(json(StatusCode::CREATED, &rec.view()))
+}
+
+async fn list_secrets(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    let all: Vec<serde_json::Value> = app.secrets.list().await?.iter().map(|r| r.view()).collect();
+    Ok(json(StatusCode::OK, &all))
+}
+
+async fn get_secret(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(json(StatusCode::OK, &app.secrets.get(&name).await?.view()))
+}
+
+async fn rotate_secret(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: secrets::RotateBody = parse_secret_body(&body)?;
+    Ok(json(
+        StatusCode::OK,
+        &app.secrets.rotate(&name, body).await?.view(),
+    ))
+}
+
+async fn delete_secret(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.secrets.delete(&name).await?;
+    app.revoke_bindings_of(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn secret_audit(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = secrets::parse_audit_query(form_pairs(query.as_deref().unwrap_or("")))
+        .map_err(ApiError::bad_request)?;
+    Ok(json(StatusCode::OK, &app.secrets.audit(&name, q).await?))
+}
+
+async fn secret_sandboxes(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    app.secrets.get(&name).await?;
+    let out: Vec<serde_json::Value> = app
+        .bindings_of(&name)
+        .into_iter()
+        .map(|(id, sb_name, env_key, status)| {
+            serde_json::json!({
+                "sandbox_id": id,
+                "sandbox_name": sb_name,
+                "env_key": env_key,
+                "status": status.as_str(),
+            })
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &out))
+}
+
+async fn providers() -> Response {
+    json(StatusCode::OK, &secrets::providers_view())
 }
 
 #[cfg(test)]

@@ -82,6 +82,10 @@ pub(crate) fn command_spec(
         env.insert(k.to_owned(), v.to_owned());
     }
     env.insert("HOSTNAME".to_owned(), rec.hostname.clone());
+    // bound secrets: the sandbox only ever sees their stand-in tokens
+    for b in rec.secrets.iter().filter(|b| b.visible()) {
+        env.insert(b.env_key.clone(), b.standin.clone());
+    }
     for (k, v) in rec.env_vars.iter().chain(body.env.iter().flatten()) {
         if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
             return Err(format!("invalid environment variable {k:?}"));

@@ -195,13 +195,39 @@ pub(crate) fn prepare(data_dir: &Path) -> Result<BaseImage, LocalError> {
           protocols: files\nservices: files\nethers: files\nrpc: files\n",
         0o644,
     )?;
-    // Sandboxes share the host's network for now, so the host's resolvers work for them.
-    let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-    ensure_file(&etc.join("resolv.conf"), &resolv, 0o644)?;
+    // Each sandbox's DNS is the backend's responder on the sandbox's own loopback.
+    ensure_file(
+        &etc.join("resolv.conf"),
+        b"nameserver 127.0.0.1\noptions timeout:2 attempts:2\n",
+        0o644,
+    )?;
     ensure_symlink(Path::new("../proc/self/mounts"), &etc.join("mtab"))?;
     ensure_dir(&etc.join("ssl"), 0o755)?;
     for name in ETC_COPY {
         copy_entry(&Path::new("/etc").join(name), &etc.join(name))?;
     }
     Ok(BaseImage { dir, host_dirs })
+}
+
+/// Name of the backend's interception CA in the image's `/etc/ssl/certs`.
+const CA_FILE: &str = "superserve-local-ca.pem";
+
+/// Installs the egress proxy's CA in the image's trust store: as its own file, and appended to
+/// the bundle (`ca-certificates.crt`, the host's roots plus this CA) that curl, OpenSSL and
+/// most runtimes read. Rewritten at every start (the CA changes with each backend process).
+pub(crate) fn install_ca(image: &BaseImage, ca_pem: &str) -> Result<(), LocalError> {
+    let certs = image.dir.join("etc/ssl/certs");
+    ensure_dir(&certs, 0o755)?;
+    ensure_file(&certs.join(CA_FILE), ca_pem.as_bytes(), 0o644)?;
+    let mut bundle = std::fs::read("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default();
+    if !bundle.is_empty() && !bundle.ends_with(b"\n") {
+        bundle.push(b'\n');
+    }
+    bundle.extend_from_slice(ca_pem.as_bytes());
+    let path = certs.join("ca-certificates.crt");
+    // a copied symlink would point the write at the host's file: replace it
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+        std::fs::remove_file(&path).map_err(|e| err("cannot replace", &path, e))?;
+    }
+    ensure_file(&path, &bundle, 0o644)
 }

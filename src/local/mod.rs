@@ -1,7 +1,7 @@
 //! The local backend (feature `local`): a Superserve-compatible server on this machine.
 //!
 //! [`LocalServer`] answers the Superserve control plane (sandbox lifecycle, list, update,
-//! secret bindings, network log) and data plane (`/exec`, `/exec/stream`, the
+//! secret bindings, network log, secrets, providers) and data plane (`/exec`, `/exec/stream`, the
 //! `/exec/connect` WebSocket, `/files`) with the same JSON bodies, status codes and error
 //! shapes as the hosted service, and runs every sandbox as an isolated process tree:
 //!
@@ -23,8 +23,23 @@
 //! call's `env`. A command killed by its timeout reports exit code 124; one killed by signal N
 //! reports 128+N.
 //!
-//! Not yet isolated: the network. Sandboxes share the host's network namespace; their
-//! `network` rules are stored and reported but not enforced, and the network log stays empty.
+//! Networking: each sandbox has its own network namespace whose only way out is the backend's
+//! egress proxy, reached transparently (an nftables redirect inside the namespace; programs
+//! need no proxy settings). DNS inside the sandbox is answered by the backend. Per connection
+//! the proxy enforces the sandbox's `network` rules (`allow_out` CIDRs and domain patterns win
+//! over `deny_out` CIDRs; a live `update` applies at once) and always blocks private, loopback
+//! and link-local destinations unless the operator allowed them
+//! ([`LocalServerBuilder::allow_private_destination`]); every connection lands in the network
+//! log with its verdict, blocking rule and byte counts. Egress needs `ip` (iproute2) and `nft`
+//! (nftables) on the host; without them sandboxes get loopback only
+//! ([`LocalServer::egress_available`]).
+//!
+//! Secrets: team secrets are stored encrypted (ChaCha20-Poly1305, key in the data directory).
+//! A bound secret appears in the sandbox as a stand-in token; a request to one of the secret's
+//! hosts that carries the stand-in gets the real credential in the secret's header(s) at the
+//! proxy (HTTPS through the backend's own CA, which is in the sandboxes' trust store) and is
+//! audited. Detaching the binding or deleting the secret revokes the stand-in: requests with it
+//! are refused with `403`.
 //!
 //! It is also a test double: [`LocalServer::inject`] scripts faults (429 with `Retry-After`,
 //! 5xx, dropped connections, streams cut before `finished`) and [`LocalServer::requests`]
@@ -55,6 +70,7 @@ mod app;
 mod cgroup;
 mod control;
 mod data;
+mod egress;
 mod error;
 mod exec;
 mod fault;
@@ -64,6 +80,7 @@ mod image;
 mod journal;
 mod model;
 mod runtime;
+mod secrets;
 mod server;
 mod store;
 mod sys;

@@ -85,11 +85,51 @@ impl Network {
     }
 }
 
-/// A secret bound to an env var.
+/// A secret bound to an env var (as stored; the API shows [`BindingView`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Binding {
     pub env_key: String,
     pub secret_name: String,
+    /// The secret was deleted: its stand-in is refused at egress.
+    #[serde(default)]
+    pub revoked: bool,
+    /// The binding was detached (or replaced): hidden from the API, its stand-in refused.
+    #[serde(default)]
+    pub detached: bool,
+    /// The secret's id when it was bound.
+    #[serde(default)]
+    pub secret_id: String,
+    /// The hosts the secret covers (fixed for a secret's lifetime).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// The stand-in token the sandbox sees in `env_key` instead of the value.
+    #[serde(default)]
+    pub standin: String,
+}
+
+impl Binding {
+    /// Whether the API still shows it (and processes still get its env var).
+    pub(crate) fn visible(&self) -> bool {
+        !self.detached
+    }
+
+    /// Its API shape.
+    pub(crate) fn view(&self) -> BindingView<'_> {
+        BindingView {
+            env_key: &self.env_key,
+            secret_name: &self.secret_name,
+            revoked: self.revoked,
+        }
+    }
+}
+
+/// A binding as the API shows it (`SandboxSecretBinding`).
+#[derive(Debug, Serialize)]
+pub(crate) struct BindingView<'a> {
+    env_key: &'a str,
+    secret_name: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    revoked: bool,
 }
 
 /// Everything the backend knows about one sandbox (persisted in SQLite).
@@ -137,10 +177,14 @@ impl Record {
             network: self.network.as_ref().filter(|n| !n.is_empty()),
             metadata: &self.metadata,
             preview_access: &self.preview_access,
-            secrets: if self.secrets.is_empty() {
-                None
-            } else {
-                Some(&self.secrets)
+            secrets: {
+                let v: Vec<BindingView<'_>> = self
+                    .secrets
+                    .iter()
+                    .filter(|b| b.visible())
+                    .map(Binding::view)
+                    .collect();
+                (!v.is_empty()).then_some(v)
             },
             access_token: if with_token {
                 Some(&self.access_token)
@@ -188,7 +232,7 @@ pub(crate) struct SandboxView<'a> {
     metadata: &'a BTreeMap<String, String>,
     preview_access: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    secrets: Option<&'a Vec<Binding>>,
+    secrets: Option<Vec<BindingView<'a>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     access_token: Option<&'a str>,
 }

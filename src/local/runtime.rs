@@ -15,6 +15,7 @@ use std::sync::Arc;
 use libc::c_ulong;
 
 use super::cgroup::{Cgroups, SandboxCgroup};
+use super::egress::{Egress, SandboxNet};
 use super::image::BaseImage;
 use super::sys::{self, cstr, path_cstr, ChildPlan, PidNs, SpawnError, Step};
 
@@ -36,6 +37,8 @@ pub(crate) struct Host {
     pub last_cap: u32,
     pub handle: tokio::runtime::Handle,
     pub spawner: Arc<sys::Spawner>,
+    /// Network namespaces' setup and the egress proxy.
+    pub egress: Arc<Egress>,
 }
 
 /// Where a sandbox's files live on the host.
@@ -100,6 +103,8 @@ pub(crate) struct Runtime {
     pid_ns: OwnedFd,
     mnt_ns: OwnedFd,
     uts_ns: OwnedFd,
+    /// The network namespace and the proxy tasks serving it.
+    net: SandboxNet,
     /// The sandbox's root directory (an `O_PATH` fd), for the files API.
     pub root: OwnedFd,
     cgroup_fds: Vec<OwnedFd>,
@@ -172,7 +177,7 @@ fn init_plan(
     );
     p.push(
         "creating mount and UTS namespaces",
-        Step::Unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS),
+        Step::Unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWNET),
     );
     p.push(
         "making mounts private",
@@ -406,18 +411,27 @@ impl Runtime {
                 open_ns(pid, "pid")?,
                 open_ns(pid, "mnt")?,
                 open_ns(pid, "uts")?,
+                open_ns(pid, "net")?,
                 sys::open_raw(
                     Path::new(&format!("/proc/{pid}/root")),
                     libc::O_PATH | libc::O_DIRECTORY,
                 )?,
             ))
         })();
-        let (pidfd, pid_ns, mnt_ns, uts_ns, root) = match opened {
+        let (pidfd, pid_ns, mnt_ns, uts_ns, net_ns, root) = match opened {
             Ok(v) => v,
             Err(e) => {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
                 return Err(format!("the sandbox init is not usable: {e}"));
+            }
+        };
+        let net = match host.egress.attach(id, net_ns).await {
+            Ok(net) => net,
+            Err(e) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(format!("setting up the sandbox network: {e}"));
             }
         };
         let dead = Arc::new(AtomicBool::new(false));
@@ -432,6 +446,7 @@ impl Runtime {
             pid_ns,
             mnt_ns,
             uts_ns,
+            net,
             root,
             cgroup_fds,
             cgroup,
@@ -465,6 +480,10 @@ impl Runtime {
             p.push(
                 "entering the sandbox UTS namespace",
                 Step::Setns(self.uts_ns.as_raw_fd(), libc::CLONE_NEWUTS),
+            );
+            p.push(
+                "entering the sandbox network namespace",
+                Step::Setns(self.net.ns.as_raw_fd(), libc::CLONE_NEWNET),
             );
             p.push(
                 format!("changing to the working directory {}", spec.cwd),

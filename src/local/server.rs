@@ -13,6 +13,8 @@ use tokio::sync::watch;
 
 use super::app::{App, Tuning};
 use super::cgroup::Cgroups;
+use super::egress::policy::Cidr4;
+use super::egress::{Egress, EgressSettings};
 use super::error::LocalError;
 use super::fault::FaultRule;
 use super::image;
@@ -45,6 +47,9 @@ pub struct LocalServerBuilder {
     api_key: Option<String>,
     bind: IpAddr,
     keepalive: Duration,
+    allow_private: Vec<String>,
+    dns_hosts: Vec<(String, Ipv4Addr)>,
+    upstream_roots: Vec<Vec<u8>>,
 }
 
 impl fmt::Debug for LocalServerBuilder {
@@ -56,6 +61,9 @@ impl fmt::Debug for LocalServerBuilder {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("bind", &self.bind)
             .field("keepalive", &self.keepalive)
+            .field("allow_private", &self.allow_private)
+            .field("dns_hosts", &self.dns_hosts)
+            .field("upstream_roots", &self.upstream_roots.len())
             .finish()
     }
 }
@@ -69,6 +77,9 @@ impl Default for LocalServerBuilder {
             api_key: None,
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             keepalive: DEFAULT_KEEPALIVE,
+            allow_private: Vec::new(),
+            dns_hosts: Vec::new(),
+            upstream_roots: Vec::new(),
         }
     }
 }
@@ -116,6 +127,44 @@ impl LocalServerBuilder {
     #[must_use]
     pub fn keepalive_interval(mut self, every: Duration) -> Self {
         self.keepalive = every;
+        self
+    }
+
+    /// Lets sandboxes reach a private, loopback or link-local IPv4 network (`"10.88.0.0/16"`,
+    /// `"192.168.1.20"`), which they can never reach otherwise. Each sandbox's own
+    /// `allow_out`/`deny_out` rules still apply. Meant for test upstreams on this machine.
+    /// An entry that is not an IPv4 CIDR makes [`start`](Self::start) fail with
+    /// [`LocalError::InvalidOption`].
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), superserve::local::LocalError> {
+    /// let server = superserve::local::LocalServer::builder()
+    ///     .allow_private_destination("10.88.0.0/16")
+    ///     .dns_host("api.internal.test", "10.88.0.2".parse().unwrap())
+    ///     .start()?;
+    /// # drop(server); Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn allow_private_destination(mut self, cidr: impl Into<String>) -> Self {
+        self.allow_private.push(cidr.into());
+        self
+    }
+
+    /// Makes the sandboxes' DNS answer `name` with `ip` (without asking the host's resolver),
+    /// like an `/etc/hosts` entry for every sandbox. More can be added while running with
+    /// [`LocalServer::set_dns_host`].
+    #[must_use]
+    pub fn dns_host(mut self, name: impl Into<String>, ip: Ipv4Addr) -> Self {
+        self.dns_hosts.push((name.into(), ip));
+        self
+    }
+
+    /// Trusts these PEM root certificates (besides the host's trust store) when the egress
+    /// proxy opens TLS to a brokered secret's host on a sandbox's behalf. For test upstreams
+    /// with certificates of a private CA.
+    #[must_use]
+    pub fn upstream_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.upstream_roots.push(pem.into());
         self
     }
 
@@ -401,6 +450,27 @@ impl LocalServer {
             .map_err(LocalError::Runtime)?;
         let spawner =
             Arc::new(sys::Spawner::start(runtime.handle().clone()).map_err(LocalError::Runtime)?);
+        let mut settings = EgressSettings::default();
+        for c in &b.allow_private {
+            let cidr = Cidr4::parse(c.trim()).ok_or_else(|| {
+                LocalError::InvalidOption(format!(
+                    "allow_private_destination: {c:?} is not an IPv4 address or CIDR"
+                ))
+            })?;
+            settings.allow_private.push(cidr);
+        }
+        for (name, ip) in &b.dns_hosts {
+            settings
+                .hosts
+                .entry(name.trim_end_matches('.').to_ascii_lowercase())
+                .or_default()
+                .push(*ip);
+        }
+        settings.upstream_roots = b.upstream_roots.clone();
+        let egress = Arc::new(Egress::new(settings));
+        if let Some(pem) = egress.ca_pem() {
+            image::install_ca(&base, pem)?;
+        }
         let host = Host {
             base,
             cgroups,
@@ -408,6 +478,7 @@ impl LocalServer {
             last_cap: sys::last_cap(),
             handle: runtime.handle().clone(),
             spawner: spawner.clone(),
+            egress: egress.clone(),
         };
         let app = Arc::new(App::new(
             api_key,
@@ -421,6 +492,11 @@ impl LocalServer {
                 },
             },
         )?);
+
+        egress.set_app(Arc::downgrade(&app));
+        if let Some(why) = egress.unavailable() {
+            eprintln!("superserve-local: warning: {why}");
+        }
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -515,6 +591,19 @@ impl LocalServer {
     /// Empties the request journal.
     pub fn clear_requests(&self) {
         self.app.journal.clear();
+    }
+
+    /// Makes the sandboxes' DNS answer `name` with `ip` from now on (see
+    /// [`LocalServerBuilder::dns_host`]).
+    pub fn set_dns_host(&self, name: &str, ip: Ipv4Addr) {
+        self.app.host.egress.set_host(name, vec![ip]);
+    }
+
+    /// Whether sandboxes can reach the outside through the egress proxy. It needs `ip`
+    /// (iproute2) and `nft` (nftables) on the host; without them every sandbox still gets
+    /// its own network namespace, with loopback only.
+    pub fn egress_available(&self) -> bool {
+        self.app.host.egress.unavailable().is_none()
     }
 
     /// Invalidates the sandbox's current access token: its next data-plane call gets

@@ -315,10 +315,8 @@ pub(crate) fn load(c: &Connection, id: &str) -> Result<Option<Record>, StoreErro
     row.transpose()
 }
 
-/// Appends one event to a sandbox's network log and returns its id (the egress proxy's entry
-/// point; until sandboxes get their own network namespace only tests call it). `ev.id` and `ev.ts` are
+/// Appends one event to a sandbox's network log and returns its id. `ev.id` and `ev.ts` are
 /// ignored (assigned by the database and derived from `ev.ts_ns`).
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn insert_network_event(
     c: &Connection,
     sandbox_id: &str,
@@ -350,6 +348,24 @@ pub(crate) fn insert_network_event(
         ],
     )?;
     Ok(c.last_insert_rowid())
+}
+
+/// Records the final byte counts of a relayed connection.
+pub(crate) fn set_connection_bytes(
+    c: &Connection,
+    event_id: i64,
+    sent: u64,
+    recv: u64,
+) -> Result<(), StoreError> {
+    c.execute(
+        "UPDATE network_events SET bytes_sent = ?2, bytes_recv = ?3 WHERE id = ?1",
+        params![
+            event_id,
+            i64::try_from(sent).unwrap_or(i64::MAX),
+            i64::try_from(recv).unwrap_or(i64::MAX)
+        ],
+    )?;
+    Ok(())
 }
 
 /// One page of a sandbox's network log, newest first.
@@ -574,6 +590,11 @@ mod tests {
             secrets: vec![Binding {
                 env_key: "K".into(),
                 secret_name: "s".into(),
+                revoked: false,
+                detached: true,
+                secret_id: "sid".into(),
+                hosts: vec!["api.x.test".into()],
+                standin: "ss_standin_x".into(),
             }],
             preview_access: "legacy_public".into(),
             access_token: "t".into(),

@@ -234,3 +234,19 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A local backend whose sandboxes may reach [`Upstream`]s (10.88.0.0/16).
+pub fn egress_server() -> LocalServer {
+    let server = LocalServer::builder()
+        .allow_private_destination("10.88.0.0/16")
+        .start()
+        .unwrap_or_else(|e| panic!("local backend failed to start: {e}"));
+    assert!(
+        server.egress_available(),
+        "these tests need `ip` (iproute2) and `nft` (nftables) on the host"
+    );
+    server
+}
+
+mod upstream;
+pub use upstream::Upstream;

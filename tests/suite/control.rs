@@ -359,6 +359,18 @@ pub async fn pause_wait_and_conflicts() {
 pub async fn secret_bindings() {
     let server = common::server();
     let sb = make(&server, "sec").await;
+    // binding a secret that does not exist is a 404
+    let err = sb
+        .attach_secret("ANTHROPIC_API_KEY", "anthropic-prod")
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+    crate::flavor::Secret::create_with(
+        &common::config(&server),
+        superserve::SecretCreateOptions::new("anthropic-prod", "sk-ant-x").provider("anthropic"),
+    )
+    .await
+    .unwrap();
     sb.attach_secret("ANTHROPIC_API_KEY", "anthropic-prod")
         .await
         .unwrap();

@@ -165,6 +165,12 @@ pub async fn delete_conflict_retried_up_to_eleven() {
     let sb = Sandbox::create_with(&config, CreateOptions::new("sec"))
         .await
         .unwrap();
+    crate::flavor::Secret::create_with(
+        &config,
+        superserve::SecretCreateOptions::new("s", "v").provider("openai"),
+    )
+    .await
+    .unwrap();
     sb.attach_secret("K", "s").await.unwrap();
     let sp = format!("/sandboxes/{}/secrets/K", sb.id());
     server.inject(

@@ -4,6 +4,7 @@
 mod control;
 mod data;
 mod faults;
+mod network;
 
 #[allow(unused_imports)]
 pub use control::*;
@@ -11,6 +12,8 @@ pub use control::*;
 pub use data::*;
 #[allow(unused_imports)]
 pub use faults::*;
+#[allow(unused_imports)]
+pub use network::*;
 
 use superserve::local::LocalServer;
 use superserve::CreateOptions;
@@ -116,4 +119,11 @@ suite_tests!(
     unreachable_server_is_connection_error,
     connect_waits_out_sandbox_pausing,
     expired_routing_hint_refreshes_first,
+    // egress, secrets, network log
+    egress_allowed_blocked_and_logged,
+    egress_rules_updated_on_a_live_sandbox,
+    secrets_crud_rotate_and_providers,
+    brokered_secret_injected_audited_and_revoked,
+    brokered_secret_over_https,
+    network_log_pages_through_hundreds_of_events,
 );

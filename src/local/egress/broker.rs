@@ -1,0 +1,370 @@
+//! Brokered secrets at egress: plain HTTP to a host one of the sandbox's secrets covers is
+//! relayed request by request. A request carrying a binding's stand-in token gets the real
+//! credential in the secret's header(s) instead, and is audited; a stand-in that was revoked
+//! (detached binding, deleted secret) or sent to a host its secret does not cover is refused
+//! with `403` and audited too. Requests without a stand-in pass unchanged.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::super::app::App;
+use super::super::model::{Binding, Record};
+use super::super::secrets::{render_headers, AuditRow};
+use super::super::store::{self, NetworkEventRow};
+use super::super::time::now_ns;
+use super::policy::domain_matches;
+
+/// Whether `host` is covered by a secret bound to the sandbox (live or revoked), so its plain
+/// HTTP traffic goes through the broker.
+pub(crate) fn covers(rec: &Record, host: &str) -> bool {
+    rec.secrets
+        .iter()
+        .any(|b| b.hosts.iter().any(|p| domain_matches(p, host)))
+}
+
+/// Relays one connection to `host` request by request until either side closes.
+pub(crate) async fn relay<C, U>(
+    app: Arc<App>,
+    sandbox_id: String,
+    host: String,
+    client: C,
+    upstream: U,
+) where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok((sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await
+    else {
+        return;
+    };
+    let upstream_task = tokio::spawn(conn);
+    let sender = Arc::new(tokio::sync::Mutex::new(sender));
+    let ctx = Arc::new(Ctx {
+        app,
+        sandbox_id,
+        host,
+    });
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let ctx = ctx.clone();
+        let sender = sender.clone();
+        async move { Ok::<_, Infallible>(ctx.handle(req, &sender).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(client), service)
+        .await;
+    upstream_task.abort();
+}
+
+/// Answers every request on an intercepted connection whose upstream could not be reached
+/// over verified TLS with `502` (`upstream_tls_error`).
+pub(crate) async fn refuse_tls<C>(client: C, host: &str)
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let message = format!("could not establish verified TLS to {host}");
+    let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+        let message = message.clone();
+        async move {
+            Ok::<_, Infallible>(
+                error_response(StatusCode::BAD_GATEWAY, "upstream_tls_error", &message).0,
+            )
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(client), service)
+        .await;
+}
+
+struct Ctx {
+    app: Arc<App>,
+    sandbox_id: String,
+    host: String,
+}
+
+/// How a secret-bearing request ended, for the audit log and the network log.
+struct Outcome {
+    status: u16,
+    upstream_status: Option<u16>,
+    error_code: Option<&'static str>,
+}
+
+impl Ctx {
+    async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        sender: &tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Body>>,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let rec = self.app.get(&self.sandbox_id).map(|e| e.rec());
+        let binding = rec
+            .as_ref()
+            .and_then(|r| r.secrets.iter().find(|b| carries(&req, b)).cloned());
+        let Some(binding) = binding else {
+            return forward(sender, req.map(Body::new)).await.0;
+        };
+        let method = req.method().to_string();
+        let path = req.uri().path().to_owned();
+        let refusal = if binding.detached || binding.revoked {
+            Some(("secret_revoked", "the secret binding was revoked"))
+        } else if !binding.hosts.iter().any(|p| domain_matches(p, &self.host)) {
+            Some((
+                "secret_host_mismatch",
+                "the secret is not valid for this host",
+            ))
+        } else {
+            None
+        };
+        let resolved = match refusal {
+            Some(_) => None,
+            None => self
+                .app
+                .secrets
+                .resolve(&binding.secret_name)
+                .await
+                .ok()
+                .flatten(),
+        };
+        let headers = resolved
+            .as_ref()
+            .and_then(|(secret, value)| render_headers(secret, &self.host, value));
+        let (response, outcome) = match (refusal, headers) {
+            (Some((code, message)), _) => refuse(code, message),
+            (None, None) => refuse("secret_revoked", "the secret no longer exists"),
+            (None, Some(headers)) => match swap(&mut req, &binding, headers) {
+                Ok(()) => forward(sender, req.map(Body::new)).await,
+                Err(()) => refuse("secret_invalid", "the secret cannot be sent in a header"),
+            },
+        };
+        let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let secret_id = resolved
+            .as_ref()
+            .map(|(s, _)| s.id.clone())
+            .unwrap_or_else(|| binding.secret_id.clone());
+        self.audit(&binding, &secret_id, &method, &path, &outcome, latency_ms)
+            .await;
+        response
+    }
+
+    async fn audit(
+        &self,
+        binding: &Binding,
+        secret_id: &str,
+        method: &str,
+        path: &str,
+        outcome: &Outcome,
+        latency_ms: u64,
+    ) {
+        let ts_ns = now_ns();
+        let sandbox_name = self.app.get(&self.sandbox_id).map(|e| e.rec().name);
+        let _ = self
+            .app
+            .secrets
+            .record_audit(AuditRow {
+                ts_ns,
+                secret_id: secret_id.to_owned(),
+                secret_name: binding.secret_name.clone(),
+                sandbox_id: self.sandbox_id.clone(),
+                sandbox_name,
+                method: method.to_owned(),
+                host: self.host.clone(),
+                path: path.to_owned(),
+                status: outcome.status,
+                upstream_status: outcome.upstream_status,
+                latency_ms: Some(latency_ms),
+                error_code: outcome.error_code.map(str::to_owned),
+            })
+            .await;
+        let row = NetworkEventRow {
+            ts_ns,
+            kind: "request".to_owned(),
+            host: Some(self.host.clone()),
+            method: Some(method.to_owned()),
+            path: Some(path.to_owned()),
+            status: Some(i64::from(outcome.status)),
+            upstream_status: outcome.upstream_status.map(i64::from),
+            latency_ms: Some(i64::try_from(latency_ms).unwrap_or(i64::MAX)),
+            secret_id: Some(secret_id.to_owned()),
+            error_code: outcome.error_code.map(str::to_owned),
+            ..Default::default()
+        };
+        let id = self.sandbox_id.clone();
+        let _ = self
+            .app
+            .db
+            .call(move |c| store::insert_network_event(c, &id, &row))
+            .await;
+    }
+}
+
+/// Whether a request carries the binding's stand-in: in any header value, or as the password
+/// of HTTP basic auth.
+fn carries(req: &Request<Incoming>, b: &Binding) -> bool {
+    if b.standin.is_empty() {
+        return false;
+    }
+    let needle = b.standin.as_bytes();
+    req.headers().iter().any(|(name, value)| {
+        let v = value.as_bytes();
+        contains(v, needle)
+            || (name == axum::http::header::AUTHORIZATION
+                && v.len() > 6
+                && v[..6].eq_ignore_ascii_case(b"basic ")
+                && base64_decode(&v[6..]).is_some_and(|d| contains(&d, needle)))
+    })
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Replaces every header that carries the stand-in with the secret's header(s).
+fn swap(
+    req: &mut Request<Incoming>,
+    b: &Binding,
+    headers: Vec<(String, String)>,
+) -> Result<(), ()> {
+    let stale: Vec<HeaderName> = req
+        .headers()
+        .iter()
+        .filter(|(name, value)| {
+            let v = value.as_bytes();
+            contains(v, b.standin.as_bytes())
+                || (*name == axum::http::header::AUTHORIZATION
+                    && v.len() > 6
+                    && base64_decode(&v[6..]).is_some_and(|d| contains(&d, b.standin.as_bytes())))
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in stale {
+        req.headers_mut().remove(&name);
+    }
+    for (name, value) in headers {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(drop)?;
+        let mut value = HeaderValue::from_str(&value).map_err(drop)?;
+        value.set_sensitive(true);
+        req.headers_mut().insert(name, value);
+    }
+    Ok(())
+}
+
+async fn forward(
+    sender: &tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Body>>,
+    mut req: Request<Body>,
+) -> (Response<Body>, Outcome) {
+    // the server side parsed an origin-form request; the upstream gets the same
+    *req.version_mut() = axum::http::Version::HTTP_11;
+    let mut sender = sender.lock().await;
+    let sent = match sender.ready().await {
+        Ok(()) => sender.send_request(req).await,
+        Err(e) => Err(e),
+    };
+    match sent {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            (
+                resp.map(Body::new),
+                Outcome {
+                    status,
+                    upstream_status: Some(status),
+                    error_code: None,
+                },
+            )
+        }
+        Err(_) => {
+            let (resp, mut outcome) = error_response(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "the upstream connection failed",
+            );
+            outcome.error_code = Some("upstream_error");
+            (resp, outcome)
+        }
+    }
+}
+
+fn refuse(code: &'static str, message: &str) -> (Response<Body>, Outcome) {
+    error_response(StatusCode::FORBIDDEN, code, message)
+}
+
+fn error_response(
+    status: StatusCode,
+    code: &'static str,
+    message: &str,
+) -> (Response<Body>, Outcome) {
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    let resp = Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-superserve-egress", "refused")
+        .body(Body::from(body))
+        .unwrap_or_else(|_| Response::new(Body::empty()));
+    (
+        resp,
+        Outcome {
+            status: status.as_u16(),
+            upstream_status: None,
+            error_code: Some(code),
+        },
+    )
+}
+
+/// Standard base64 (padding optional); `None` if malformed.
+fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
+    fn val(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let s: Vec<u8> = s
+        .iter()
+        .copied()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    let s = s
+        .strip_suffix(b"==")
+        .or_else(|| s.strip_suffix(b"="))
+        .unwrap_or(&s);
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    for chunk in s.chunks(4) {
+        let mut acc = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            acc |= val(*c)? << (18 - 6 * i);
+        }
+        let bytes = acc.to_be_bytes();
+        match chunk.len() {
+            4 => out.extend_from_slice(&bytes[1..4]),
+            3 => out.extend_from_slice(&bytes[1..3]),
+            2 => out.push(bytes[1]),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_decodes_basic_credentials() {
+        assert_eq!(base64_decode(b"dXNlcjpwYXNz").unwrap(), b"user:pass");
+        assert_eq!(base64_decode(b"YQ==").unwrap(), b"a");
+        assert_eq!(base64_decode(b"YWI=").unwrap(), b"ab");
+        assert!(base64_decode(b"Y").is_none());
+        assert!(base64_decode(b"!!!!").is_none());
+        assert!(contains(b"Bearer abc", b"abc"));
+        assert!(!contains(b"Bearer ab", b"abc"));
+    }
+}

@@ -1,0 +1,216 @@
+//! An HTTP/1.1 upstream in a network namespace of its own (a real remote host for egress
+//! tests and benchmarks). Shared by the test targets and `examples/bench_egress.rs`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+/// One request an [`Upstream`] received.
+#[derive(Clone, Debug)]
+pub struct SeenRequest {
+    pub method: String,
+    pub path: String,
+    /// Lower-cased names.
+    pub headers: Vec<(String, String)>,
+}
+
+impl SeenRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP/1.1 server in a network namespace of its own, reached from the host over a veth
+/// pair at `ip:80`: a real remote host for egress tests. `GET /bytes/N` answers N bytes;
+/// anything else a small JSON body naming the path (never echoing headers).
+pub struct Upstream {
+    pub ip: std::net::Ipv4Addr,
+    netns: String,
+    seen: Arc<Mutex<Vec<SeenRequest>>>,
+}
+
+fn run_ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        // a /30 per upstream: 10.88.x.y, spread by pid so concurrent test binaries differ
+        let slot = (pid.wrapping_mul(64).wrapping_add(n)) % 16384;
+        let base = u32::from(std::net::Ipv4Addr::new(10, 88, 0, 0)) + slot * 4;
+        let host_ip = std::net::Ipv4Addr::from(base + 1);
+        let ip = std::net::Ipv4Addr::from(base + 2);
+        let netns = format!("ssup-{pid}-{n}");
+        let (ha, hb) = (
+            format!("ssu{}x{n}a", pid % 100000),
+            format!("ssu{}x{n}b", pid % 100000),
+        );
+        run_ip(&["netns", "add", &netns]);
+        run_ip(&[
+            "link", "add", &ha, "type", "veth", "peer", "name", &hb, "netns", &netns,
+        ]);
+        run_ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &ha]);
+        run_ip(&["link", "set", &ha, "up"]);
+        run_ip(&["-n", &netns, "addr", "add", &format!("{ip}/30"), "dev", &hb]);
+        run_ip(&["-n", &netns, "link", "set", &hb, "up"]);
+        run_ip(&["-n", &netns, "link", "set", "lo", "up"]);
+        let seen: Arc<Mutex<Vec<SeenRequest>>> = Arc::default();
+        let upstream = Upstream { ip, netns, seen };
+        upstream.listen(80, None);
+        upstream
+    }
+
+    /// Also serves HTTPS on port 443 with this certificate chain and key (PEM), e.g. a leaf
+    /// issued by a test CA the backend is told to trust.
+    pub fn serve_tls(&self, chain_pem: &str, key_pem: &str) {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+                .map(|c| c.expect("certificate PEM"))
+                .collect();
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key PEM");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server certificate");
+        self.listen(443, Some(Arc::new(config)));
+    }
+
+    fn listen(&self, port: u16, tls: Option<Arc<rustls::ServerConfig>>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ns_path = format!("/run/netns/{}", self.netns);
+        let thread_seen = self.seen.clone();
+        let ip = self.ip;
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let ns = std::fs::File::open(&ns_path).expect("open netns");
+            // SAFETY: moves only this thread into the upstream's namespace.
+            assert_eq!(unsafe { libc_setns(ns.as_raw_fd()) }, 0, "setns");
+            let listener = TcpListener::bind((ip, port)).expect("bind upstream");
+            tx.send(()).unwrap();
+            for conn in listener.incoming().flatten() {
+                let seen = thread_seen.clone();
+                let tls = tls.clone();
+                std::thread::spawn(move || match tls {
+                    None => serve_upstream(conn, &seen),
+                    Some(config) => {
+                        let Ok(session) = rustls::ServerConnection::new(config) else {
+                            return;
+                        };
+                        serve_upstream(rustls::StreamOwned::new(session, conn), &seen);
+                    }
+                });
+            }
+        });
+        rx.recv().expect("upstream started");
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> Vec<SeenRequest> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
+    }
+}
+
+extern "C" {
+    fn setns(fd: i32, nstype: i32) -> i32;
+}
+
+unsafe fn libc_setns(fd: i32) -> i32 {
+    const CLONE_NEWNET: i32 = 0x4000_0000;
+    setns(fd, CLONE_NEWNET)
+}
+
+fn serve_upstream<S: Read + Write>(conn: S, seen: &Mutex<Vec<SeenRequest>>) {
+    let mut reader = BufReader::new(conn);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_owned();
+        let path = parts.next().unwrap_or("").to_owned();
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+            }
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        seen.lock().unwrap().push(SeenRequest {
+            method: method.clone(),
+            path: path.clone(),
+            headers,
+        });
+        let ok = if let Some(n) = path.strip_prefix("/bytes/") {
+            let n: u64 = n.parse().unwrap_or(0);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {n}\r\n\r\n"
+            );
+            let chunk = vec![b'x'; 256 * 1024];
+            let mut left = n;
+            let mut ok = reader.get_mut().write_all(head.as_bytes()).is_ok();
+            while ok && left > 0 {
+                let k = left.min(chunk.len() as u64) as usize;
+                ok = reader.get_mut().write_all(&chunk[..k]).is_ok();
+                left -= k as u64;
+            }
+            ok
+        } else {
+            let body = format!("{{\"ok\":true,\"method\":\"{method}\",\"path\":\"{path}\"}}");
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            reader.get_mut().write_all(resp.as_bytes()).is_ok()
+        };
+        if !ok || reader.get_mut().flush().is_err() {
+            return;
+        }
+    }
+}
