@@ -5,7 +5,7 @@
 //! ```
 
 use std::io::Write;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,6 +16,7 @@ superserve-local: a Superserve-compatible backend that runs sandboxes on this ma
 
 USAGE:
     superserve-local [--port N] [--data-dir DIR] [--api-key KEY] [--bind ADDR]
+                     [--allow-private CIDR]... [--dns-host NAME=IP]... [--upstream-ca FILE]...
 
 OPTIONS:
     --port N          control-plane port; the data plane listens on N+1 (default: random ports)
@@ -23,12 +24,20 @@ OPTIONS:
                       (default: a temporary directory removed on exit)
     --api-key KEY     the API key clients must send (default: a random ss_live_ key)
     --bind ADDR       address to listen on (default: 127.0.0.1)
+    --allow-private CIDR
+                      let sandboxes reach this private/loopback/link-local IPv4 network
+                      (always blocked otherwise; each sandbox's own rules still apply)
+    --dns-host NAME=IP
+                      make the sandboxes' DNS answer NAME with IP
+    --upstream-ca FILE
+                      trust these PEM roots for brokered HTTPS upstreams (besides the host's)
     -h, --help        print this help
 
 On start it prints SUPERSERVE_BASE_URL, SUPERSERVE_SANDBOX_URL and SUPERSERVE_API_KEY lines
 (for `eval`), then serves until SIGINT or SIGTERM, then kills every sandbox process and exits.
 Sandboxes that were running are paused on the next start with the same --data-dir.
-Needs root on Linux (namespaces, overlayfs, cgroup v1 freezer).
+Needs root on Linux (namespaces, overlayfs, cgroup v1 freezer); sandbox egress needs `ip`
+(iproute2) and `nft` (nftables).
 ";
 
 struct Args {
@@ -36,6 +45,9 @@ struct Args {
     data_dir: Option<PathBuf>,
     api_key: Option<String>,
     bind: Option<IpAddr>,
+    allow_private: Vec<String>,
+    dns_hosts: Vec<(String, Ipv4Addr)>,
+    upstream_cas: Vec<PathBuf>,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
@@ -44,6 +56,9 @@ fn parse_args() -> Result<Option<Args>, String> {
         data_dir: None,
         api_key: None,
         bind: None,
+        allow_private: Vec::new(),
+        dns_hosts: Vec::new(),
+        upstream_cas: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -69,6 +84,17 @@ fn parse_args() -> Result<Option<Args>, String> {
                 let v = value("an IP address")?;
                 args.bind = Some(v.parse().map_err(|_| format!("invalid address {v:?}"))?);
             }
+            "--allow-private" => args.allow_private.push(value("a CIDR")?),
+            "--dns-host" => {
+                let v = value("NAME=IP")?;
+                let parsed = v
+                    .split_once('=')
+                    .and_then(|(n, ip)| Some((n.to_owned(), ip.parse::<Ipv4Addr>().ok()?)))
+                    .filter(|(n, _)| !n.is_empty());
+                args.dns_hosts
+                    .push(parsed.ok_or_else(|| format!("--dns-host wants NAME=IPv4, got {v:?}"))?);
+            }
+            "--upstream-ca" => args.upstream_cas.push(PathBuf::from(value("a PEM file")?)),
             other => return Err(format!("unknown argument {other:?} (try --help)")),
         }
     }
@@ -140,6 +166,21 @@ fn main() -> ExitCode {
     }
     if let Some(b) = args.bind {
         builder = builder.bind(b);
+    }
+    for c in args.allow_private {
+        builder = builder.allow_private_destination(c);
+    }
+    for (name, ip) in args.dns_hosts {
+        builder = builder.dns_host(name, ip);
+    }
+    for path in &args.upstream_cas {
+        match std::fs::read(path) {
+            Ok(pem) => builder = builder.upstream_root_ca(pem),
+            Err(e) => {
+                eprintln!("superserve-local: --upstream-ca {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
     }
     let server = match builder.start() {
         Ok(s) => s,

@@ -151,7 +151,15 @@ pub(crate) async fn observe(
         body: Vec::new(),
         status: 0,
     });
-    capture_body(&mut req, app.clone(), slot.clone());
+    // bodies that carry secret values are never kept
+    let carries_secret = plane == Plane::Control
+        && (path == "/secrets" || path.starts_with("/secrets/"))
+        && (method == "POST" || method == "PATCH");
+    if carries_secret {
+        app.journal.capture(&slot, b"<redacted: secret value>");
+    } else {
+        capture_body(&mut req, app.clone(), slot.clone());
+    }
     let fault = app
         .faults
         .take(&method, &path, is_streaming(plane, &method, &path));

@@ -30,7 +30,8 @@
 //! over `deny_out` CIDRs; a live `update` applies at once) and always blocks private, loopback
 //! and link-local destinations unless the operator allowed them
 //! ([`LocalServerBuilder::allow_private_destination`]); every connection lands in the network
-//! log with its verdict, blocking rule and byte counts. Egress needs `ip` (iproute2) and `nft`
+//! log with its verdict, blocking rule and byte counts. Egress is TCP over IPv4 (plus DNS);
+//! other UDP, ICMP and IPv6 have no way out. Egress needs `ip` (iproute2) and `nft`
 //! (nftables) on the host; without them sandboxes get loopback only
 //! ([`LocalServer::egress_available`]).
 //!

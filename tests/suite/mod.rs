@@ -125,5 +125,6 @@ suite_tests!(
     secrets_crud_rotate_and_providers,
     brokered_secret_injected_audited_and_revoked,
     brokered_secret_over_https,
+    deleting_a_secret_revokes_its_bindings,
     network_log_pages_through_hundreds_of_events,
 );

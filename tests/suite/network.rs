@@ -240,6 +240,11 @@ pub async fn secrets_crud_rotate_and_providers() {
             .any(|w| w == b"sk-test-value-rotated"));
     }
 
+    // the backend's request journal never keeps a secret's value either
+    let journal = format!("{:?}", server.requests());
+    assert!(journal.contains("/secrets"));
+    assert!(!journal.contains(value) && !journal.contains("sk-test-value-rotated"));
+
     custom.delete().await.unwrap();
     Secret::delete_by_name_with(&config, "internal-api")
         .await
@@ -485,5 +490,38 @@ pub async fn brokered_secret_over_https() {
     assert_eq!(audit.len(), 1, "{audit:?}");
     assert_eq!(audit[0].status, 200);
     assert_eq!(audit[0].path, "/v1/secure");
+    sb.kill().await.unwrap();
+}
+
+#[dual]
+pub async fn deleting_a_secret_revokes_its_bindings() {
+    let server = common::egress_server();
+    let up = Upstream::start();
+    server.set_dns_host("api.gone.test", up.ip);
+    let config = common::config(&server);
+    let secret = Secret::create_with(
+        &config,
+        SecretCreateOptions::new("gone-key", "gone-real-1")
+            .hosts(["api.gone.test"])
+            .auth(SecretAuth::bearer()),
+    )
+    .await
+    .unwrap();
+    let sb = Sandbox::create_with(&config, CreateOptions::new("gone"))
+        .await
+        .unwrap();
+    sb.attach_secret("TOKEN", "gone-key").await.unwrap();
+    let curl = "curl -sS -m 10 -o /dev/null -w '%{http_code}' -H \"Authorization: Bearer $TOKEN\" http://api.gone.test/x";
+    let __ok = sh(&sb, curl).await.stdout;
+    assert_eq!(__ok, "200");
+    let __seen = up.requests()[0].header("authorization").map(str::to_owned);
+    assert_eq!(__seen.as_deref(), Some("Bearer gone-real-1"));
+    secret.delete().await.unwrap();
+    let bindings = sb.get_info().await.unwrap().secrets.unwrap_or_default();
+    assert_eq!(bindings.len(), 1, "{bindings:?}");
+    assert_eq!(bindings[0].revoked, Some(true));
+    let __refused = sh(&sb, curl).await.stdout;
+    assert_eq!(__refused, "403");
+    assert_eq!(up.requests().len(), 1, "refused before the upstream");
     sb.kill().await.unwrap();
 }

@@ -350,8 +350,17 @@ impl Egress {
         row.verdict = Some("allowed".into());
         row.bytes_sent = Some(0);
         row.bytes_recv = Some(0);
-        let Some(row_id) = self.log(&app, &ctx.id, row).await else {
-            return;
+        // logged off the relay's path: the row (with its start time) is written while the
+        // first bytes flow, and gets its byte counts when the connection ends
+        let logged = {
+            let app = app.clone();
+            let id = ctx.id.clone();
+            tokio::spawn(async move {
+                app.db
+                    .call(move |c| store::insert_network_event(c, &id, &row))
+                    .await
+                    .ok()
+            })
         };
         let counters = Arc::new(Counters::default());
         let mut client = Counted {
@@ -399,10 +408,12 @@ impl Egress {
             counters.sent.load(Ordering::Relaxed),
             counters.recv.load(Ordering::Relaxed),
         );
-        let _ = app
-            .db
-            .call(move |c| store::set_connection_bytes(c, row_id, sent, recv))
-            .await;
+        if let Ok(Some(row_id)) = logged.await {
+            let _ = app
+                .db
+                .call(move |c| store::set_connection_bytes(c, row_id, sent, recv))
+                .await;
+        }
     }
 }
 
