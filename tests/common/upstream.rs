@@ -30,6 +30,7 @@ impl SeenRequest {
 pub struct Upstream {
     pub ip: std::net::Ipv4Addr,
     netns: String,
+    host_if: String,
     seen: Arc<Mutex<Vec<SeenRequest>>>,
 }
 
@@ -71,7 +72,12 @@ impl Upstream {
         run_ip(&["-n", &netns, "link", "set", &hb, "up"]);
         run_ip(&["-n", &netns, "link", "set", "lo", "up"]);
         let seen: Arc<Mutex<Vec<SeenRequest>>> = Arc::default();
-        let upstream = Upstream { ip, netns, seen };
+        let upstream = Upstream {
+            ip,
+            netns,
+            host_if: ha,
+            seen,
+        };
         upstream.listen(80, None);
         upstream
     }
@@ -124,6 +130,11 @@ impl Upstream {
             }
         });
         rx.recv().expect("upstream started");
+    }
+
+    /// Gives the host another address (on its end of the link; gone with the upstream).
+    pub fn add_host_address(&self, ip: std::net::Ipv4Addr) {
+        run_ip(&["addr", "add", &format!("{ip}/32"), "dev", &self.host_if]);
     }
 
     /// Requests received so far.

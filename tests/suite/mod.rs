@@ -126,5 +126,6 @@ suite_tests!(
     brokered_secret_injected_audited_and_revoked,
     brokered_secret_over_https,
     deleting_a_secret_revokes_its_bindings,
+    the_hosts_own_addresses_are_blocked,
     network_log_pages_through_hundreds_of_events,
 );

@@ -525,3 +525,29 @@ pub async fn deleting_a_secret_revokes_its_bindings() {
     assert_eq!(up.requests().len(), 1, "refused before the upstream");
     sb.kill().await.unwrap();
 }
+
+#[dual]
+pub async fn the_hosts_own_addresses_are_blocked() {
+    let server = common::egress_server();
+    let up = Upstream::start();
+    // a public-range address on this machine: reaching it would reach the host's services
+    let own: std::net::Ipv4Addr = "203.0.113.77".parse().unwrap();
+    up.add_host_address(own);
+    let config = common::config(&server);
+    let sb = Sandbox::create_with(&config, CreateOptions::new("own"))
+        .await
+        .unwrap();
+    let r = sh(
+        &sb,
+        &format!(
+            "curl -sS -m 10 http://{own}:{}/",
+            server.base_url().rsplit(':').next().unwrap()
+        ),
+    )
+    .await;
+    assert_ne!(r.exit_code, 0, "{r:?}");
+    let ev = wait_event(&sb, |e| e.dst_ip.as_deref() == Some("203.0.113.77")).await;
+    assert_eq!(ev.verdict, Some(NetworkVerdict::Blocked));
+    assert_eq!(ev.match_rule.as_deref(), Some("host:203.0.113.77"));
+    sb.kill().await.unwrap();
+}

@@ -49,6 +49,8 @@ const PROXY_PORT: u16 = 15001;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// DNS answers' TTL.
 const DNS_TTL: u32 = 30;
+/// How long the list of the host's own addresses is reused.
+const HOST_ADDRS_TTL: Duration = Duration::from_secs(2);
 /// Most remembered (address → name) pairs per sandbox.
 const MAX_NAMES: usize = 4096;
 
@@ -89,6 +91,7 @@ pub(crate) struct Egress {
     hosts: RwLock<HashMap<String, Vec<Ipv4Addr>>>,
     tools: Result<Tools, String>,
     mitm: Result<tls::Mitm, String>,
+    host_addrs: Mutex<(Option<std::time::Instant>, Vec<Ipv4Addr>)>,
     app: OnceLock<Weak<App>>,
 }
 
@@ -148,6 +151,7 @@ impl Egress {
             hosts: RwLock::new(settings.hosts),
             tools,
             mitm,
+            host_addrs: Mutex::new((None, Vec::new())),
             app: OnceLock::new(),
         }
     }
@@ -294,6 +298,15 @@ impl Egress {
         }
     }
 
+    /// The IPv4 addresses of the host's interfaces (refreshed at most every few seconds).
+    fn host_addrs(&self) -> Vec<Ipv4Addr> {
+        let mut cache = lock(&self.host_addrs);
+        if cache.0.map_or(true, |t| t.elapsed() > HOST_ADDRS_TTL) {
+            *cache = (Some(std::time::Instant::now()), local_ipv4_addrs());
+        }
+        cache.1.clone()
+    }
+
     async fn log(&self, app: &App, sandbox_id: &str, row: NetworkEventRow) -> Option<i64> {
         let id = sandbox_id.to_owned();
         app.db
@@ -312,12 +325,19 @@ impl Egress {
         };
         let rec = entry.rec();
         let host = lock(&ctx.names).get(dst.ip()).cloned();
-        let verdict = policy::decide(
+        let mut verdict = policy::decide(
             rec.network.as_ref(),
             &self.allow_private,
             host.as_deref(),
             *dst.ip(),
         );
+        // the machine's own addresses (a public one included) would reach the host's services
+        if verdict == Verdict::Allowed
+            && !self.allow_private.iter().any(|c| c.contains(*dst.ip()))
+            && self.host_addrs().contains(dst.ip())
+        {
+            verdict = Verdict::Blocked(format!("host:{}", dst.ip()));
+        }
         let mut row = NetworkEventRow {
             ts_ns: now_ns(),
             kind: "connection".to_owned(),
@@ -626,4 +646,27 @@ fn loopback_up() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The IPv4 addresses of this machine's interfaces (`getifaddrs`).
+fn local_ipv4_addrs() -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    // SAFETY: getifaddrs allocates a list that is walked read-only and freed once.
+    unsafe {
+        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let addr = (*cur).ifa_addr;
+            if !addr.is_null() && i32::from((*addr).sa_family) == libc::AF_INET {
+                let sin = &*(addr as *const libc::sockaddr_in);
+                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            }
+            cur = (*cur).ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    out
 }
