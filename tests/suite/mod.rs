@@ -125,7 +125,7 @@ suite_tests!(
     secrets_crud_rotate_and_providers,
     brokered_secret_injected_audited_and_revoked,
     brokered_secret_over_https,
-    deleting_a_secret_revokes_its_bindings,
+    secret_rotation_and_deletion_at_egress,
     the_hosts_own_addresses_are_blocked,
     network_log_pages_through_hundreds_of_events,
 );

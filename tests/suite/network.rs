@@ -494,7 +494,7 @@ pub async fn brokered_secret_over_https() {
 }
 
 #[dual]
-pub async fn deleting_a_secret_revokes_its_bindings() {
+pub async fn secret_rotation_and_deletion_at_egress() {
     let server = common::egress_server();
     let up = Upstream::start();
     server.set_dns_host("api.gone.test", up.ip);
@@ -516,13 +516,19 @@ pub async fn deleting_a_secret_revokes_its_bindings() {
     assert_eq!(__ok, "200");
     let __seen = up.requests()[0].header("authorization").map(str::to_owned);
     assert_eq!(__seen.as_deref(), Some("Bearer gone-real-1"));
+    // a rotation takes effect at egress at once, with the same stand-in
+    secret.rotate("gone-real-2").await.unwrap();
+    let __ok = sh(&sb, curl).await.stdout;
+    assert_eq!(__ok, "200");
+    let __seen = up.requests()[1].header("authorization").map(str::to_owned);
+    assert_eq!(__seen.as_deref(), Some("Bearer gone-real-2"));
     secret.delete().await.unwrap();
     let bindings = sb.get_info().await.unwrap().secrets.unwrap_or_default();
     assert_eq!(bindings.len(), 1, "{bindings:?}");
     assert_eq!(bindings[0].revoked, Some(true));
     let __refused = sh(&sb, curl).await.stdout;
     assert_eq!(__refused, "403");
-    assert_eq!(up.requests().len(), 1, "refused before the upstream");
+    assert_eq!(up.requests().len(), 2, "refused before the upstream");
     sb.kill().await.unwrap();
 }
 
