@@ -410,7 +410,16 @@ async fn secret_audit(
 ) -> Result<Response, ApiError> {
     let q = secrets::parse_audit_query(form_pairs(query.as_deref().unwrap_or("")))
         .map_err(ApiError::bad_request)?;
-    Ok(json(StatusCode::OK, &app.secrets.audit(&name, q).await?))
+    let mut events = app.secrets.audit(&name, q).await?;
+    // the sandbox's current name; null once it is deleted
+    for e in &mut events {
+        let live = e["sandbox_id"]
+            .as_str()
+            .and_then(|id| app.get(id))
+            .map(|entry| entry.rec().name);
+        e["sandbox_name"] = live.map_or(serde_json::Value::Null, serde_json::Value::String);
+    }
+    Ok(json(StatusCode::OK, &events))
 }
 
 async fn secret_sandboxes(

@@ -347,7 +347,25 @@ pub(crate) fn insert_network_event(
             ev.error_code,
         ],
     )?;
-    Ok(c.last_insert_rowid())
+    let id = c.last_insert_rowid();
+    if id % 1024 == 0 {
+        trim_network_events(c, sandbox_id, MAX_EVENTS_PER_SANDBOX)?;
+    }
+    Ok(id)
+}
+
+/// Most network log events kept per sandbox (the oldest go first).
+const MAX_EVENTS_PER_SANDBOX: i64 = 100_000;
+
+/// Drops a sandbox's oldest network events beyond the newest `keep`.
+fn trim_network_events(c: &Connection, sandbox_id: &str, keep: i64) -> Result<(), StoreError> {
+    c.execute(
+        "DELETE FROM network_events WHERE sandbox_id = ?1 AND id <= (
+            SELECT id FROM network_events WHERE sandbox_id = ?1
+            ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+        params![sandbox_id, keep],
+    )?;
+    Ok(())
 }
 
 /// Records the final byte counts of a relayed connection.
@@ -465,6 +483,29 @@ mod tests {
             verdict: verdict.map(str::to_owned),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn network_log_trim_keeps_the_newest() -> Result<(), StoreError> {
+        let db = Db::memory()?;
+        db.call_sync(|c| {
+            for i in 0..20i64 {
+                insert_network_event(c, "a", &ev(i, "connection", Some("allowed")))?;
+                insert_network_event(c, "b", &ev(i, "connection", Some("allowed")))?;
+            }
+            trim_network_events(c, "a", 5)?;
+            let q = EventQuery {
+                limit: 100,
+                before: None,
+                since_ns: None,
+                verdict: None,
+            };
+            let a = query_network_events(c, "a", &q)?;
+            let ts: Vec<i64> = a.data.iter().map(|e| e.ts_ns).collect();
+            assert_eq!(ts, vec![19, 18, 17, 16, 15]);
+            assert_eq!(query_network_events(c, "b", &q)?.data.len(), 20);
+            Ok(())
+        })
     }
 
     #[test]

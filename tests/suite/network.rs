@@ -367,7 +367,15 @@ pub async fn brokered_secret_injected_audited_and_revoked() {
     assert!(__b.is_empty(), "{__b:?}");
     let __env = sh(&sb, "printf %s \"${API_KEY:-unset}\"").await.stdout;
     assert_eq!(__env, "unset", "new processes no longer get the stand-in");
+    let __name = errors[0].sandbox_name.clone();
+    assert_eq!(__name.as_deref(), Some("broker"));
     sb.kill().await.unwrap();
+    // once the sandbox is gone its audit events keep its id but lose its name
+    let after = secret.get_audit(AuditOptions::new()).await.unwrap();
+    assert_eq!(after.len(), 2);
+    assert!(after
+        .iter()
+        .all(|e| e.sandbox_id == sb.id() && e.sandbox_name.is_none()));
     secret.delete().await.unwrap();
 }
 
