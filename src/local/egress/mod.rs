@@ -18,6 +18,7 @@
 pub(crate) mod broker;
 pub(crate) mod dns;
 pub(crate) mod policy;
+mod splice;
 pub(crate) mod tls;
 
 use std::collections::HashMap;
@@ -383,7 +384,7 @@ impl Egress {
             })
         };
         let counters = Arc::new(Counters::default());
-        let mut client = Counted {
+        let client = Counted {
             inner: client,
             counters: counters.clone(),
         };
@@ -414,14 +415,8 @@ impl Egress {
             }
             // anything else to a covered host is relayed as is: its stand-ins are worthless
             _ => {
-                let mut upstream = upstream;
-                let _ = tokio::io::copy_bidirectional_with_sizes(
-                    &mut client,
-                    &mut upstream,
-                    64 * 1024,
-                    64 * 1024,
-                )
-                .await;
+                let _ =
+                    splice::relay(&client.inner, &upstream, &counters.sent, &counters.recv).await;
             }
         }
         let (sent, recv) = (
