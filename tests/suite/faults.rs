@@ -397,3 +397,46 @@ pub async fn expired_routing_hint_refreshes_first() {
         "never sent to the control plane"
     );
 }
+
+#[dual]
+pub async fn pause_wait_polls_until_paused() {
+    let sb_json = |status: &str| {
+        format!(r#"{{"id":"sb-p","status":"{status}","created_at":"2026-01-01T00:00:00Z"}}"#)
+    };
+    let s = Scripted::start(vec![
+        Reply::json(
+            201,
+            r#"{"id":"sb-p","status":"active","created_at":"2026-01-01T00:00:00Z","access_token":"t1"}"#,
+        ),
+        // the server accepted the pause but has not finished it
+        Reply::json(202, r#"{"status":"pausing"}"#),
+        Reply::json(200, &sb_json("pausing")),
+        Reply::json(200, &sb_json("paused")),
+    ]);
+    let sb = Sandbox::create_with(&s.config(), CreateOptions::new("p"))
+        .await
+        .unwrap();
+    sb.pause_with(
+        superserve::PauseOptions::new()
+            .wait(true)
+            .poll_interval(Duration::from_millis(10)),
+    )
+    .await
+    .unwrap();
+    let seen = s.requests();
+    let calls: Vec<String> = seen
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.target))
+        .collect();
+    assert_eq!(
+        calls,
+        vec![
+            "POST /sandboxes",
+            "POST /sandboxes/sb-p/pause",
+            "GET /sandboxes/sb-p",
+            "GET /sandboxes/sb-p",
+        ]
+    );
+    // waiting sends no Prefer header: the server decides whether to answer early
+    assert!(seen[1].headers.iter().all(|(k, _)| k != "prefer"));
+}

@@ -119,6 +119,7 @@ suite_tests!(
     unreachable_server_is_connection_error,
     connect_waits_out_sandbox_pausing,
     expired_routing_hint_refreshes_first,
+    pause_wait_polls_until_paused,
     // egress, secrets, network log
     egress_allowed_blocked_and_logged,
     egress_rules_updated_on_a_live_sandbox,
