@@ -440,3 +440,52 @@ pub async fn pause_wait_polls_until_paused() {
     // waiting sends no Prefer header: the server decides whether to answer early
     assert!(seen[1].headers.iter().all(|(k, _)| k != "prefer"));
 }
+
+#[dual]
+pub async fn resume_waits_out_a_pause_in_progress() {
+    let sb_json = |status: &str| {
+        format!(r#"{{"id":"sb-r","status":"{status}","created_at":"2026-01-01T00:00:00Z"}}"#)
+    };
+    let conflict = r#"{"error":{"code":"conflict","message":"sandbox is pausing"}}"#;
+    let s = Scripted::start(vec![
+        Reply::json(
+            201,
+            r#"{"id":"sb-r","status":"active","created_at":"2026-01-01T00:00:00Z","access_token":"t1"}"#,
+        ),
+        Reply::json(409, conflict),
+        Reply::json(200, &sb_json("pausing")),
+        Reply::json(200, &sb_json("pausing")),
+        Reply::json(200, &sb_json("paused")),
+        Reply::json(
+            200,
+            r#"{"id":"sb-r","status":"active","access_token":"t2"}"#,
+        ),
+        // a conflict while active is the caller's: no waiting, no retry
+        Reply::json(409, conflict),
+        Reply::json(200, &sb_json("active")),
+    ]);
+    let sb = Sandbox::create_with(&s.config(), CreateOptions::new("r"))
+        .await
+        .unwrap();
+    sb.resume().await.unwrap();
+    let err = sb.resume().await.unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+    let calls: Vec<String> = s
+        .requests()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.target))
+        .collect();
+    assert_eq!(
+        calls,
+        vec![
+            "POST /sandboxes",
+            "POST /sandboxes/sb-r/resume",
+            "GET /sandboxes/sb-r",
+            "GET /sandboxes/sb-r",
+            "GET /sandboxes/sb-r",
+            "POST /sandboxes/sb-r/resume",
+            "POST /sandboxes/sb-r/resume",
+            "GET /sandboxes/sb-r",
+        ]
+    );
+}

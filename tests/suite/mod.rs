@@ -120,6 +120,7 @@ suite_tests!(
     connect_waits_out_sandbox_pausing,
     expired_routing_hint_refreshes_first,
     pause_wait_polls_until_paused,
+    resume_waits_out_a_pause_in_progress,
     // egress, secrets, network log
     egress_allowed_blocked_and_logged,
     egress_rules_updated_on_a_live_sandbox,
