@@ -338,6 +338,28 @@ pub async fn stale_token_refresh_once() {
         count(&server, "POST", &format!("/sandboxes/{}/activate", sb.id())),
         2
     );
+    // the WebSocket dial meets the stale token: one activate, one redial
+    server.expire_tokens(sb.id());
+    server.clear_requests();
+    let session = sb
+        .commands()
+        .spawn("echo via-ws", superserve::RunOptions::new())
+        .await
+        .unwrap();
+    let done = session.wait().await.unwrap();
+    assert_eq!(done.stdout, "via-ws\n");
+    let dials: Vec<u16> = server
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/exec/connect")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(dials.len(), 2, "refused dial, then the redial: {dials:?}");
+    assert_eq!(dials[0], 401);
+    assert_eq!(
+        count(&server, "POST", &format!("/sandboxes/{}/activate", sb.id())),
+        1
+    );
     sb.kill().await.unwrap();
 }
 
