@@ -4,7 +4,9 @@
 //! errors; timeouts are never retried. Before retry `k` (0-based) the client waits
 //! `base_delay × 2^k` with ±`jitter` (uniform), capped at `max_delay`; a 429's `Retry-After`
 //! (capped the same way) replaces the backoff. Sandbox deletion also retries 409 and then allows
-//! up to [`RetryPolicy::conflict_attempts`] attempts in all.
+//! up to [`RetryPolicy::conflict_attempts`] attempts in all. A data-plane 503 that says the
+//! sandbox is paused (`sandbox_unavailable`) is not retried here: it is not transient, and the
+//! data-plane call activates (resumes) the sandbox and retries once instead.
 
 use std::time::{Duration, SystemTime};
 

@@ -85,3 +85,43 @@ fn session_output_flows_while_writing() {
     assert_eq!(*seen.lock().unwrap(), r.stdout);
     sb.kill().unwrap();
 }
+
+/// A streamed upload (not replayable) to a paused sandbox: the cheap probe meets the pause,
+/// the sandbox is activated once, and the whole stream lands.
+#[test]
+fn streamed_upload_to_a_paused_sandbox_probes_first() {
+    let server = common::server();
+    let sb = suite::make(&server, "probe");
+    sb.pause().unwrap();
+    server.clear_requests();
+    let data = vec![7u8; 3 << 20];
+    let n = sb
+        .files()
+        .write_from("/tmp/big", std::io::Cursor::new(data))
+        .unwrap();
+    assert_eq!(n, 3 << 20);
+    let size = sb.commands().run("wc -c < /tmp/big").unwrap().stdout;
+    assert_eq!(size.trim(), (3u32 << 20).to_string());
+    let activates = suite::count(&server, "POST", &format!("/sandboxes/{}/activate", sb.id()));
+    assert_eq!(activates, 1);
+    // the probe (a GET of a file that does not exist) met the paused sandbox and was
+    // retried after the activate; the stream itself was sent exactly once
+    let data_plane: Vec<(String, u16)> = server
+        .requests_on(superserve::local::Plane::Data)
+        .iter()
+        .filter(|r| r.path == "/files")
+        .map(|r| (r.method.clone(), r.status))
+        .collect();
+    let methods: Vec<&str> = data_plane.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(methods, vec!["GET", "GET", "POST"], "{data_plane:?}");
+    assert_ne!(
+        data_plane[0].1, 404,
+        "the first probe met the pause: {data_plane:?}"
+    );
+    assert_eq!(
+        data_plane[1].1, 404,
+        "the retried probe got through: {data_plane:?}"
+    );
+    assert_eq!(data_plane[2].1, 200);
+    sb.kill().unwrap();
+}

@@ -52,14 +52,15 @@ impl Api {
             let (delay, err) = match outcome {
                 Ok(resp) if resp.status < 300 => return Ok(resp),
                 Ok(resp) => {
+                    let err = wire::error_from(resp.status, &resp.headers, &resp.body);
+                    if is_paused(&err) {
+                        return Err(err);
+                    }
                     let delay = retry.next_delay(Attempt::Status {
                         status: resp.status,
                         retry_after: resp.header("retry-after"),
                     });
-                    (
-                        delay,
-                        wire::error_from(resp.status, &resp.headers, &resp.body),
-                    )
+                    (delay, err)
                 }
                 Err(e) => {
                     let seen = match &e {
@@ -117,6 +118,9 @@ impl Api {
                         Err(e) => e,
                         Ok(_) => continue,
                     };
+                    if is_paused(&err) {
+                        return Err(err);
+                    }
                     (delay, err)
                 }
                 Err(e) => {
@@ -148,4 +152,10 @@ impl Api {
         }
         Err(wire::error_from(resp.status, &resp.headers, &body))
     }
+}
+
+/// A data-plane 503 that says the sandbox is paused or stopped: not transient, so a transport
+/// retry would only wait; the data-plane wrapper activates the sandbox instead.
+fn is_paused(err: &Error) -> bool {
+    err.code() == Some("sandbox_unavailable")
 }
