@@ -1,7 +1,7 @@
 //! Helpers shared by both test targets (no flavour-specific code here).
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -126,41 +126,12 @@ impl Scripted {
 fn serve(conn: TcpStream, seen: &Mutex<Vec<Seen>>, script: &Mutex<std::vec::IntoIter<Reply>>) {
     let mut reader = BufReader::new(conn.try_clone().expect("clone"));
     let mut conn = conn;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or("").to_owned();
-        let target = parts.next().unwrap_or("").to_owned();
-        let mut headers = Vec::new();
-        let mut len = 0usize;
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                headers.push((k.trim().to_owned(), v.trim().to_owned()));
-            }
-        }
-        let mut body = vec![0u8; len];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
+    while let Some(req) = upstream::read_request(&mut reader) {
         seen.lock().unwrap().push(Seen {
-            method,
-            target,
-            headers,
-            body,
+            method: req.method,
+            target: req.target,
+            headers: req.headers,
+            body: req.body,
         });
         let reply = script.lock().unwrap().next().unwrap_or(Reply::json(
             500,

@@ -160,39 +160,62 @@ unsafe fn libc_setns(fd: i32) -> i32 {
     setns(fd, CLONE_NEWNET)
 }
 
+/// One HTTP/1.1 request as read off the wire.
+pub struct RawRequest {
+    pub method: String,
+    pub target: String,
+    /// Names as sent.
+    pub headers: Vec<(String, String)>,
+    /// `Content-Length` bytes.
+    pub body: Vec<u8>,
+}
+
+/// Reads one request from `reader`; `None` at end of input.
+pub fn read_request<R: BufRead>(reader: &mut R) -> Option<RawRequest> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_owned();
+    let target = parts.next().unwrap_or("").to_owned();
+    let mut headers = Vec::new();
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).ok()?;
+    Some(RawRequest {
+        method,
+        target,
+        headers,
+        body,
+    })
+}
+
 fn serve_upstream<S: Read + Write>(conn: S, seen: &Mutex<Vec<SeenRequest>>) {
     let mut reader = BufReader::new(conn);
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or("").to_owned();
-        let path = parts.next().unwrap_or("").to_owned();
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-            }
-        }
-        let len: usize = headers
-            .iter()
-            .find(|(k, _)| k == "content-length")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        let mut body = vec![0u8; len];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
+    while let Some(req) = read_request(&mut reader) {
+        let (method, path) = (req.method, req.target);
+        let headers = req
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
         seen.lock().unwrap().push(SeenRequest {
             method: method.clone(),
             path: path.clone(),

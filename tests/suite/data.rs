@@ -529,3 +529,39 @@ pub async fn files_streamed_multi_mib() {
     assert!(common::zip_entries(&zip).contains(&"big/streamed.bin".to_owned()));
     sb.kill().await.unwrap();
 }
+
+/// A streamed upload (not replayable) to a paused sandbox: the cheap probe meets the pause,
+/// the sandbox is activated once, and the whole stream lands.
+#[dual]
+pub async fn streamed_upload_to_a_paused_sandbox_probes_first() {
+    let server = common::server();
+    let sb = make(&server, "probe").await;
+    sb.pause().await.unwrap();
+    server.clear_requests();
+    // Cursor is both a Read (blocking write_from) and an AsyncRead (async write_from)
+    let data = vec![7u8; 3 << 20];
+    let n = sb
+        .files()
+        .write_from("/tmp/big", std::io::Cursor::new(data))
+        .await
+        .unwrap();
+    assert_eq!(n, 3 << 20);
+    let size = sb.commands().run("wc -c < /tmp/big").await.unwrap().stdout;
+    assert_eq!(size.trim(), (3u32 << 20).to_string());
+    let activates = count(&server, "POST", &format!("/sandboxes/{}/activate", sb.id()));
+    assert_eq!(activates, 1);
+    // the probe (a GET of a file that does not exist) met the pause and was retried after
+    // the activate; the stream itself was sent exactly once
+    let data_plane: Vec<(String, u16)> = server
+        .requests_on(superserve::local::Plane::Data)
+        .iter()
+        .filter(|r| r.path == "/files")
+        .map(|r| (r.method.clone(), r.status))
+        .collect();
+    let methods: Vec<&str> = data_plane.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(methods, vec!["GET", "GET", "POST"], "{data_plane:?}");
+    assert_eq!(data_plane[0].1, 503, "the first probe met the pause");
+    assert_eq!(data_plane[1].1, 404, "the retried probe got through");
+    assert_eq!(data_plane[2].1, 200);
+    sb.kill().await.unwrap();
+}

@@ -107,6 +107,7 @@ suite_tests!(
     stale_token_refresh_once,
     isolation_between_sandboxes,
     restart_keeps_records_and_files,
+    streamed_upload_to_a_paused_sandbox_probes_first,
     // faults and wire shapes
     retries_on_transient_statuses,
     no_retry_for_post_and_patch,
