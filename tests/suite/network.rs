@@ -80,6 +80,9 @@ pub async fn egress_allowed_blocked_and_logged() {
         other.requests().is_empty(),
         "a blocked connection never reaches the upstream"
     );
+    // allowed, but nothing listens there: the proxy's upstream connect fails
+    let refused = sh(&sb, "curl -sS -m 10 http://ok.upstream.test:81/").await;
+    assert_ne!(refused.exit_code, 0, "{refused:?}");
     // always-blocked ranges, whatever the rules say
     let meta = sh(&sb, "curl -sS -m 10 http://169.254.169.254/latest").await;
     assert_ne!(meta.exit_code, 0);
@@ -109,6 +112,10 @@ pub async fn egress_allowed_blocked_and_logged() {
         link_local.match_rule.as_deref(),
         Some("link-local:169.254.0.0/16")
     );
+    let failed = wait_event(&sb, |e| e.dst_port == Some(81)).await;
+    assert_eq!(failed.verdict, Some(NetworkVerdict::Failed));
+    assert_eq!(failed.host.as_deref(), Some("ok.upstream.test"));
+    assert_eq!(failed.match_rule, None);
     // the verdict filter returns only matching connection rows
     let only_blocked = all_events(
         &sb,
