@@ -400,9 +400,7 @@ pub async fn expired_routing_hint_refreshes_first() {
 
 #[dual]
 pub async fn pause_wait_polls_until_paused() {
-    let sb_json = |status: &str| {
-        format!(r#"{{"id":"sb-p","status":"{status}","created_at":"2026-01-01T00:00:00Z"}}"#)
-    };
+    let sb_json = |status: &str| sandbox_json("sb-p", status);
     let s = Scripted::start(vec![
         Reply::json(
             201,
@@ -443,9 +441,7 @@ pub async fn pause_wait_polls_until_paused() {
 
 #[dual]
 pub async fn resume_waits_out_a_pause_in_progress() {
-    let sb_json = |status: &str| {
-        format!(r#"{{"id":"sb-r","status":"{status}","created_at":"2026-01-01T00:00:00Z"}}"#)
-    };
+    let sb_json = |status: &str| sandbox_json("sb-r", status);
     let conflict = r#"{"error":{"code":"conflict","message":"sandbox is pausing"}}"#;
     let s = Scripted::start(vec![
         Reply::json(
@@ -488,4 +484,9 @@ pub async fn resume_waits_out_a_pause_in_progress() {
             "GET /sandboxes/sb-r",
         ]
     );
+}
+
+/// A sandbox object as the control plane returns it.
+fn sandbox_json(id: &str, status: &str) -> String {
+    format!(r#"{{"id":"{id}","status":"{status}","created_at":"2026-01-01T00:00:00Z"}}"#)
 }

@@ -128,6 +128,7 @@ suite_tests!(
     secrets_crud_rotate_and_providers,
     brokered_secret_injected_audited_and_revoked,
     brokered_secret_over_https,
+    brokered_https_never_reaches_an_unverified_upstream,
     secret_rotation_and_deletion_at_egress,
     the_hosts_own_addresses_are_blocked,
     network_log_pages_through_hundreds_of_events,

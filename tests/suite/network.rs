@@ -509,6 +509,43 @@ pub async fn brokered_secret_over_https() {
 }
 
 #[dual]
+pub async fn brokered_https_never_reaches_an_unverified_upstream() {
+    // the upstream's CA is not given to the backend: its certificate cannot be verified
+    let (_ca_pem, chain_pem, key_pem) = test_pki("api.untrusted.test");
+    let server = common::egress_server();
+    let up = Upstream::start();
+    up.serve_tls(&chain_pem, &key_pem);
+    server.set_dns_host("api.untrusted.test", up.ip);
+    let config = common::config(&server);
+    Secret::create_with(
+        &config,
+        SecretCreateOptions::new("untrusted-key", "never-sent-9e1")
+            .hosts(["api.untrusted.test"])
+            .auth(SecretAuth::bearer()),
+    )
+    .await
+    .unwrap();
+    let sb = Sandbox::create_with(
+        &config,
+        CreateOptions::new("untrusted").secret("TOKEN", "untrusted-key"),
+    )
+    .await
+    .unwrap();
+    let call = sh(
+        &sb,
+        "curl -sS -m 10 -w '\\n%{http_code}' -H \"Authorization: Bearer $TOKEN\" https://api.untrusted.test/v1/x",
+    )
+    .await;
+    assert!(call.stdout.ends_with("\n502"), "{call:?}");
+    assert!(call.stdout.contains("upstream_tls_error"), "{call:?}");
+    assert!(
+        up.requests().is_empty(),
+        "nothing reached the unverified upstream"
+    );
+    sb.kill().await.unwrap();
+}
+
+#[dual]
 pub async fn secret_rotation_and_deletion_at_egress() {
     let server = common::egress_server();
     let up = Upstream::start();

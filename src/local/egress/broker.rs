@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::super::app::App;
-use super::super::model::{Binding, Record};
+use super::super::model::Binding;
 use super::super::secrets::{render_headers, AuditRow};
 use super::super::store::{self, NetworkEventRow};
 use super::super::time::now_ns;
@@ -23,8 +23,8 @@ use super::policy::domain_matches;
 
 /// Whether `host` is covered by a secret bound to the sandbox (live or revoked), so its plain
 /// HTTP traffic goes through the broker.
-pub(crate) fn covers(rec: &Record, host: &str) -> bool {
-    rec.secrets
+pub(crate) fn covers(bindings: &[Binding], host: &str) -> bool {
+    bindings
         .iter()
         .any(|b| b.hosts.iter().any(|p| domain_matches(p, host)))
 }
@@ -102,10 +102,10 @@ impl Ctx {
         sender: &tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Body>>,
     ) -> Response<Body> {
         let started = Instant::now();
-        let rec = self.app.get(&self.sandbox_id).map(|e| e.rec());
-        let binding = rec
-            .as_ref()
-            .and_then(|r| r.secrets.iter().find(|b| carries(&req, b)).cloned());
+        let binding = self
+            .app
+            .get(&self.sandbox_id)
+            .and_then(|e| e.with(|r| r.secrets.iter().find(|b| carries(&req, b)).cloned()));
         let Some(binding) = binding else {
             return forward(sender, req.map(Body::new)).await.0;
         };
@@ -162,7 +162,10 @@ impl Ctx {
         latency_ms: u64,
     ) {
         let ts_ns = now_ns();
-        let sandbox_name = self.app.get(&self.sandbox_id).map(|e| e.rec().name);
+        let sandbox_name = self
+            .app
+            .get(&self.sandbox_id)
+            .map(|e| e.with(|r| r.name.clone()));
         let _ = self
             .app
             .secrets

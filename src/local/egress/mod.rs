@@ -324,10 +324,11 @@ impl Egress {
         let Some(entry) = app.get(&ctx.id) else {
             return;
         };
-        let rec = entry.rec();
+        // only what the decision needs, not a copy of the whole record
+        let (network, bindings) = entry.with(|r| (r.network.clone(), r.secrets.clone()));
         let host = lock(&ctx.names).get(dst.ip()).cloned();
         let mut verdict = policy::decide(
-            rec.network.as_ref(),
+            network.as_ref(),
             &self.allow_private,
             host.as_deref(),
             *dst.ip(),
@@ -390,7 +391,7 @@ impl Egress {
         };
         let brokered = host
             .as_deref()
-            .filter(|h| broker::covers(&rec, h))
+            .filter(|h| broker::covers(&bindings, h))
             .map(str::to_owned);
         let first = match &brokered {
             Some(_) => first_bytes(&client.inner).await,
