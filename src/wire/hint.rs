@@ -2,36 +2,12 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-fn b64url_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' | b'+' => 62,
-            b'_' | b'/' => 63,
-            b'=' => break,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
-}
-
 /// `true` when the hint carries an expiry at or before now. Unparsable hints are not expired.
 pub(crate) fn is_expired(hint: &str) -> bool {
     let Some(payload) = hint.split('.').nth(1) else {
         return false;
     };
-    let Some(json) = b64url_decode(payload) else {
+    let Some(json) = super::base64_decode(payload.as_bytes()) else {
         return false;
     };
     let Some(e) = serde_json::from_slice::<serde_json::Value>(&json)

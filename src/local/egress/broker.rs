@@ -20,6 +20,7 @@ use super::super::secrets::{render_headers, AuditRow};
 use super::super::store::{self, NetworkEventRow};
 use super::super::time::now_ns;
 use super::policy::domain_matches;
+use crate::wire::base64_decode;
 
 /// Whether `host` is covered by a secret bound to the sandbox (live or revoked), so its plain
 /// HTTP traffic goes through the broker.
@@ -206,21 +207,22 @@ impl Ctx {
     }
 }
 
-/// Whether a request carries the binding's stand-in: in any header value, or as the password
-/// of HTTP basic auth.
+/// Whether one header carries `standin`: anywhere in its value, or as the password of HTTP
+/// basic auth.
+fn header_carries(name: &HeaderName, value: &HeaderValue, standin: &str) -> bool {
+    let (v, needle) = (value.as_bytes(), standin.as_bytes());
+    contains(v, needle)
+        || (name == axum::http::header::AUTHORIZATION
+            && v.len() > 6
+            && v[..6].eq_ignore_ascii_case(b"basic ")
+            && base64_decode(&v[6..]).is_some_and(|d| contains(&d, needle)))
+}
+
+/// Whether a request carries the binding's stand-in in any header.
 fn carries(req: &Request<Incoming>, b: &Binding) -> bool {
-    if b.standin.is_empty() {
-        return false;
-    }
-    let needle = b.standin.as_bytes();
-    req.headers().iter().any(|(name, value)| {
-        let v = value.as_bytes();
-        contains(v, needle)
-            || (name == axum::http::header::AUTHORIZATION
-                && v.len() > 6
-                && v[..6].eq_ignore_ascii_case(b"basic ")
-                && base64_decode(&v[6..]).is_some_and(|d| contains(&d, needle)))
-    })
+    req.headers()
+        .iter()
+        .any(|(name, value)| header_carries(name, value, &b.standin))
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -236,13 +238,7 @@ fn swap(
     let stale: Vec<HeaderName> = req
         .headers()
         .iter()
-        .filter(|(name, value)| {
-            let v = value.as_bytes();
-            contains(v, b.standin.as_bytes())
-                || (*name == axum::http::header::AUTHORIZATION
-                    && v.len() > 6
-                    && base64_decode(&v[6..]).is_some_and(|d| contains(&d, b.standin.as_bytes())))
-        })
+        .filter(|(name, value)| header_carries(name, value, &b.standin))
         .map(|(name, _)| name.clone())
         .collect();
     for name in stale {
@@ -318,56 +314,31 @@ fn error_response(
     )
 }
 
-/// Standard base64 (padding optional); `None` if malformed.
-fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
-    fn val(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let s: Vec<u8> = s
-        .iter()
-        .copied()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
-    let s = s
-        .strip_suffix(b"==")
-        .or_else(|| s.strip_suffix(b"="))
-        .unwrap_or(&s);
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    for chunk in s.chunks(4) {
-        let mut acc = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            acc |= val(*c)? << (18 - 6 * i);
-        }
-        let bytes = acc.to_be_bytes();
-        match chunk.len() {
-            4 => out.extend_from_slice(&bytes[1..4]),
-            3 => out.extend_from_slice(&bytes[1..3]),
-            2 => out.push(bytes[1]),
-            _ => return None,
-        }
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn base64_decodes_basic_credentials() {
+    fn finds_stand_ins_in_basic_credentials() {
         assert_eq!(base64_decode(b"dXNlcjpwYXNz").unwrap(), b"user:pass");
-        assert_eq!(base64_decode(b"YQ==").unwrap(), b"a");
         assert_eq!(base64_decode(b"YWI=").unwrap(), b"ab");
-        assert!(base64_decode(b"Y").is_none());
         assert!(base64_decode(b"!!!!").is_none());
         assert!(contains(b"Bearer abc", b"abc"));
+        let auth = axum::http::header::AUTHORIZATION;
+        let basic = HeaderValue::from_static("Basic dXNlcjpzc19zdGFuZGluX2FiYw==");
+        assert!(header_carries(&auth, &basic, "ss_standin_abc"));
+        assert!(!header_carries(&auth, &basic, "ss_standin_abd"));
+        let other = HeaderName::from_static("x-basic");
+        assert!(
+            !header_carries(&other, &basic, "ss_standin_abc"),
+            "basic only in Authorization"
+        );
+        let bearer = HeaderValue::from_static("Bearer ss_standin_abc");
+        assert!(header_carries(&auth, &bearer, "ss_standin_abc"));
+        assert!(
+            !header_carries(&auth, &bearer, ""),
+            "an empty stand-in matches nothing"
+        );
         assert!(!contains(b"Bearer ab", b"abc"));
     }
 }
