@@ -16,7 +16,8 @@ use crate::models::{
 use crate::options::{CreateOptions, ListOptions, NetworkLogOptions, PauseOptions, UpdateOptions};
 use crate::wire::{decode_json, seg, Req, Resp};
 
-/// How long `connect` keeps retrying while a pause finishes (`sandbox_pausing`).
+/// How long an activate (`connect`, a data-plane re-activate) keeps retrying while a pause
+/// finishes (`sandbox_pausing`).
 const CONNECT_PAUSING_WINDOW: Duration = Duration::from_secs(30);
 /// How long `resume` waits for an in-flight pause before resuming.
 const RESUME_WAIT: Duration = Duration::from_secs(300);
@@ -136,9 +137,16 @@ impl Sandbox {
     pub async fn connect_with(config: &Config, sandbox_id: &str) -> Result<Sandbox> {
         require_id(sandbox_id)?;
         let api = Api::new(config.clone());
+        let (info, tokens) = Self::activate_waiting(&api, sandbox_id).await?;
+        Ok(Sandbox::from_parts(api, info, tokens))
+    }
+
+    /// Activates, retrying every second for up to 30 s while a pause is finishing
+    /// (409 `sandbox_pausing`): the pause lands, then the activate resumes the sandbox.
+    async fn activate_waiting(api: &Api, sandbox_id: &str) -> Result<(SandboxInfo, SandboxTokens)> {
         let started = Instant::now();
         loop {
-            match Self::activate_raw(&api, sandbox_id).await {
+            match Self::activate_raw(api, sandbox_id).await {
                 Err(e)
                     if matches!(e, Error::Conflict(_))
                         && e.code() == Some("sandbox_pausing")
@@ -146,8 +154,7 @@ impl Sandbox {
                 {
                     rt::sleep(Duration::from_secs(1)).await;
                 }
-                Err(e) => return Err(e),
-                Ok((info, tokens)) => return Ok(Sandbox::from_parts(api, info, tokens)),
+                other => return other,
             }
         }
     }
@@ -443,7 +450,7 @@ impl Sandbox {
             return Ok(());
         }
         let revision = self.inner.next_revision.fetch_add(1, Ordering::SeqCst);
-        let (_, tokens) = Self::activate_raw(&self.inner.api, &self.inner.info.id).await?;
+        let (_, tokens) = Self::activate_waiting(&self.inner.api, &self.inner.info.id).await?;
         self.apply_tokens(revision, tokens, "POST /sandboxes/{id}/activate")
     }
 
@@ -618,10 +625,17 @@ impl Sandbox {
                 Duration::from_secs(30),
             )
         };
-        match self.dp_send(&probe).await {
-            Ok(_) => {}
-            Err(e) if resumable(&e, false) => return Err(e),
-            Err(_) => {} // any other answer means the credentials work
+        // Any answer other than a resumable failure means the credentials work; a failed
+        // re-activate is returned as it is (sending the stream would only meet the pause).
+        let tokens = self.fresh_tokens().await?;
+        if let Err(e) = self.inner.api.send(&probe(&tokens)).await {
+            if resumable(&e, tokens.routing_hint.is_some()) {
+                self.refresh(tokens.revision).await?;
+                match self.inner.api.send(&probe(&self.tokens())).await {
+                    Err(e) if resumable(&e, false) => return Err(e),
+                    _ => {}
+                }
+            }
         }
         let tokens = self.tokens();
         self.inner

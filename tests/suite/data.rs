@@ -536,7 +536,7 @@ pub async fn files_streamed_multi_mib() {
 pub async fn streamed_upload_to_a_paused_sandbox_probes_first() {
     let server = common::server();
     let sb = make(&server, "probe").await;
-    sb.pause().await.unwrap();
+    sb.pause_with(PauseOptions::new().wait(true)).await.unwrap();
     server.clear_requests();
     // Cursor is both a Read (blocking write_from) and an AsyncRead (async write_from)
     let data = vec![7u8; 3 << 20];
@@ -563,5 +563,62 @@ pub async fn streamed_upload_to_a_paused_sandbox_probes_first() {
     assert_eq!(data_plane[0].1, 503, "the first probe met the pause");
     assert_eq!(data_plane[1].1, 404, "the retried probe got through");
     assert_eq!(data_plane[2].1, 200);
+    sb.kill().await.unwrap();
+}
+
+/// A data-plane call that meets a pause still landing: the re-activate gets 409
+/// `sandbox_pausing`, waits a second, activates again, and the call goes through.
+#[dual]
+pub async fn data_plane_waits_out_a_pause_in_progress() {
+    let server = common::server();
+    let sb = make(&server, "landing").await;
+    sb.pause_with(PauseOptions::new().wait(true)).await.unwrap();
+    let activate = format!("/sandboxes/{}/activate", sb.id());
+    server.inject(FaultRule::new("POST", &activate).fault(Fault::Status {
+        status: 409,
+        code: "sandbox_pausing".into(),
+    }));
+    server.clear_requests();
+    let r = sb.commands().run("echo resumed").await.unwrap();
+    assert_eq!(r.stdout, "resumed\n");
+    let statuses: Vec<u16> = server
+        .requests()
+        .iter()
+        .filter(|q| q.method == "POST" && q.path == activate)
+        .map(|q| q.status)
+        .collect();
+    assert_eq!(statuses, vec![409, 200]);
+    sb.kill().await.unwrap();
+}
+
+/// A streamed upload whose re-activate fails is refused with that failure, and the stream
+/// is never sent (it would only meet the pause).
+#[dual]
+pub async fn streamed_upload_reports_a_failed_reactivate() {
+    let server = common::server();
+    let sb = make(&server, "refused").await;
+    sb.pause_with(PauseOptions::new().wait(true)).await.unwrap();
+    let activate = format!("/sandboxes/{}/activate", sb.id());
+    server.inject(FaultRule::new("POST", &activate).fault(Fault::Status {
+        status: 409,
+        code: "conflict".into(),
+    }));
+    server.clear_requests();
+    let err = sb
+        .files()
+        .write_from("/tmp/big", std::io::Cursor::new(vec![1u8; 3 << 20]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+    assert_eq!(err.code(), Some("conflict"));
+    let posts = server
+        .requests()
+        .iter()
+        .filter(|q| q.method == "POST" && q.path == "/files")
+        .count();
+    assert_eq!(posts, 0, "the stream was not sent");
+    // the sandbox is still paused and intact: the next call resumes it
+    let r = sb.commands().run("echo ok").await.unwrap();
+    assert_eq!(r.stdout, "ok\n");
     sb.kill().await.unwrap();
 }

@@ -108,6 +108,8 @@ suite_tests!(
     isolation_between_sandboxes,
     restart_keeps_records_and_files,
     streamed_upload_to_a_paused_sandbox_probes_first,
+    data_plane_waits_out_a_pause_in_progress,
+    streamed_upload_reports_a_failed_reactivate,
     // faults and wire shapes
     retries_on_transient_statuses,
     no_retry_for_post_and_patch,
