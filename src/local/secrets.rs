@@ -88,16 +88,34 @@ impl SecretKey {
                 ),
             )),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Written in full under a private name, then linked into place: a backend
+                // starting at the same moment either wins the link or reads the winner's key,
+                // and never sees a half-written file.
                 let mut b = [0u8; 32];
                 rand::thread_rng().fill_bytes(&mut b);
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)?;
-                f.write_all(&b)?;
-                f.sync_all()?;
-                SecretKey::from_bytes(&b)
+                let tmp = path.with_extension(format!(
+                    "key.{}.{:016x}",
+                    std::process::id(),
+                    rand::random::<u64>()
+                ));
+                let written = (|| {
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&tmp)?;
+                    f.write_all(&b)?;
+                    f.sync_all()?;
+                    std::fs::hard_link(&tmp, path)
+                })();
+                let _ = std::fs::remove_file(&tmp);
+                match written {
+                    Ok(()) => SecretKey::from_bytes(&b),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        SecretKey::load_or_create(path)
+                    }
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => Err(e),
         }
@@ -864,7 +882,9 @@ impl Secrets {
         Ok(self.db.call(move |c| query_audit(c, &rec.id, &q)).await?)
     }
 
-    /// The record and plaintext value of a secret, for the egress broker only.
+    /// The record and plaintext value of a secret, for the egress broker only. `Ok(None)`:
+    /// no such secret. A value that does not decrypt (a replaced key file, a damaged row) is
+    /// an error, never mistaken for a missing secret.
     pub(crate) async fn resolve(
         &self,
         name: &str,
@@ -872,11 +892,14 @@ impl Secrets {
         let n = name.to_owned();
         let key = self.key.clone();
         self.db
-            .call(move |c| {
-                Ok(load(c, &n)?.and_then(|(rec, blob)| {
-                    let value = key.open(&rec.id, &blob)?;
-                    Some((rec, value))
-                }))
+            .call(move |c| match load(c, &n)? {
+                None => Ok(None),
+                Some((rec, blob)) => match key.open(&rec.id, &blob) {
+                    Some(value) => Ok(Some((rec, value))),
+                    None => Err(StoreError::Corrupt(format!(
+                        "the value of secret {n:?} cannot be decrypted with this backend's key"
+                    ))),
+                },
             })
             .await
     }
@@ -940,6 +963,33 @@ mod tests {
         assert_eq!(b.open("x", &a.seal("x", "v")).as_deref(), Some("v"));
         std::fs::write(&path, b"short").unwrap();
         assert!(SecretKey::load_or_create(&path).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn simultaneous_starts_agree_on_one_key() {
+        let dir = std::env::temp_dir().join(format!("ss-key-{}", uuid_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("secrets.key");
+        let keys: Vec<SecretKey> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| SecretKey::load_or_create(&path).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let blob = keys[0].seal("x", "same key");
+        for k in &keys {
+            assert_eq!(k.open("x", &blob).as_deref(), Some("same key"));
+        }
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("secrets.key")],
+            "no temp files left"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

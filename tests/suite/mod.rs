@@ -134,4 +134,5 @@ suite_tests!(
     secret_rotation_and_deletion_at_egress,
     the_hosts_own_addresses_are_blocked,
     network_log_pages_through_hundreds_of_events,
+    brokered_secret_after_restart_and_with_a_replaced_key,
 );

@@ -609,3 +609,91 @@ pub async fn the_hosts_own_addresses_are_blocked() {
     assert_eq!(ev.match_rule.as_deref(), Some("host:203.0.113.77"));
     sb.kill().await.unwrap();
 }
+
+/// Brokering survives a backend restart (sealed values, bindings and stand-ins are kept), and a
+/// value the backend can no longer decrypt (its key file replaced) is refused with 502
+/// `secret_unavailable`, not mistaken for a deleted secret, and nothing reaches the upstream.
+#[dual]
+pub async fn brokered_secret_after_restart_and_with_a_replaced_key() {
+    let dir = std::env::temp_dir().join(format!(
+        "superserve-keyswap-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let up = Upstream::start();
+    let start = || {
+        let server = LocalServer::builder()
+            .data_dir(&dir)
+            .api_key("ss_live_keyswaptestkey00000000000000000")
+            .allow_private_destination("10.88.0.0/16")
+            .start()
+            .unwrap();
+        assert!(server.egress_available());
+        server.set_dns_host("api.keyswap.test", up.ip);
+        server
+    };
+    let call = "curl -sS -m 10 -H \"Authorization: Bearer $TOKEN\" http://api.keyswap.test/v1/x";
+    let real = "real-keyswap-credential";
+    let id;
+    {
+        let server = start();
+        let config = common::config(&server);
+        Secret::create_with(
+            &config,
+            SecretCreateOptions::new("keyswap", real)
+                .hosts(["api.keyswap.test"])
+                .auth(SecretAuth::bearer()),
+        )
+        .await
+        .unwrap();
+        let sb = Sandbox::create_with(
+            &config,
+            CreateOptions::new("keyswap").secret("TOKEN", "keyswap"),
+        )
+        .await
+        .unwrap();
+        id = sb.id().to_owned();
+        server.shutdown();
+    }
+    {
+        let server = start();
+        let sb = Sandbox::connect_with(&common::config(&server), &id)
+            .await
+            .unwrap();
+        let ok = sh(&sb, call).await;
+        assert_eq!(ok.exit_code, 0, "{ok:?}");
+        let seen = up.requests();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            seen[0].header("authorization"),
+            Some(format!("Bearer {real}").as_str())
+        );
+        server.shutdown();
+    }
+    // another 32-byte key: the stored value no longer opens
+    std::fs::write(dir.join("secrets.key"), [0x5au8; 32]).unwrap();
+    let server = start();
+    let sb = Sandbox::connect_with(&common::config(&server), &id)
+        .await
+        .unwrap();
+    let refused = sh(&sb, &format!("{call} -w '\\n%{{http_code}}'")).await;
+    assert!(refused.stdout.contains("secret_unavailable"), "{refused:?}");
+    assert!(refused.stdout.ends_with("\n502"), "{refused:?}");
+    assert_eq!(up.requests().len(), 1, "nothing more reached the upstream");
+    // the secret is still listed (nothing was lost), and its audit records the refusal
+    let secret = Secret::get_with(&common::config(&server), "keyswap")
+        .await
+        .unwrap();
+    let audit = secret.get_audit(AuditOptions::new()).await.unwrap();
+    assert_eq!(audit[0].status, 502, "{audit:?}");
+    assert_eq!(audit[0].error_code.as_deref(), Some("secret_unavailable"));
+    sb.kill().await.unwrap();
+    server.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn rand_suffix() -> String {
+    superserve::Timestamp::from_system_time(std::time::SystemTime::now())
+        .as_str()
+        .replace([':', '.'], "")
+}

@@ -3,6 +3,16 @@
 //! credential in the secret's header(s) instead, and is audited; a stand-in that was revoked
 //! (detached binding, deleted secret) or sent to a host its secret does not cover is refused
 //! with `403` and audited too. Requests without a stand-in pass unchanged.
+//!
+//! Refusals carry `{"error":{"code","message"}}` and `X-Superserve-Egress: refused`:
+//!
+//! | status | code | when |
+//! |---|---|---|
+//! | 403 | `secret_revoked` | the binding was detached or replaced, or the secret deleted |
+//! | 403 | `secret_host_mismatch` | the stand-in was sent to a host its secret does not cover |
+//! | 403 | `secret_invalid` | the credential cannot be sent in a header |
+//! | 502 | `secret_unavailable` | the stored value cannot be read (e.g. the key file was replaced) |
+//! | 502 | `upstream_tls_error` | the upstream's certificate could not be verified |
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -122,21 +132,27 @@ impl Ctx {
         } else {
             None
         };
-        let resolved = match refusal {
-            Some(_) => None,
-            None => self
-                .app
-                .secrets
-                .resolve(&binding.secret_name)
-                .await
-                .ok()
-                .flatten(),
+        let (resolved, unreadable) = match refusal {
+            Some(_) => (None, false),
+            None => match self.app.secrets.resolve(&binding.secret_name).await {
+                Ok(found) => (found, false),
+                Err(e) => {
+                    // the message names the secret and the failure, never the value
+                    eprintln!("superserve-local: secret {:?}: {e}", binding.secret_name);
+                    (None, true)
+                }
+            },
         };
         let headers = resolved
             .as_ref()
             .and_then(|(secret, value)| render_headers(secret, &self.host, value));
         let (response, outcome) = match (refusal, headers) {
             (Some((code, message)), _) => refuse(code, message),
+            (None, None) if unreadable => error_response(
+                StatusCode::BAD_GATEWAY,
+                "secret_unavailable",
+                "the secret's value cannot be read by the backend",
+            ),
             (None, None) => refuse("secret_revoked", "the secret no longer exists"),
             (None, Some(headers)) => match swap(&mut req, &binding, headers) {
                 Ok(()) => forward(sender, req.map(Body::new)).await,
