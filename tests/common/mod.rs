@@ -56,6 +56,17 @@ impl Reply {
             body: body.as_bytes().to_vec(),
         }
     }
+    /// A create (201) or activate (200) answer: an active sandbox `id` with its access token
+    /// and, optionally, a routing hint.
+    pub fn sandbox(status: u16, id: &str, token: &str, hint: Option<&str>) -> Reply {
+        let hint = hint.map_or(String::new(), |h| format!(r#","routing_hint":"{h}""#));
+        Reply::json(
+            status,
+            &format!(
+                r#"{{"id":"{id}","status":"active","created_at":"2026-01-01T00:00:00Z","access_token":"{token}"{hint}}}"#
+            ),
+        )
+    }
     pub fn text(status: u16, content_type: &str, body: &str) -> Reply {
         Reply::Http {
             status,

@@ -109,10 +109,7 @@ pub async fn stream_idle_timeout() {
     // A server that sends one event and then nothing: the idle timeout (timeout_s + 5 s)
     // fires; the call does not hang.
     let scripted = common::Scripted::start(vec![
-        common::Reply::json(
-            201,
-            r#"{"id":"sb-1","status":"active","created_at":"2026-01-01T00:00:00Z","access_token":"t"}"#,
-        ),
+        common::Reply::sandbox(201, "sb-1", "t", None),
         common::Reply::StreamThenHang {
             head: vec![("content-type", "text/event-stream".into())],
             chunks: vec!["data: {\"stdout\":\"partial\"}\n\n".into()],
@@ -566,19 +563,27 @@ pub async fn streamed_upload_to_a_paused_sandbox_probes_first() {
     sb.kill().await.unwrap();
 }
 
-/// A data-plane call that meets a pause still landing: the re-activate gets 409
-/// `sandbox_pausing`, waits a second, activates again, and the call goes through.
+/// A paused sandbox whose next activate answers 409 with `code`; the journal starts empty.
+/// Returns the activate path too.
 #[dual]
-pub async fn data_plane_waits_out_a_pause_in_progress() {
+async fn paused_with_failing_activate(name: &str, code: &str) -> (LocalServer, Sandbox, String) {
     let server = common::server();
-    let sb = make(&server, "landing").await;
+    let sb = make(&server, name).await;
     sb.pause_with(PauseOptions::new().wait(true)).await.unwrap();
     let activate = format!("/sandboxes/{}/activate", sb.id());
     server.inject(FaultRule::new("POST", &activate).fault(Fault::Status {
         status: 409,
-        code: "sandbox_pausing".into(),
+        code: code.into(),
     }));
     server.clear_requests();
+    (server, sb, activate)
+}
+
+/// A data-plane call that meets a pause still landing: the re-activate gets 409
+/// `sandbox_pausing`, waits a second, activates again, and the call goes through.
+#[dual]
+pub async fn data_plane_waits_out_a_pause_in_progress() {
+    let (server, sb, activate) = paused_with_failing_activate("landing", "sandbox_pausing").await;
     let r = sb.commands().run("echo resumed").await.unwrap();
     assert_eq!(r.stdout, "resumed\n");
     let statuses: Vec<u16> = server
@@ -595,15 +600,7 @@ pub async fn data_plane_waits_out_a_pause_in_progress() {
 /// is never sent (it would only meet the pause).
 #[dual]
 pub async fn streamed_upload_reports_a_failed_reactivate() {
-    let server = common::server();
-    let sb = make(&server, "refused").await;
-    sb.pause_with(PauseOptions::new().wait(true)).await.unwrap();
-    let activate = format!("/sandboxes/{}/activate", sb.id());
-    server.inject(FaultRule::new("POST", &activate).fault(Fault::Status {
-        status: 409,
-        code: "conflict".into(),
-    }));
-    server.clear_requests();
+    let (server, sb, activate) = paused_with_failing_activate("refused", "conflict").await;
     let err = sb
         .files()
         .write_from("/tmp/big", std::io::Cursor::new(vec![1u8; 3 << 20]))
@@ -617,6 +614,11 @@ pub async fn streamed_upload_reports_a_failed_reactivate() {
         .filter(|q| q.method == "POST" && q.path == "/files")
         .count();
     assert_eq!(posts, 0, "the stream was not sent");
+    assert_eq!(
+        count(&server, "POST", &activate),
+        1,
+        "a plain conflict is not retried"
+    );
     // the sandbox is still paused and intact: the next call resumes it
     let r = sb.commands().run("echo ok").await.unwrap();
     assert_eq!(r.stdout, "ok\n");

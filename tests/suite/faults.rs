@@ -370,16 +370,8 @@ pub async fn expired_routing_hint_refreshes_first() {
     // {"e":1}: expired long ago; the fresh hint expires far in the future
     let fresh = "v1.eyJlIjo5OTk5OTk5OTk5OX0.sig";
     let s = Scripted::start(vec![
-        Reply::json(
-            201,
-            r#"{"id":"sb-1","status":"active","created_at":"2026-01-01T00:00:00Z","access_token":"t1","routing_hint":"v1.eyJlIjoxfQ.sig"}"#,
-        ),
-        Reply::json(
-            200,
-            &format!(
-                r#"{{"id":"sb-1","status":"active","created_at":"2026-01-01T00:00:00Z","access_token":"t2","routing_hint":"{fresh}"}}"#
-            ),
-        ),
+        Reply::sandbox(201, "sb-1", "t1", Some("v1.eyJlIjoxfQ.sig")),
+        Reply::sandbox(200, "sb-1", "t2", Some(fresh)),
         Reply::json(200, r#"{"stdout":"ok\n","stderr":"","exit_code":0}"#),
     ]);
     let sb = Sandbox::create_with(&s.config(), CreateOptions::new("hint"))
@@ -402,10 +394,7 @@ pub async fn expired_routing_hint_refreshes_first() {
 pub async fn pause_wait_polls_until_paused() {
     let sb_json = |status: &str| sandbox_json("sb-p", status);
     let s = Scripted::start(vec![
-        Reply::json(
-            201,
-            r#"{"id":"sb-p","status":"active","created_at":"2026-01-01T00:00:00Z","access_token":"t1"}"#,
-        ),
+        Reply::sandbox(201, "sb-p", "t1", None),
         // the server accepted the pause but has not finished it
         Reply::json(202, r#"{"status":"pausing"}"#),
         Reply::json(200, &sb_json("pausing")),
@@ -444,10 +433,7 @@ pub async fn resume_waits_out_a_pause_in_progress() {
     let sb_json = |status: &str| sandbox_json("sb-r", status);
     let conflict = r#"{"error":{"code":"conflict","message":"sandbox is pausing"}}"#;
     let s = Scripted::start(vec![
-        Reply::json(
-            201,
-            r#"{"id":"sb-r","status":"active","created_at":"2026-01-01T00:00:00Z","access_token":"t1"}"#,
-        ),
+        Reply::sandbox(201, "sb-r", "t1", None),
         Reply::json(409, conflict),
         Reply::json(200, &sb_json("pausing")),
         Reply::json(200, &sb_json("pausing")),

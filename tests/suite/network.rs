@@ -51,6 +51,29 @@ async fn sh(sb: &Sandbox, cmd: &str) -> superserve::CommandResult {
         .unwrap_or_else(|e| panic!("{cmd}: {e}"))
 }
 
+/// A bearer secret `name` (value `value`) for `host`, and a sandbox `name` that binds it as
+/// `TOKEN`.
+#[dual]
+async fn bearer_bound_sandbox(
+    config: &superserve::Config,
+    name: &str,
+    value: &str,
+    host: &str,
+) -> (Secret, Sandbox) {
+    let secret = Secret::create_with(
+        config,
+        SecretCreateOptions::new(name, value)
+            .hosts([host])
+            .auth(SecretAuth::bearer()),
+    )
+    .await
+    .unwrap();
+    let sb = Sandbox::create_with(config, CreateOptions::new(name).secret("TOKEN", name))
+        .await
+        .unwrap();
+    (secret, sb)
+}
+
 #[dual]
 pub async fn egress_allowed_blocked_and_logged() {
     let server = common::egress_server();
@@ -475,20 +498,7 @@ pub async fn brokered_secret_over_https() {
     server.set_dns_host("api.tls.test", up.ip);
     let config = common::config(&server);
     let real = "tls-real-token-51d2";
-    let secret = Secret::create_with(
-        &config,
-        SecretCreateOptions::new("tls-key", real)
-            .hosts(["api.tls.test"])
-            .auth(SecretAuth::bearer()),
-    )
-    .await
-    .unwrap();
-    let sb = Sandbox::create_with(
-        &config,
-        CreateOptions::new("tls").secret("TOKEN", "tls-key"),
-    )
-    .await
-    .unwrap();
+    let (secret, sb) = bearer_bound_sandbox(&config, "tls-key", real, "api.tls.test").await;
     // curl verifies the proxy's certificate with the sandbox's trust store (no -k)
     let call = sh(
         &sb,
@@ -517,20 +527,13 @@ pub async fn brokered_https_never_reaches_an_unverified_upstream() {
     up.serve_tls(&chain_pem, &key_pem);
     server.set_dns_host("api.untrusted.test", up.ip);
     let config = common::config(&server);
-    Secret::create_with(
+    let (_, sb) = bearer_bound_sandbox(
         &config,
-        SecretCreateOptions::new("untrusted-key", "never-sent-9e1")
-            .hosts(["api.untrusted.test"])
-            .auth(SecretAuth::bearer()),
+        "untrusted-key",
+        "never-sent-9e1",
+        "api.untrusted.test",
     )
-    .await
-    .unwrap();
-    let sb = Sandbox::create_with(
-        &config,
-        CreateOptions::new("untrusted").secret("TOKEN", "untrusted-key"),
-    )
-    .await
-    .unwrap();
+    .await;
     let call = sh(
         &sb,
         "curl -sS -m 10 -w '\\n%{http_code}' -H \"Authorization: Bearer $TOKEN\" https://api.untrusted.test/v1/x",
@@ -637,21 +640,13 @@ pub async fn brokered_secret_after_restart_and_with_a_replaced_key() {
     let id;
     {
         let server = start();
-        let config = common::config(&server);
-        Secret::create_with(
-            &config,
-            SecretCreateOptions::new("keyswap", real)
-                .hosts(["api.keyswap.test"])
-                .auth(SecretAuth::bearer()),
+        let (_, sb) = bearer_bound_sandbox(
+            &common::config(&server),
+            "keyswap",
+            real,
+            "api.keyswap.test",
         )
-        .await
-        .unwrap();
-        let sb = Sandbox::create_with(
-            &config,
-            CreateOptions::new("keyswap").secret("TOKEN", "keyswap"),
-        )
-        .await
-        .unwrap();
+        .await;
         id = sb.id().to_owned();
         server.shutdown();
     }
