@@ -26,6 +26,7 @@ use super::files::{self, ChannelWriter, FileError, ReadTarget};
 use super::http::{boxd_error, form_pairs, header_str, json, observe, text, CutAfter};
 use super::journal::Plane;
 use super::model::Status;
+use super::runtime::CommandSpec;
 use super::time::{format_rfc3339, now_ns};
 
 /// Largest inbound WebSocket frame/message.
@@ -132,6 +133,20 @@ fn parse_exec(body: &[u8]) -> Result<ExecBody, Reject> {
     })
 }
 
+/// The common start of `POST /exec` and `POST /exec/stream`: authorise, parse the body, and
+/// build the command.
+fn exec_request(
+    app: &App,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Arc<Entry>, ExecBody, CommandSpec), Reject> {
+    let entry = authorize(app, headers, None, false)?;
+    let body = parse_exec(body)?;
+    let spec = command_spec(&entry.rec(), &body, false)
+        .map_err(|msg| Box::new(boxd_error(StatusCode::BAD_REQUEST, &msg)))?;
+    Ok((entry, body, spec))
+}
+
 fn spawn_failure(f: SpawnFailure) -> Response {
     match f {
         SpawnFailure::Unavailable(u) => unavailable(u),
@@ -152,17 +167,9 @@ fn spawn_failure(f: SpawnFailure) -> Response {
 }
 
 async fn exec(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let entry = match authorize(&app, &headers, None, false) {
-        Ok(e) => e,
+    let (entry, body, spec) = match exec_request(&app, &headers, &body) {
+        Ok(t) => t,
         Err(r) => return *r,
-    };
-    let body = match parse_exec(&body) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-    let spec = match command_spec(&entry.rec(), &body, false) {
-        Ok(s) => s,
-        Err(msg) => return boxd_error(StatusCode::BAD_REQUEST, &msg),
     };
     let child = match app.spawn(&entry, spec).await {
         Ok(c) => c,
@@ -212,17 +219,9 @@ async fn exec_stream(
     cut: Option<Extension<CutAfter>>,
     body: Bytes,
 ) -> Response {
-    let entry = match authorize(&app, &headers, None, false) {
-        Ok(e) => e,
+    let (entry, body, spec) = match exec_request(&app, &headers, &body) {
+        Ok(t) => t,
         Err(r) => return *r,
-    };
-    let body = match parse_exec(&body) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-    let spec = match command_spec(&entry.rec(), &body, false) {
-        Ok(s) => s,
-        Err(msg) => return boxd_error(StatusCode::BAD_REQUEST, &msg),
     };
     let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(32);
     let spawned = app.spawn(&entry, spec).await;

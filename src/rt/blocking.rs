@@ -10,7 +10,7 @@ use reqwest::header::HeaderMap;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::wire::{Body, Req, Resp, USER_AGENT};
+use crate::wire::{Req, Resp, USER_AGENT};
 
 #[path = "blocking_session.rs"]
 mod session;
@@ -62,17 +62,7 @@ impl Http {
     }
 
     fn builder(&self, req: &Req) -> reqwest::blocking::RequestBuilder {
-        let mut b = self.client.request(req.method.clone(), &req.url);
-        for (k, v) in &req.headers {
-            b = b.header(*k, v);
-        }
-        match &req.body {
-            Body::Empty => b,
-            Body::Json(j) => b.body(j.clone()),
-            Body::Bytes(bytes) => b
-                .header("content-type", "application/octet-stream")
-                .body(bytes.clone()),
-        }
+        super::request_builder!(self.client, req)
     }
 
     /// Sends a request whose whole exchange must finish within `timeout`, and buffers the
@@ -92,13 +82,7 @@ impl Http {
             if n == 0 {
                 break;
             }
-            if (body.len() + n) as u64 > cap {
-                return Err(Error::validation(format!(
-                    "{}: response exceeds the limit of {cap} bytes",
-                    req.what
-                )));
-            }
-            body.extend_from_slice(&buf[..n]);
+            super::push_capped(&mut body, &buf[..n], cap, &req.what)?;
         }
         Ok(Resp {
             status,

@@ -33,6 +33,47 @@ fn display_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// Starts a reqwest request (blocking or async builder: the same methods) from a [`Req`]:
+/// method, URL, headers, and the buffered body.
+///
+/// [`Req`]: crate::wire::Req
+#[cfg(any(feature = "blocking", feature = "async"))]
+macro_rules! request_builder {
+    ($client:expr, $req:expr) => {{
+        let req = $req;
+        let mut b = $client.request(req.method.clone(), &req.url);
+        for (k, v) in &req.headers {
+            b = b.header(*k, v);
+        }
+        match &req.body {
+            crate::wire::Body::Empty => b,
+            crate::wire::Body::Json(j) => b.body(j.clone()),
+            crate::wire::Body::Bytes(bytes) => b
+                .header("content-type", "application/octet-stream")
+                .body(bytes.clone()),
+        }
+    }};
+}
+#[cfg(any(feature = "blocking", feature = "async"))]
+pub(crate) use request_builder;
+
+/// Appends one chunk of a buffered response, refusing to go past `cap` bytes.
+#[cfg(any(feature = "blocking", feature = "async"))]
+pub(crate) fn push_capped(
+    body: &mut Vec<u8>,
+    chunk: &[u8],
+    cap: u64,
+    what: &str,
+) -> crate::Result<()> {
+    if (body.len() + chunk.len()) as u64 > cap {
+        return Err(Error::validation(format!(
+            "{what}: response exceeds the limit of {cap} bytes"
+        )));
+    }
+    body.extend_from_slice(chunk);
+    Ok(())
+}
+
 /// Everything needed to open an `exec/connect` session.
 pub(crate) struct ExecDial {
     pub(crate) url: String,
@@ -90,5 +131,24 @@ pub(crate) fn ws_error_detail(e: &dyn std::fmt::Display) -> String {
         "WebSocket handshake failed".to_owned()
     } else {
         s
+    }
+}
+
+#[cfg(all(test, any(feature = "blocking", feature = "async")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffered_responses_stop_at_the_cap() {
+        let mut body = Vec::new();
+        push_capped(&mut body, b"12345", 8, "GET /x").unwrap();
+        push_capped(&mut body, b"678", 8, "GET /x").unwrap();
+        assert_eq!(body, b"12345678", "exactly the cap is allowed");
+        let err = push_capped(&mut body, b"9", 8, "GET /x").unwrap_err();
+        assert!(matches!(err, Error::Validation(_)), "{err:?}");
+        assert!(err
+            .to_string()
+            .contains("GET /x: response exceeds the limit of 8 bytes"));
+        assert_eq!(body.len(), 8, "nothing past the cap was kept");
     }
 }

@@ -7,7 +7,7 @@ use reqwest::header::HeaderMap;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::wire::{Body, Req, Resp, USER_AGENT};
+use crate::wire::{Req, Resp, USER_AGENT};
 
 #[path = "nonblocking_session.rs"]
 mod session;
@@ -58,17 +58,7 @@ impl Http {
     }
 
     fn builder(&self, req: &Req) -> reqwest::RequestBuilder {
-        let mut b = self.client.request(req.method.clone(), &req.url);
-        for (k, v) in &req.headers {
-            b = b.header(*k, v);
-        }
-        match &req.body {
-            Body::Empty => b,
-            Body::Json(j) => b.body(j.clone()),
-            Body::Bytes(bytes) => b
-                .header("content-type", "application/octet-stream")
-                .body(bytes.clone()),
-        }
+        super::request_builder!(self.client, req)
     }
 
     /// Sends a request whose whole exchange must finish within `timeout`, and buffers the
@@ -86,13 +76,7 @@ impl Http {
         while let Some(chunk) = resp.chunk().await.map_err(|e| {
             crate::rt::transport_error(&format!("{}: reading the response", req.what), e)
         })? {
-            if (body.len() + chunk.len()) as u64 > cap {
-                return Err(Error::validation(format!(
-                    "{}: response exceeds the limit of {cap} bytes",
-                    req.what
-                )));
-            }
-            body.extend_from_slice(&chunk);
+            super::push_capped(&mut body, &chunk, cap, &req.what)?;
         }
         Ok(Resp {
             status,
