@@ -39,8 +39,19 @@
 //! A bound secret appears in the sandbox as a stand-in token; a request to one of the secret's
 //! hosts that carries the stand-in gets the real credential in the secret's header(s) at the
 //! proxy (HTTPS through the backend's own CA, which is in the sandboxes' trust store) and is
-//! audited. Detaching the binding or deleting the secret revokes the stand-in: requests with it
-//! are refused with `403`.
+//! audited. Detaching the binding or deleting the secret revokes the stand-in. A stand-in sent
+//! to a host that none of the sandbox's secrets covers passes unchanged (it is worthless
+//! there); sent to a host another of its secrets covers, it is refused. Refusals reach the program as an
+//! HTTP answer with `{"error":{"code","message"}}` and `X-Superserve-Egress: refused`, and are
+//! audited:
+//!
+//! | status | code | when |
+//! |---|---|---|
+//! | 403 | `secret_revoked` | the binding was detached or replaced, or the secret deleted |
+//! | 403 | `secret_host_mismatch` | the stand-in was sent to a host its secret does not cover |
+//! | 403 | `secret_invalid` | the credential cannot be sent in a header |
+//! | 502 | `secret_unavailable` | the stored value cannot be read (e.g. the key file was replaced) |
+//! | 502 | `upstream_tls_error` | the upstream's certificate could not be verified |
 //!
 //! It is also a test double: [`LocalServer::inject`] scripts faults (429 with `Retry-After`,
 //! 5xx, dropped connections, streams cut before `finished`) and [`LocalServer::requests`]

@@ -135,4 +135,5 @@ suite_tests!(
     the_hosts_own_addresses_are_blocked,
     network_log_pages_through_hundreds_of_events,
     brokered_secret_after_restart_and_with_a_replaced_key,
+    standin_sent_to_another_secrets_host_is_refused,
 );

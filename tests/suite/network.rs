@@ -692,3 +692,38 @@ fn rand_suffix() -> String {
         .as_str()
         .replace([':', '.'], "")
 }
+
+/// A stand-in sent to a host that another of the sandbox's secrets covers is refused (403
+/// `secret_host_mismatch`) and audited on its own secret; nothing reaches the upstream.
+#[dual]
+pub async fn standin_sent_to_another_secrets_host_is_refused() {
+    let server = common::egress_server();
+    let up = Upstream::start();
+    server.set_dns_host("api.one.test", up.ip);
+    server.set_dns_host("api.two.test", up.ip);
+    let config = common::config(&server);
+    let (one, sb) = bearer_bound_sandbox(&config, "one-key", "one-real", "api.one.test").await;
+    Secret::create_with(
+        &config,
+        SecretCreateOptions::new("two-key", "two-real")
+            .hosts(["api.two.test"])
+            .auth(SecretAuth::bearer()),
+    )
+    .await
+    .unwrap();
+    sb.attach_secret("TWO", "two-key").await.unwrap();
+    let r = sh(
+        &sb,
+        "curl -sS -m 10 -w '\\n%{http_code}' -H \"Authorization: Bearer $TOKEN\" http://api.two.test/x",
+    )
+    .await;
+    assert!(r.stdout.ends_with("\n403"), "{r:?}");
+    assert!(r.stdout.contains("secret_host_mismatch"), "{r:?}");
+    assert!(up.requests().is_empty(), "nothing reached the upstream");
+    let audit = one.get_audit(AuditOptions::new()).await.unwrap();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0].host, "api.two.test");
+    assert_eq!(audit[0].status, 403);
+    assert_eq!(audit[0].error_code.as_deref(), Some("secret_host_mismatch"));
+    sb.kill().await.unwrap();
+}

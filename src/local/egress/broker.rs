@@ -4,15 +4,7 @@
 //! (detached binding, deleted secret) or sent to a host its secret does not cover is refused
 //! with `403` and audited too. Requests without a stand-in pass unchanged.
 //!
-//! Refusals carry `{"error":{"code","message"}}` and `X-Superserve-Egress: refused`:
-//!
-//! | status | code | when |
-//! |---|---|---|
-//! | 403 | `secret_revoked` | the binding was detached or replaced, or the secret deleted |
-//! | 403 | `secret_host_mismatch` | the stand-in was sent to a host its secret does not cover |
-//! | 403 | `secret_invalid` | the credential cannot be sent in a header |
-//! | 502 | `secret_unavailable` | the stored value cannot be read (e.g. the key file was replaced) |
-//! | 502 | `upstream_tls_error` | the upstream's certificate could not be verified |
+//! Refusals and their codes are listed in the `superserve::local` module docs.
 
 use std::convert::Infallible;
 use std::sync::Arc;
