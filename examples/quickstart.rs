@@ -43,7 +43,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("running a command, output streamed as it arrives:");
     let result = sandbox.commands().run_with(
         "echo $GREETING; for i in 1 2 3; do echo step $i; sleep 0.2; done; uname -s",
-        RunOptions::new().on_stdout(|s: &str| print!("  | {s}")),
+        // a chunk is whatever arrived: it may hold several lines
+        RunOptions::new().on_stdout(|s: &str| {
+            for line in s.split_inclusive('\n') {
+                print!("  | {line}");
+            }
+        }),
     )?;
     println!("command exited with {}", result.exit_code);
 

@@ -36,7 +36,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .commands()
         .run_with(
             "for i in 1 2 3; do echo tick $i; sleep 0.2; done",
-            RunOptions::new().on_stdout(|s: &str| print!("  | {s}")),
+            // a chunk is whatever arrived: it may hold several lines
+            RunOptions::new().on_stdout(|s: &str| {
+                for line in s.split_inclusive('\n') {
+                    print!("  | {line}");
+                }
+            }),
         )
         .await?;
     println!("exit code {}", result.exit_code);
