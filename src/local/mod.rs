@@ -41,9 +41,9 @@
 //! proxy (HTTPS through the backend's own CA, which is in the sandboxes' trust store) and is
 //! audited. Detaching the binding or deleting the secret revokes the stand-in. A stand-in sent
 //! to a host that none of the sandbox's secrets covers passes unchanged (it is worthless
-//! there); sent to a host another of its secrets covers, it is refused. Refusals reach the program as an
-//! HTTP answer with `{"error":{"code","message"}}` and `X-Superserve-Egress: refused`, and are
-//! audited:
+//! there); sent to a host another of its secrets covers, it is refused. Refusals reach the
+//! program as an HTTP answer with `{"error":{"code","message"}}` and
+//! `X-Superserve-Egress: refused`, and are audited:
 //!
 //! | status | code | when |
 //! |---|---|---|
