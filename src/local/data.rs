@@ -22,7 +22,7 @@ use super::app::{ct_eq, App, Entry, SpawnFailure, Unavailable};
 use super::exec::{
     command_spec, Collected, Event, ExecBody, Running, Utf8Decoder, DEFAULT_TIMEOUT,
 };
-use super::files::{self, ChannelWriter, FileError, ReadTarget};
+use super::files::{self, ByteRange, ChannelWriter, FileError, ReadTarget};
 use super::http::{boxd_error, form_pairs, header_str, json, observe, text, CutAfter};
 use super::journal::Plane;
 use super::model::Status;
@@ -690,8 +690,34 @@ async fn files_get(
     };
     let name = files::base_name(&path).to_owned();
     match target {
-        ReadTarget::File(file, size) => {
-            let file = tokio::fs::File::from_std(file).take(size);
+        ReadTarget::File(mut file, size) => {
+            // If-Range cannot be checked (no validators are sent): the whole file, as RFC 9110
+            // allows
+            let range = if headers.contains_key(header::IF_RANGE) {
+                ByteRange::Full
+            } else {
+                files::byte_range(header_str(&headers, "range"), size)
+            };
+            let (status, start, len) = match range {
+                ByteRange::Full => (StatusCode::OK, 0, size),
+                ByteRange::Part { start, len } => (StatusCode::PARTIAL_CONTENT, start, len),
+                ByteRange::Unsatisfiable => {
+                    let mut r = text(
+                        StatusCode::RANGE_NOT_SATISFIABLE,
+                        "invalid range: failed to overlap",
+                    );
+                    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                        r.headers_mut().insert(header::CONTENT_RANGE, v);
+                    }
+                    return r;
+                }
+            };
+            if start > 0 {
+                if let Err(e) = std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start)) {
+                    return boxd_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
+                }
+            }
+            let file = tokio::fs::File::from_std(file).take(len);
             let stream = futures_util::stream::unfold(file, |mut f| async move {
                 let mut buf = vec![0u8; 64 * 1024];
                 match f.read(&mut buf).await {
@@ -704,12 +730,20 @@ async fn files_get(
                 }
             });
             let mut resp = Response::new(Body::from_stream(stream));
+            *resp.status_mut() = status;
             let h = resp.headers_mut();
             h.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/octet-stream"),
             );
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            if status == StatusCode::PARTIAL_CONTENT {
+                let end = start + len - 1;
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{size}")) {
+                    h.insert(header::CONTENT_RANGE, v);
+                }
+            }
             if let Some(v) = content_disposition("inline", &name) {
                 h.insert(header::CONTENT_DISPOSITION, v);
             }

@@ -256,6 +256,63 @@ pub(crate) fn base_name(path: &str) -> &str {
     path.trim_end_matches('/').rsplit('/').next().unwrap_or("")
 }
 
+/// What a `Range` header asks of a file of `size` bytes (single byte ranges, as RFC 9110).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ByteRange {
+    /// No usable range: the whole file, `200`. Also for several ranges, units other than
+    /// `bytes`, and any range on an empty file (a server may ignore a Range header).
+    Full,
+    /// `206` with `start..start + len`.
+    Part { start: u64, len: u64 },
+    /// `416`: the range is malformed or starts past the end.
+    Unsatisfiable,
+}
+
+/// Reads a `Range` header value (`bytes=a-b`, `bytes=a-`, `bytes=-n`).
+pub(crate) fn byte_range(header: Option<&str>, size: u64) -> ByteRange {
+    let Some(spec) = header.map(str::trim).filter(|h| !h.is_empty()) else {
+        return ByteRange::Full;
+    };
+    let Some(set) = spec.strip_prefix("bytes=") else {
+        return ByteRange::Full;
+    };
+    if set.contains(',') || size == 0 {
+        return ByteRange::Full;
+    }
+    let Some((first, last)) = set.trim().split_once('-') else {
+        return ByteRange::Unsatisfiable;
+    };
+    let num = |s: &str| {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    match (first.trim().is_empty(), num(first), num(last)) {
+        // bytes=-n: the last n bytes
+        (true, _, Some(n)) if n > 0 => {
+            let len = n.min(size);
+            ByteRange::Part {
+                start: size - len,
+                len,
+            }
+        }
+        // bytes=a- and bytes=a-b
+        (false, Some(a), b) if a < size => match (b, last.trim().is_empty()) {
+            (None, true) => ByteRange::Part {
+                start: a,
+                len: size - a,
+            },
+            (Some(b), _) if b >= a => ByteRange::Part {
+                start: a,
+                len: b.min(size - 1) - a + 1,
+            },
+            _ => ByteRange::Unsatisfiable,
+        },
+        _ => ByteRange::Unsatisfiable,
+    }
+}
+
 /// A `Write` that sends 64 KiB chunks into a channel (the HTTP body). Fails with
 /// `BrokenPipe` once the receiver is gone (client disconnected).
 pub(crate) struct ChannelWriter {
@@ -387,6 +444,41 @@ fn walk<W: Write>(zip: &mut ZipWriter<W>, dir: &OwnedFd, prefix: &[u8]) -> io::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_ranges() {
+        use ByteRange::*;
+        let r = |h: &str| byte_range(Some(h), 100);
+        assert_eq!(byte_range(None, 100), Full);
+        assert_eq!(r("bytes=0-9"), Part { start: 0, len: 10 });
+        assert_eq!(r("bytes=90-"), Part { start: 90, len: 10 });
+        assert_eq!(
+            r("bytes=90-500"),
+            Part { start: 90, len: 10 },
+            "clamped to the end"
+        );
+        assert_eq!(r("bytes=-10"), Part { start: 90, len: 10 });
+        assert_eq!(
+            r("bytes=-500"),
+            Part { start: 0, len: 100 },
+            "suffix longer than the file"
+        );
+        assert_eq!(r("bytes=99-99"), Part { start: 99, len: 1 });
+        assert_eq!(r("bytes=100-"), Unsatisfiable, "starts past the end");
+        assert_eq!(r("bytes=5-4"), Unsatisfiable);
+        assert_eq!(r("bytes=-0"), Unsatisfiable);
+        assert_eq!(r("bytes=x-"), Unsatisfiable);
+        assert_eq!(r("bytes=+1-2"), Unsatisfiable);
+        assert_eq!(r("bytes=1-2x"), Unsatisfiable);
+        assert_eq!(r("bytes="), Unsatisfiable);
+        assert_eq!(r("bytes=0-1,5-6"), Full, "several ranges: the whole file");
+        assert_eq!(r("items=0-1"), Full, "other units are ignored");
+        assert_eq!(
+            byte_range(Some("bytes=0-"), 0),
+            Full,
+            "an empty file is sent whole"
+        );
+    }
 
     #[test]
     fn path_rules() {

@@ -2,8 +2,9 @@
 //!
 //! [`LocalServer`] answers the Superserve control plane (sandbox lifecycle, list, update,
 //! secret bindings, network log, secrets, providers) and data plane (`/exec`, `/exec/stream`, the
-//! `/exec/connect` WebSocket, `/files`) with the same JSON bodies, status codes and error
-//! shapes as the hosted service, and runs every sandbox as an isolated process tree:
+//! `/exec/connect` WebSocket, `/files`, whose reads honour single byte ranges) with the same
+//! JSON bodies, status codes and error shapes as the hosted service, and runs every sandbox as
+//! an isolated process tree:
 //!
 //! * a copy-on-write root filesystem: overlayfs over the `superserve/base` image, a skeleton
 //!   root with a minimal `/etc` (no `/etc/shadow`, no host home directories) plus the host's
