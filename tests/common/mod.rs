@@ -132,6 +132,23 @@ impl Scripted {
     pub fn requests(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
+
+    /// The requests seen so far as `"METHOD target"`.
+    pub fn calls(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.target))
+            .collect()
+    }
+}
+
+/// A fresh directory path under the system temp dir (not created), unique per process and
+/// call: `<prefix>-<pid>-<timestamp>`.
+pub fn temp_path(prefix: &str) -> std::path::PathBuf {
+    let stamp = superserve::Timestamp::from_system_time(std::time::SystemTime::now())
+        .as_str()
+        .replace([':', '.'], "");
+    std::env::temp_dir().join(format!("{prefix}-{}-{stamp}", std::process::id()))
 }
 
 fn serve(conn: TcpStream, seen: &Mutex<Vec<Seen>>, script: &Mutex<std::vec::IntoIter<Reply>>) {

@@ -435,13 +435,7 @@ pub async fn isolation_between_sandboxes() {
 
 #[dual]
 pub async fn restart_keeps_records_and_files() {
-    let dir = std::env::temp_dir().join(format!(
-        "superserve-restart-{}-{}",
-        std::process::id(),
-        superserve::Timestamp::from_system_time(std::time::SystemTime::now())
-            .as_str()
-            .replace([':', '.'], "")
-    ));
+    let dir = common::temp_path("superserve-restart");
     let key = "ss_live_restarttestkey0000000000000000";
     let id;
     {

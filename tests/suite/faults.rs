@@ -411,12 +411,8 @@ pub async fn pause_wait_polls_until_paused() {
     .await
     .unwrap();
     let seen = s.requests();
-    let calls: Vec<String> = seen
-        .iter()
-        .map(|r| format!("{} {}", r.method, r.target))
-        .collect();
     assert_eq!(
-        calls,
+        s.calls(),
         vec![
             "POST /sandboxes",
             "POST /sandboxes/sb-p/pause",
@@ -452,13 +448,8 @@ pub async fn resume_waits_out_a_pause_in_progress() {
     sb.resume().await.unwrap();
     let err = sb.resume().await.unwrap_err();
     assert!(matches!(err, Error::Conflict(_)), "{err:?}");
-    let calls: Vec<String> = s
-        .requests()
-        .iter()
-        .map(|r| format!("{} {}", r.method, r.target))
-        .collect();
     assert_eq!(
-        calls,
+        s.calls(),
         vec![
             "POST /sandboxes",
             "POST /sandboxes/sb-r/resume",

@@ -618,11 +618,7 @@ pub async fn the_hosts_own_addresses_are_blocked() {
 /// `secret_unavailable`, not mistaken for a deleted secret, and nothing reaches the upstream.
 #[dual]
 pub async fn brokered_secret_after_restart_and_with_a_replaced_key() {
-    let dir = std::env::temp_dir().join(format!(
-        "superserve-keyswap-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
+    let dir = common::temp_path("superserve-keyswap");
     let up = Upstream::start();
     let start = || {
         let server = LocalServer::builder()
@@ -685,12 +681,6 @@ pub async fn brokered_secret_after_restart_and_with_a_replaced_key() {
     sb.kill().await.unwrap();
     server.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn rand_suffix() -> String {
-    superserve::Timestamp::from_system_time(std::time::SystemTime::now())
-        .as_str()
-        .replace([':', '.'], "")
 }
 
 /// A stand-in sent to a host that another of the sandbox's secrets covers is refused (403
