@@ -208,7 +208,7 @@ pub struct LocalServer {
     config: crate::Config,
     stop: Option<watch::Sender<bool>>,
     thread: Option<JoinHandle<()>>,
-    lock_file: Option<std::fs::File>,
+    lock_file: Option<sys::DirLock>,
 }
 
 impl fmt::Debug for LocalServer {
@@ -398,15 +398,11 @@ impl LocalServer {
     ) -> Result<LocalServer, LocalError> {
         let dd_err = |path: PathBuf| move |source| LocalError::DataDir { path, source };
         let lock_path = data_dir.join(".lock");
-        let lock_file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(dd_err(lock_path.clone()))?;
-        if !sys::try_lock_exclusive(&lock_file).map_err(dd_err(lock_path.clone()))? {
+        let Some(lock_file) =
+            sys::DirLock::acquire(&lock_path).map_err(dd_err(lock_path.clone()))?
+        else {
             return Err(LocalError::DataDirInUse { path: data_dir });
-        }
+        };
         let sandboxes_dir = data_dir.join("sandboxes");
         std::fs::create_dir_all(&sandboxes_dir).map_err(dd_err(sandboxes_dir.clone()))?;
         let base = image::prepare(&data_dir)?;

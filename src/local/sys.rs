@@ -534,17 +534,141 @@ pub(crate) fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Takes an exclusive, non-blocking `flock` on `file`; `Ok(false)` if someone else holds it.
-pub(crate) fn try_lock_exclusive(file: &std::fs::File) -> io::Result<bool> {
-    // SAFETY: flock on an fd we own.
-    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r == 0 {
-        return Ok(true);
+/// Exclusive use of a data directory by one backend, held until dropped.
+///
+/// Two layers: a POSIX record lock (`fcntl(F_SETLK)`) on the lock file excludes other
+/// processes, and a registry excludes other backends in this process (record locks never
+/// conflict within one process). Record locks, unlike `flock`, belong to the process alone: a
+/// child forked by any thread holds a copy of every descriptor until it execs, and with `flock`
+/// that copy kept the directory locked after its backend had stopped.
+///
+/// A record lock is released when its process closes *any* descriptor of the file, so the lock
+/// file is opened only while the registry says no backend in this process holds it.
+pub(crate) struct DirLock {
+    file: Option<std::fs::File>,
+    key: (u64, u64),
+}
+
+/// `(device, inode)` of every lock file held by a backend in this process.
+static HELD_DIRS: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+
+impl DirLock {
+    /// Takes the lock file at `path` (created if missing); `Ok(None)` if another backend, in
+    /// this process or another, holds it.
+    pub(crate) fn acquire(path: &Path) -> io::Result<Option<DirLock>> {
+        use std::os::unix::fs::MetadataExt;
+        let mut held = HELD_DIRS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok(m) = std::fs::metadata(path) {
+            if held.contains(&(m.dev(), m.ino())) {
+                return Ok(None);
+            }
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        let m = file.metadata()?;
+        let key = (m.dev(), m.ino());
+        // SAFETY: a zeroed `flock` is a valid value; every field used is set below.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = libc::F_WRLCK as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        // SAFETY: F_SETLK on an fd we own, with a valid flock struct (l_len 0 = whole file).
+        let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EACCES) | Some(libc::EAGAIN) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        held.push(key);
+        Ok(Some(DirLock {
+            file: Some(file),
+            key,
+        }))
     }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(e)
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let mut held = HELD_DIRS.lock().unwrap_or_else(|p| p.into_inner());
+        // closed under the registry lock, so no backend in this process can open the file
+        // (and release the next holder's lock by closing it) in between
+        self.file.take();
+        held.retain(|k| *k != self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In a forked child: tries the record lock on `path`; the child's exit code is 0 if it got
+    /// it, 1 if not (2 if it could not open the file).
+    fn other_process_try_lock(path: &Path) -> i32 {
+        let c = path_cstr(path).unwrap();
+        // SAFETY: a zeroed `flock` is valid; the fields used are set.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = libc::F_WRLCK as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        // SAFETY: the child only calls async-signal-safe functions (open, fcntl, _exit) on
+        // data prepared before the fork.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0, "fork failed");
+            if pid == 0 {
+                let fd = libc::open(c.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    libc::_exit(2);
+                }
+                let r = libc::fcntl(fd, libc::F_SETLK, &fl);
+                libc::_exit(if r == 0 { 0 } else { 1 });
+            }
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, 0);
+            libc::WEXITSTATUS(status)
+        }
+    }
+
+    #[test]
+    fn dir_lock_excludes_others_and_outlives_no_forked_child() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = std::env::temp_dir().join(format!("ss-lock-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(".lock");
+        let a = DirLock::acquire(&path).unwrap().expect("a free directory");
+        assert!(DirLock::acquire(&path).unwrap().is_none(), "this process");
+        assert_eq!(other_process_try_lock(&path), 1, "another process");
+        // a child forked now holds a copy of every descriptor, the lock file's included
+        // SAFETY: the child only sleeps and exits (async-signal-safe).
+        let sleeper = unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0, "fork failed");
+            if pid == 0 {
+                libc::sleep(30);
+                libc::_exit(0);
+            }
+            pid
+        };
+        drop(a);
+        let b = DirLock::acquire(&path).unwrap();
+        assert!(
+            b.is_some(),
+            "the forked child's copy does not keep the lock"
+        );
+        assert_eq!(other_process_try_lock(&path), 1, "held again");
+        drop(b);
+        assert_eq!(other_process_try_lock(&path), 0, "released");
+        // SAFETY: reaping our own child.
+        unsafe {
+            libc::kill(sleeper, libc::SIGKILL);
+            libc::waitpid(sleeper, std::ptr::null_mut(), 0);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
