@@ -87,6 +87,11 @@ impl Default for LocalServerBuilder {
 impl LocalServerBuilder {
     /// Keeps state (SQLite database, sandbox files) in this directory, created if missing, and
     /// left in place on shutdown. Without it a temporary directory is used and removed on drop.
+    ///
+    /// One backend at a time, in this process or another, may use a directory: a second start
+    /// fails with [`LocalError::DataDirInUse`](crate::local::LocalError::DataDirInUse). The
+    /// directory is free again as soon as [`LocalServer::shutdown`] returns (or the server is
+    /// dropped), so a test can restart a backend on the same state.
     #[must_use]
     pub fn data_dir(mut self, dir: impl AsRef<Path>) -> Self {
         self.data_dir = Some(dir.as_ref().to_path_buf());
