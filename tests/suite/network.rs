@@ -74,6 +74,17 @@ async fn bearer_bound_sandbox(
     (secret, sb)
 }
 
+/// From inside `sb`, calls `url` with `Authorization: Bearer $TOKEN` and asserts that the egress
+/// refused it with `status` and error `code`.
+#[dual]
+async fn assert_refused(sb: &Sandbox, url: &str, status: u16, code: &str) {
+    let cmd =
+        format!("curl -sS -m 10 -w '\\n%{{http_code}}' -H \"Authorization: Bearer $TOKEN\" {url}");
+    let r = sh(sb, &cmd).await;
+    assert!(r.stdout.ends_with(&format!("\n{status}")), "{r:?}");
+    assert!(r.stdout.contains(code), "{r:?}");
+}
+
 #[dual]
 pub async fn egress_allowed_blocked_and_logged() {
     let server = common::egress_server();
@@ -534,13 +545,13 @@ pub async fn brokered_https_never_reaches_an_unverified_upstream() {
         "api.untrusted.test",
     )
     .await;
-    let call = sh(
+    assert_refused(
         &sb,
-        "curl -sS -m 10 -w '\\n%{http_code}' -H \"Authorization: Bearer $TOKEN\" https://api.untrusted.test/v1/x",
+        "https://api.untrusted.test/v1/x",
+        502,
+        "upstream_tls_error",
     )
     .await;
-    assert!(call.stdout.ends_with("\n502"), "{call:?}");
-    assert!(call.stdout.contains("upstream_tls_error"), "{call:?}");
     assert!(
         up.requests().is_empty(),
         "nothing reached the unverified upstream"
@@ -667,9 +678,13 @@ pub async fn brokered_secret_after_restart_and_with_a_replaced_key() {
     let sb = Sandbox::connect_with(&common::config(&server), &id)
         .await
         .unwrap();
-    let refused = sh(&sb, &format!("{call} -w '\\n%{{http_code}}'")).await;
-    assert!(refused.stdout.contains("secret_unavailable"), "{refused:?}");
-    assert!(refused.stdout.ends_with("\n502"), "{refused:?}");
+    assert_refused(
+        &sb,
+        "http://api.keyswap.test/v1/x",
+        502,
+        "secret_unavailable",
+    )
+    .await;
     assert_eq!(up.requests().len(), 1, "nothing more reached the upstream");
     // the secret is still listed (nothing was lost), and its audit records the refusal
     let secret = Secret::get_with(&common::config(&server), "keyswap")
@@ -702,13 +717,7 @@ pub async fn standin_sent_to_another_secrets_host_is_refused() {
     .await
     .unwrap();
     sb.attach_secret("TWO", "two-key").await.unwrap();
-    let r = sh(
-        &sb,
-        "curl -sS -m 10 -w '\\n%{http_code}' -H \"Authorization: Bearer $TOKEN\" http://api.two.test/x",
-    )
-    .await;
-    assert!(r.stdout.ends_with("\n403"), "{r:?}");
-    assert!(r.stdout.contains("secret_host_mismatch"), "{r:?}");
+    assert_refused(&sb, "http://api.two.test/x", 403, "secret_host_mismatch").await;
     assert!(up.requests().is_empty(), "nothing reached the upstream");
     let audit = one.get_audit(AuditOptions::new()).await.unwrap();
     assert_eq!(audit.len(), 1, "{audit:?}");
