@@ -85,6 +85,12 @@ where
         .await;
 }
 
+/// The refusal for a stand-in sent to a host its secret does not cover.
+const HOST_MISMATCH: (&str, &str) = (
+    "secret_host_mismatch",
+    "the secret is not valid for this host",
+);
+
 struct Ctx {
     app: Arc<App>,
     sandbox_id: String,
@@ -117,45 +123,40 @@ impl Ctx {
         let refusal = if binding.detached || binding.revoked {
             Some(("secret_revoked", "the secret binding was revoked"))
         } else if !binding.hosts.iter().any(|p| domain_matches(p, &self.host)) {
-            Some((
-                "secret_host_mismatch",
-                "the secret is not valid for this host",
-            ))
+            Some(HOST_MISMATCH)
         } else {
             None
         };
-        let (resolved, unreadable) = match refusal {
-            Some(_) => (None, false),
+        let mut secret_id = binding.secret_id.clone();
+        let (response, outcome) = match refusal {
+            Some((code, message)) => refuse(code, message),
             None => match self.app.secrets.resolve(&binding.secret_name).await {
-                Ok(found) => (found, false),
                 Err(e) => {
                     // the message names the secret and the failure, never the value
                     eprintln!("superserve-local: secret {:?}: {e}", binding.secret_name);
-                    (None, true)
+                    error_response(
+                        StatusCode::BAD_GATEWAY,
+                        "secret_unavailable",
+                        "the secret's value cannot be read by the backend",
+                    )
+                }
+                Ok(None) => refuse("secret_revoked", "the secret no longer exists"),
+                Ok(Some((secret, value))) => {
+                    secret_id = secret.id.clone();
+                    match render_headers(&secret, &self.host, &value)
+                        .map(|headers| swap(&mut req, &binding, headers))
+                    {
+                        Some(Ok(())) => forward(sender, req.map(Body::new)).await,
+                        Some(Err(())) => {
+                            refuse("secret_invalid", "the secret cannot be sent in a header")
+                        }
+                        // no credential rule of the secret covers this host
+                        None => refuse(HOST_MISMATCH.0, HOST_MISMATCH.1),
+                    }
                 }
             },
         };
-        let headers = resolved
-            .as_ref()
-            .and_then(|(secret, value)| render_headers(secret, &self.host, value));
-        let (response, outcome) = match (refusal, headers) {
-            (Some((code, message)), _) => refuse(code, message),
-            (None, None) if unreadable => error_response(
-                StatusCode::BAD_GATEWAY,
-                "secret_unavailable",
-                "the secret's value cannot be read by the backend",
-            ),
-            (None, None) => refuse("secret_revoked", "the secret no longer exists"),
-            (None, Some(headers)) => match swap(&mut req, &binding, headers) {
-                Ok(()) => forward(sender, req.map(Body::new)).await,
-                Err(()) => refuse("secret_invalid", "the secret cannot be sent in a header"),
-            },
-        };
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let secret_id = resolved
-            .as_ref()
-            .map(|(s, _)| s.id.clone())
-            .unwrap_or_else(|| binding.secret_id.clone());
         self.audit(&binding, &secret_id, &method, &path, &outcome, latency_ms)
             .await;
         response
