@@ -108,13 +108,13 @@ fn file_reads_honour_byte_ranges() {
         .map(|b| serde_json::from_slice(&b).unwrap())
         .unwrap();
     let token = activated["access_token"].as_str().unwrap().to_owned();
-    let get = |range: Option<&str>| {
+    let get = |extra: &[(&str, &str)]| {
         let mut req = http
             .get(format!("{}/files?path=%2Fr.bin", server.sandbox_url()))
             .header("x-access-token", &token)
             .header("x-superserve-sandbox-id", sb.id());
-        if let Some(r) = range {
-            req = req.header("range", r);
+        for (k, v) in extra {
+            req = req.header(*k, *v);
         }
         let resp = req.send().unwrap();
         let status = resp.status().as_u16();
@@ -126,25 +126,28 @@ fn file_reads_honour_byte_ranges() {
         let (cr, ar) = (header("content-range"), header("accept-ranges"));
         (status, cr, ar, resp.bytes().unwrap().to_vec())
     };
-    let (status, cr, ar, body) = get(None);
+    let (status, cr, ar, body) = get(&[]);
     assert_eq!((status, cr, ar.as_deref()), (200, None, Some("bytes")));
     assert_eq!(body, data);
-    let (status, cr, _, body) = get(Some("bytes=100-199"));
+    let (status, cr, _, body) = get(&[("range", "bytes=100-199")]);
     assert_eq!((status, cr.as_deref()), (206, Some("bytes 100-199/1000")));
     assert_eq!(body, &data[100..200]);
-    let (status, cr, _, body) = get(Some("bytes=-24"));
+    let (status, cr, _, body) = get(&[("range", "bytes=-24")]);
     assert_eq!((status, cr.as_deref()), (206, Some("bytes 976-999/1000")));
     assert_eq!(body, &data[976..]);
-    let (status, cr, _, body) = get(Some("bytes=990-"));
+    let (status, cr, _, body) = get(&[("range", "bytes=990-")]);
     assert_eq!((status, cr.as_deref()), (206, Some("bytes 990-999/1000")));
     assert_eq!(body, &data[990..]);
-    let (status, cr, _, _) = get(Some("bytes=1000-"));
+    let (status, cr, _, _) = get(&[("range", "bytes=1000-")]);
     assert_eq!((status, cr.as_deref()), (416, Some("bytes */1000")));
-    let (status, _, _, body) = get(Some("bytes=0-1,5-6"));
+    let (status, _, _, body) = get(&[("range", "bytes=0-1,5-6")]);
     assert_eq!(
         (status, body.len()),
         (200, 1000),
         "several ranges: the whole file"
     );
+    // If-Range cannot be validated (no ETag or Last-Modified is sent): the whole file
+    let (status, cr, _, body) = get(&[("range", "bytes=0-9"), ("if-range", "\"v1\"")]);
+    assert_eq!((status, cr, body.len()), (200, None, 1000));
     sb.kill().unwrap();
 }

@@ -279,37 +279,42 @@ pub(crate) fn byte_range(header: Option<&str>, size: u64) -> ByteRange {
     if set.contains(',') || size == 0 {
         return ByteRange::Full;
     }
-    let Some((first, last)) = set.trim().split_once('-') else {
+    let Some((first, last)) = set.split_once('-') else {
         return ByteRange::Unsatisfiable;
     };
+    let (first, last) = (first.trim(), last.trim());
+    // digits only (`parse` alone would take a leading `+`)
     let num = |s: &str| {
-        let s = s.trim();
-        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        s.bytes()
+            .all(|b| b.is_ascii_digit())
             .then(|| s.parse::<u64>().ok())
             .flatten()
     };
-    match (first.trim().is_empty(), num(first), num(last)) {
+    if first.is_empty() {
         // bytes=-n: the last n bytes
-        (true, _, Some(n)) if n > 0 => {
-            let len = n.min(size);
-            ByteRange::Part {
-                start: size - len,
-                len,
+        return match num(last) {
+            Some(n) if n > 0 => {
+                let len = n.min(size);
+                ByteRange::Part {
+                    start: size - len,
+                    len,
+                }
             }
-        }
-        // bytes=a- and bytes=a-b
-        (false, Some(a), b) if a < size => match (b, last.trim().is_empty()) {
-            (None, true) => ByteRange::Part {
-                start: a,
-                len: size - a,
-            },
-            (Some(b), _) if b >= a => ByteRange::Part {
-                start: a,
-                len: b.min(size - 1) - a + 1,
-            },
             _ => ByteRange::Unsatisfiable,
-        },
-        _ => ByteRange::Unsatisfiable,
+        };
+    }
+    let Some(start) = num(first).filter(|a| *a < size) else {
+        return ByteRange::Unsatisfiable;
+    };
+    // bytes=a- runs to the end; bytes=a-b is clamped to it
+    let end = match num(last) {
+        _ if last.is_empty() => size - 1,
+        Some(b) if b >= start => b.min(size - 1),
+        _ => return ByteRange::Unsatisfiable,
+    };
+    ByteRange::Part {
+        start,
+        len: end - start + 1,
     }
 }
 
