@@ -74,6 +74,18 @@ async fn bearer_bound_sandbox(
     (secret, sb)
 }
 
+/// An egress-enabled backend, an upstream server on this machine, and `names` resolving to
+/// the upstream inside the backend's sandboxes.
+fn egress_with_upstream(names: &[&str]) -> (LocalServer, Upstream, superserve::Config) {
+    let server = common::egress_server();
+    let up = Upstream::start();
+    for name in names {
+        server.set_dns_host(name, up.ip);
+    }
+    let config = common::config(&server);
+    (server, up, config)
+}
+
 /// From inside `sb`, calls `url` with `Authorization: Bearer $TOKEN` and asserts that the egress
 /// refused it with `status` and error `code`.
 #[dual]
@@ -87,10 +99,7 @@ async fn assert_refused(sb: &Sandbox, url: &str, status: u16, code: &str) {
 
 #[dual]
 pub async fn egress_allowed_blocked_and_logged() {
-    let server = common::egress_server();
-    let up = Upstream::start();
-    server.set_dns_host("ok.upstream.test", up.ip);
-    let config = common::config(&server);
+    let (_server, up, config) = egress_with_upstream(&["ok.upstream.test"]);
     let sb = Sandbox::create_with(
         &config,
         CreateOptions::new("egress").network(
@@ -165,10 +174,7 @@ pub async fn egress_allowed_blocked_and_logged() {
 
 #[dual]
 pub async fn egress_rules_updated_on_a_live_sandbox() {
-    let server = common::egress_server();
-    let up = Upstream::start();
-    server.set_dns_host("svc.live.test", up.ip);
-    let config = common::config(&server);
+    let (_server, up, config) = egress_with_upstream(&["svc.live.test"]);
     let sb = Sandbox::create_with(
         &config,
         CreateOptions::new("live").network(NetworkConfig::new().deny_out(["0.0.0.0/0"])),
@@ -301,11 +307,7 @@ pub async fn secrets_crud_rotate_and_providers() {
 
 #[dual]
 pub async fn brokered_secret_injected_audited_and_revoked() {
-    let server = common::egress_server();
-    let up = Upstream::start();
-    server.set_dns_host("api.broker.test", up.ip);
-    server.set_dns_host("elsewhere.broker.test", up.ip);
-    let config = common::config(&server);
+    let (_server, up, config) = egress_with_upstream(&["api.broker.test", "elsewhere.broker.test"]);
     let real = "real-credential-7f3a9c";
     let secret = Secret::create_with(
         &config,
@@ -533,11 +535,8 @@ pub async fn brokered_secret_over_https() {
 pub async fn brokered_https_never_reaches_an_unverified_upstream() {
     // the upstream's CA is not given to the backend: its certificate cannot be verified
     let (_ca_pem, chain_pem, key_pem) = test_pki("api.untrusted.test");
-    let server = common::egress_server();
-    let up = Upstream::start();
+    let (_server, up, config) = egress_with_upstream(&["api.untrusted.test"]);
     up.serve_tls(&chain_pem, &key_pem);
-    server.set_dns_host("api.untrusted.test", up.ip);
-    let config = common::config(&server);
     let (_, sb) = bearer_bound_sandbox(
         &config,
         "untrusted-key",
@@ -561,10 +560,7 @@ pub async fn brokered_https_never_reaches_an_unverified_upstream() {
 
 #[dual]
 pub async fn secret_rotation_and_deletion_at_egress() {
-    let server = common::egress_server();
-    let up = Upstream::start();
-    server.set_dns_host("api.gone.test", up.ip);
-    let config = common::config(&server);
+    let (_server, up, config) = egress_with_upstream(&["api.gone.test"]);
     let secret = Secret::create_with(
         &config,
         SecretCreateOptions::new("gone-key", "gone-real-1")
@@ -702,11 +698,7 @@ pub async fn brokered_secret_after_restart_and_with_a_replaced_key() {
 /// `secret_host_mismatch`) and audited on its own secret; nothing reaches the upstream.
 #[dual]
 pub async fn standin_sent_to_another_secrets_host_is_refused() {
-    let server = common::egress_server();
-    let up = Upstream::start();
-    server.set_dns_host("api.one.test", up.ip);
-    server.set_dns_host("api.two.test", up.ip);
-    let config = common::config(&server);
+    let (_server, up, config) = egress_with_upstream(&["api.one.test", "api.two.test"]);
     let (one, sb) = bearer_bound_sandbox(&config, "one-key", "one-real", "api.one.test").await;
     Secret::create_with(
         &config,
