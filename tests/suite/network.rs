@@ -51,6 +51,19 @@ async fn sh(sb: &Sandbox, cmd: &str) -> superserve::CommandResult {
         .unwrap_or_else(|e| panic!("{cmd}: {e}"))
 }
 
+/// A bearer secret `name` holding `value` for `host`.
+#[dual]
+async fn bearer_secret(config: &superserve::Config, name: &str, value: &str, host: &str) -> Secret {
+    Secret::create_with(
+        config,
+        SecretCreateOptions::new(name, value)
+            .hosts([host])
+            .auth(SecretAuth::bearer()),
+    )
+    .await
+    .unwrap()
+}
+
 /// A bearer secret `name` (value `value`) for `host`, and a sandbox `name` that binds it as
 /// `TOKEN`.
 #[dual]
@@ -60,14 +73,7 @@ async fn bearer_bound_sandbox(
     value: &str,
     host: &str,
 ) -> (Secret, Sandbox) {
-    let secret = Secret::create_with(
-        config,
-        SecretCreateOptions::new(name, value)
-            .hosts([host])
-            .auth(SecretAuth::bearer()),
-    )
-    .await
-    .unwrap();
+    let secret = bearer_secret(config, name, value, host).await;
     let sb = Sandbox::create_with(config, CreateOptions::new(name).secret("TOKEN", name))
         .await
         .unwrap();
@@ -561,14 +567,7 @@ pub async fn brokered_https_never_reaches_an_unverified_upstream() {
 #[dual]
 pub async fn secret_rotation_and_deletion_at_egress() {
     let (_server, up, config) = egress_with_upstream(&["api.gone.test"]);
-    let secret = Secret::create_with(
-        &config,
-        SecretCreateOptions::new("gone-key", "gone-real-1")
-            .hosts(["api.gone.test"])
-            .auth(SecretAuth::bearer()),
-    )
-    .await
-    .unwrap();
+    let secret = bearer_secret(&config, "gone-key", "gone-real-1", "api.gone.test").await;
     let sb = Sandbox::create_with(&config, CreateOptions::new("gone"))
         .await
         .unwrap();
@@ -700,14 +699,7 @@ pub async fn brokered_secret_after_restart_and_with_a_replaced_key() {
 pub async fn standin_sent_to_another_secrets_host_is_refused() {
     let (_server, up, config) = egress_with_upstream(&["api.one.test", "api.two.test"]);
     let (one, sb) = bearer_bound_sandbox(&config, "one-key", "one-real", "api.one.test").await;
-    Secret::create_with(
-        &config,
-        SecretCreateOptions::new("two-key", "two-real")
-            .hosts(["api.two.test"])
-            .auth(SecretAuth::bearer()),
-    )
-    .await
-    .unwrap();
+    bearer_secret(&config, "two-key", "two-real", "api.two.test").await;
     sb.attach_secret("TWO", "two-key").await.unwrap();
     assert_refused(&sb, "http://api.two.test/x", 403, "secret_host_mismatch").await;
     assert!(up.requests().is_empty(), "nothing reached the upstream");
