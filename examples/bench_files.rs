@@ -127,7 +127,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("bench_files: {size_mib} MiB each way");
 
     let server = superserve::local::LocalServer::start()?;
-    let sb = Sandbox::create_with(&server.config(), CreateOptions::new("bench-files"))?;
+    let sb = Sandbox::create_with_config(&server.config(), CreateOptions::new("bench-files"))?;
     let rss_before = peak_rss_mib();
 
     let t = Instant::now();

@@ -26,13 +26,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         println!("note: this host lacks `ip`/`nft`, so sandboxes have loopback only");
     }
 
-    let providers: Vec<String> = Provider::list_with(&config)?
+    let providers: Vec<String> = Provider::list_with_config(&config)?
         .into_iter()
         .map(|p| format!("{} ({})", p.name, p.hosts.join(", ")))
         .collect();
     println!("provider shortcuts: {}", providers.join("; "));
 
-    let secret = Secret::create_with(
+    let secret = Secret::create_with_config(
         &config,
         SecretCreateOptions::new("openai-demo", "sk-demo-real-value").provider("openai"),
     )?;
@@ -42,7 +42,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         secret.info().hosts
     );
 
-    let sandbox = Sandbox::create_with(
+    let sandbox = Sandbox::create_with_config(
         &config,
         CreateOptions::new("egress-demo")
             .secret("OPENAI_API_KEY", "openai-demo")

@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::error::{ApiError, Error, Result};
+use crate::error::{Error, Result};
 use crate::retry::RetryPolicy;
 
 /// Default control-plane URL.
@@ -36,7 +36,14 @@ const SHARED_HOSTS: &[&str] = &[
 /// Timeouts applied to requests.
 ///
 /// `connect` bounds establishing a connection; `request` bounds one control-plane request
-/// (per attempt, including the body). Long operations have their own settings in their options.
+/// (per attempt, including the body); `command` is the default run time of a command. Long
+/// operations have their own settings in their options.
+///
+/// ```
+/// use std::time::Duration;
+/// let t = superserve::Timeouts::default().command(Duration::from_secs(120));
+/// assert_eq!(t.command, Duration::from_secs(120));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Timeouts {
@@ -44,6 +51,12 @@ pub struct Timeouts {
     pub connect: Duration,
     /// Time allowed for one control-plane request attempt. Default 30 s.
     pub request: Duration,
+    /// How long a command started by `run`, `run_with` or `run_stream` may run when its
+    /// `RunOptions` set no timeout. Default 30 s (the hosted service's own default). The
+    /// timeout is sent with the command: the server ends it and answers with exit code 124
+    /// and the output so far, and the SDK waits 5 s longer than this for that answer. Whole
+    /// seconds, at least 1.
+    pub command: Duration,
 }
 
 impl Default for Timeouts {
@@ -51,6 +64,7 @@ impl Default for Timeouts {
         Timeouts {
             connect: Duration::from_secs(10),
             request: Duration::from_secs(30),
+            command: Duration::from_secs(30),
         }
     }
 }
@@ -66,6 +80,13 @@ impl Timeouts {
     #[must_use]
     pub fn request(mut self, d: Duration) -> Self {
         self.request = d;
+        self
+    }
+    /// Sets the default command timeout (rounded up to whole seconds, at least 1 s).
+    #[must_use]
+    pub fn command(mut self, d: Duration) -> Self {
+        let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        self.command = Duration::from_secs(secs.max(1));
         self
     }
 }
@@ -89,6 +110,7 @@ pub struct Config {
 
 pub(crate) struct ConfigInner {
     pub(crate) api_key: String,
+    api_key_header: reqwest::header::HeaderValue,
     pub(crate) base_url: String,
     pub(crate) sandbox_host: String,
     pub(crate) sandbox_url: Option<String>,
@@ -168,6 +190,38 @@ impl Config {
     /// The retry policy.
     pub fn retry_policy(&self) -> &RetryPolicy {
         &self.inner.retry
+    }
+
+    /// A builder holding every setting of this configuration, to change one or two:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use superserve::{Config, RetryPolicy};
+    /// let base = Config::builder().api_key("ss_live_...").build().unwrap();
+    /// let patient = base
+    ///     .to_builder()
+    ///     .retry_policy(RetryPolicy::default().max_attempts(6))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(patient.base_url(), base.base_url());
+    /// assert_eq!(patient.retry_policy().max_attempts, 6);
+    /// ```
+    ///
+    /// The new configuration has its own connection pool.
+    pub fn to_builder(&self) -> ConfigBuilder {
+        let i = &self.inner;
+        ConfigBuilder {
+            api_key: Some(i.api_key.clone()),
+            base_url: Some(i.base_url.clone()),
+            sandbox_url: i.sandbox_url.clone(),
+            timeouts: Some(i.timeouts),
+            retry: Some(i.retry.clone()),
+        }
+    }
+
+    /// The API key as a header value (marked sensitive), built once.
+    pub(crate) fn api_key_header(&self) -> &reqwest::header::HeaderValue {
+        &self.inner.api_key_header
     }
 
     /// Data-plane base URL for a sandbox and whether the `X-Superserve-Sandbox-Id` header is
@@ -287,19 +341,20 @@ impl ConfigBuilder {
         self
     }
 
-    /// Resolves the configuration. Fails with [`Error::Authentication`] when no API key is
-    /// given or set in the environment, and with [`Error::Validation`] for a URL that is not
-    /// `http(s)://`.
+    /// Resolves the configuration. Fails with [`Error::Config`] (local, nothing is sent) when
+    /// no API key is given or set in the environment, when the key cannot be sent in a header,
+    /// or for a URL that is not `http(s)://`.
     pub fn build(self) -> Result<Config> {
         let api_key = non_empty(self.api_key)
             .or_else(|| non_empty(std::env::var("SUPERSERVE_API_KEY").ok()))
             .ok_or_else(|| {
-                Error::Authentication(ApiError::new(
-                    401,
-                    None,
-                    "Missing API key: pass one to Config::builder().api_key(..) or set SUPERSERVE_API_KEY",
-                ))
+                Error::config(
+                    "missing API key: pass one to Config::builder().api_key(..) or set SUPERSERVE_API_KEY",
+                )
             })?;
+        let mut api_key_header = reqwest::header::HeaderValue::from_str(&api_key)
+            .map_err(|_| Error::config("the API key contains characters a header cannot carry"))?;
+        api_key_header.set_sensitive(true);
         let base_override = non_empty(self.base_url)
             .or_else(|| non_empty(std::env::var("SUPERSERVE_BASE_URL").ok()));
         let (base_url, sandbox_host) = match base_override {
@@ -325,6 +380,7 @@ impl ConfigBuilder {
         Ok(Config {
             inner: Arc::new(ConfigInner {
                 api_key,
+                api_key_header,
                 base_url,
                 sandbox_host,
                 sandbox_url,
@@ -342,7 +398,7 @@ impl ConfigBuilder {
 fn check_url(what: &str, u: &str) -> Result<()> {
     match url::Url::parse(u) {
         Ok(p) if matches!(p.scheme(), "http" | "https") && p.host_str().is_some() => Ok(()),
-        _ => Err(Error::validation(format!(
+        _ => Err(Error::config(format!(
             "invalid {what} {u:?}: expected an http:// or https:// URL"
         ))),
     }

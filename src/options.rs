@@ -1,12 +1,17 @@
-//! Request options shared by both flavours: plain data with consuming `#[must_use]` setters.
+//! Request options shared by both flavours.
+//!
+//! One rule for every `*Options` type: private fields, a `new()` (or `Default`) and consuming
+//! `#[must_use]` setters; values are checked when the call is made, and a bad one fails with
+//! [`Error::InvalidInput`] before anything is sent.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
-use crate::models::{NetworkConfig, NetworkVerdict, PreviewAccessPolicy, SandboxStatus};
+use crate::models::{NetworkConfig, NetworkVerdict, PreviewAccessPolicy, SandboxStatus, Timestamp};
 
 const METADATA_MAX_KEYS: usize = 64;
 const METADATA_MAX_KEY_BYTES: usize = 256;
@@ -16,7 +21,7 @@ const METADATA_MAX_TOTAL_BYTES: usize = 16 * 1024;
 /// Checks metadata against the API's limits (protocol §3.1) before anything is sent.
 pub(crate) fn validate_metadata(m: &BTreeMap<String, String>) -> Result<()> {
     if m.len() > METADATA_MAX_KEYS {
-        return Err(Error::validation(format!(
+        return Err(Error::invalid(format!(
             "metadata has {} keys; at most {METADATA_MAX_KEYS} are allowed",
             m.len()
         )));
@@ -24,31 +29,31 @@ pub(crate) fn validate_metadata(m: &BTreeMap<String, String>) -> Result<()> {
     let mut total = 0;
     for (k, v) in m {
         if k.is_empty() {
-            return Err(Error::validation("metadata keys must not be empty"));
+            return Err(Error::invalid("metadata keys must not be empty"));
         }
         if k.len() > METADATA_MAX_KEY_BYTES {
-            return Err(Error::validation(format!(
+            return Err(Error::invalid(format!(
                 "metadata key {:?}... is {} bytes; at most {METADATA_MAX_KEY_BYTES} are allowed",
                 k.chars().take(32).collect::<String>(),
                 k.len()
             )));
         }
         if v.len() > METADATA_MAX_VALUE_BYTES {
-            return Err(Error::validation(format!(
+            return Err(Error::invalid(format!(
                 "metadata value of {k:?} is {} bytes; at most {METADATA_MAX_VALUE_BYTES} are allowed",
                 v.len()
             )));
         }
         let lower = k.to_ascii_lowercase();
         if lower.starts_with("superserve.") || lower.starts_with("_superserve") {
-            return Err(Error::validation(format!(
+            return Err(Error::invalid(format!(
                 "metadata key {k:?} uses a reserved prefix (superserve. / _superserve)"
             )));
         }
         total += k.len() + v.len();
     }
     if total > METADATA_MAX_TOTAL_BYTES {
-        return Err(Error::validation(format!(
+        return Err(Error::invalid(format!(
             "metadata is {total} bytes in all; at most {METADATA_MAX_TOTAL_BYTES} are allowed"
         )));
     }
@@ -57,7 +62,7 @@ pub(crate) fn validate_metadata(m: &BTreeMap<String, String>) -> Result<()> {
 
 fn validate_env_key(kind: &str, k: &str) -> Result<()> {
     if k.is_empty() || k.contains('=') || k.contains('\0') {
-        return Err(Error::validation(format!(
+        return Err(Error::invalid(format!(
             "{kind} name {k:?} is not a valid environment variable name"
         )));
     }
@@ -80,29 +85,28 @@ fn validate_env_key(kind: &str, k: &str) -> Result<()> {
 /// # let _ = opts;
 /// ```
 #[derive(Clone, PartialEq)]
-#[non_exhaustive]
 #[must_use]
 pub struct CreateOptions {
     /// Sandbox name (1–64 characters).
-    pub name: String,
+    pub(crate) name: String,
     /// Template name or id (server default `superserve/base`).
-    pub from_template: Option<String>,
+    pub(crate) from_template: Option<String>,
     /// Snapshot id to fork from.
-    pub from_snapshot: Option<String>,
+    pub(crate) from_snapshot: Option<String>,
     /// Auto-pause after this many seconds of active time.
-    pub timeout_seconds: Option<u64>,
+    pub(crate) timeout_seconds: Option<u64>,
     /// Auto-delete after this many seconds continuously paused.
-    pub auto_delete_seconds: Option<u64>,
+    pub(crate) auto_delete_seconds: Option<u64>,
     /// User metadata.
-    pub metadata: BTreeMap<String, String>,
+    pub(crate) metadata: BTreeMap<String, String>,
     /// Environment variables for every process.
-    pub env_vars: BTreeMap<String, String>,
+    pub(crate) env_vars: BTreeMap<String, String>,
     /// Secrets to bind: environment variable → secret name.
-    pub secrets: BTreeMap<String, String>,
+    pub(crate) secrets: BTreeMap<String, String>,
     /// Egress rules.
-    pub network: Option<NetworkConfig>,
+    pub(crate) network: Option<NetworkConfig>,
     /// Preview access policy.
-    pub preview_access: Option<PreviewAccessPolicy>,
+    pub(crate) preview_access: Option<PreviewAccessPolicy>,
 }
 
 impl std::fmt::Debug for CreateOptions {
@@ -189,12 +193,12 @@ impl CreateOptions {
     pub(crate) fn to_body(&self) -> Result<Value> {
         let n = self.name.chars().count();
         if self.name.trim().is_empty() || n > 64 {
-            return Err(Error::validation(format!(
+            return Err(Error::invalid(format!(
                 "sandbox name must be 1-64 characters (got {n})"
             )));
         }
         if self.from_template.is_some() && self.from_snapshot.is_some() {
-            return Err(Error::validation(
+            return Err(Error::invalid(
                 "from_template and from_snapshot are mutually exclusive",
             ));
         }
@@ -202,7 +206,7 @@ impl CreateOptions {
         for k in self.env_vars.keys() {
             validate_env_key("env var", k)?;
             if self.secrets.contains_key(k) {
-                return Err(Error::validation(format!(
+                return Err(Error::invalid(format!(
                     "{k:?} is both an env var and a secret binding"
                 )));
             }
@@ -256,17 +260,16 @@ impl CreateOptions {
 /// # let _ = opts;
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
-#[non_exhaustive]
 #[must_use]
 pub struct ListOptions {
     /// Metadata filters (AND, exact match).
-    pub metadata: BTreeMap<String, String>,
+    pub(crate) metadata: BTreeMap<String, String>,
     /// Statuses to include (any of).
-    pub statuses: Vec<SandboxStatus>,
+    pub(crate) statuses: Vec<SandboxStatus>,
     /// Page size (all when unset).
-    pub limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
     /// Rows to skip.
-    pub offset: Option<u32>,
+    pub(crate) offset: Option<u32>,
 }
 
 impl ListOptions {
@@ -329,7 +332,7 @@ enum Patch<T> {
 /// ```
 /// use superserve::UpdateOptions;
 /// let opts = UpdateOptions::new()
-///     .metadata("env", "staging")
+///     .replace_metadata([("env", "staging"), ("owner", "ci")])
 ///     .auto_delete_seconds(3600)
 ///     .clear_timeout_seconds();
 /// # let _ = opts;
@@ -349,14 +352,8 @@ impl UpdateOptions {
     pub fn new() -> Self {
         UpdateOptions::default()
     }
-    /// Adds a metadata entry to the replacement metadata (metadata is replaced as a whole).
-    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.metadata
-            .get_or_insert_with(BTreeMap::new)
-            .insert(key.into(), value.into());
-        self
-    }
-    /// Replaces the metadata with `map` (an empty map clears it).
+    /// Replaces the sandbox's metadata with `map`, as a whole: keys not in `map` are removed,
+    /// and an empty map clears it. (There is no per-key update: the API replaces the map.)
     pub fn replace_metadata<I, K, V>(mut self, map: I) -> Self
     where
         I: IntoIterator<Item = (K, V)>,
@@ -424,7 +421,7 @@ impl UpdateOptions {
             body.insert("preview_access".into(), json!(p.as_str()));
         }
         if body.is_empty() {
-            return Err(Error::validation(
+            return Err(Error::invalid(
                 "an update needs at least one field to change",
             ));
         }
@@ -440,17 +437,16 @@ impl UpdateOptions {
 /// # let _ = opts;
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
-#[non_exhaustive]
 #[must_use]
 pub struct NetworkLogOptions {
     /// Page size.
-    pub limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
     /// Cursor (a previous `next_cursor`) or RFC 3339 time: rows strictly older.
-    pub before: Option<String>,
+    pub(crate) before: Option<String>,
     /// RFC 3339 time: rows at or after.
-    pub since: Option<String>,
+    pub(crate) since: Option<String>,
     /// Only connection rows with this verdict.
-    pub verdict: Option<NetworkVerdict>,
+    pub(crate) verdict: Option<NetworkVerdict>,
 }
 
 impl NetworkLogOptions {
@@ -463,14 +459,27 @@ impl NetworkLogOptions {
         self.limit = Some(limit);
         self
     }
-    /// Rows older than this cursor or time.
+    /// Rows older than this cursor (a page's `next_cursor`) or RFC 3339 time text.
     pub fn before(mut self, cursor: impl Into<String>) -> Self {
         self.before = Some(cursor.into());
         self
     }
-    /// Rows at or after this RFC 3339 time.
-    pub fn since(mut self, time: impl Into<String>) -> Self {
-        self.since = Some(time.into());
+    /// Rows strictly older than this time (a [`SystemTime`](std::time::SystemTime) or a [`Timestamp`]).
+    pub fn before_time(mut self, time: impl Into<Timestamp>) -> Self {
+        self.before = Some(time.into().as_str().to_owned());
+        self
+    }
+    /// Rows at or after this time: a [`SystemTime`](std::time::SystemTime), a [`Timestamp`], or RFC 3339 text.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// let last_hour = superserve::NetworkLogOptions::new()
+    ///     .since(SystemTime::now() - Duration::from_secs(3600));
+    /// let since_noon = superserve::NetworkLogOptions::new().since("2026-12-01T12:00:00Z");
+    /// # let _ = (last_hour, since_noon);
+    /// ```
+    pub fn since(mut self, time: impl Into<Timestamp>) -> Self {
+        self.since = Some(time.into().as_str().to_owned());
         self
     }
     /// Only rows with this verdict.
@@ -505,15 +514,14 @@ impl NetworkLogOptions {
 /// # let _ = opts;
 /// ```
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 #[must_use]
 pub struct PauseOptions {
     /// Wait until the pause has landed (default `false`: return once accepted).
-    pub wait: bool,
+    pub(crate) wait: bool,
     /// Budget for the whole call, polling included. Default 300 s.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Poll interval while waiting. Default 1 s.
-    pub poll_interval: Duration,
+    pub(crate) poll_interval: Duration,
 }
 
 impl Default for PauseOptions {
@@ -544,6 +552,50 @@ impl PauseOptions {
     /// Poll interval.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
+        self
+    }
+}
+
+/// How [`Sandbox::resume_with`](crate::blocking::Sandbox::resume_with) waits for a pause
+/// that is still landing (a resume answered with 409 while the sandbox is `pausing`).
+///
+/// ```
+/// use std::time::Duration;
+/// let opts = superserve::ResumeOptions::new()
+///     .timeout(Duration::from_secs(60))
+///     .poll_interval(Duration::from_millis(200));
+/// # let _ = opts;
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub struct ResumeOptions {
+    pub(crate) timeout: Duration,
+    pub(crate) poll_interval: Option<Duration>,
+}
+
+impl Default for ResumeOptions {
+    fn default() -> Self {
+        ResumeOptions {
+            timeout: Duration::from_secs(300),
+            poll_interval: None,
+        }
+    }
+}
+
+impl ResumeOptions {
+    /// The defaults: wait up to 300 s for an in-flight pause, polling every 50 ms for the first
+    /// 2 s and every second after.
+    pub fn new() -> Self {
+        ResumeOptions::default()
+    }
+    /// How long to wait for an in-flight pause to land before resuming.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+    /// A fixed poll interval while waiting (instead of 50 ms, then 1 s).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = Some(interval);
         self
     }
 }
@@ -614,34 +666,77 @@ mod tests {
     }
 }
 
-/// A callback that receives decoded output text as it arrives.
-pub(crate) type OutputCallback = std::sync::Arc<dyn Fn(&str) + Send + Sync + 'static>;
+type OutputFn = dyn FnMut(&str) + Send + 'static;
 
-/// Options of [`Commands::run_with`](crate::blocking::Commands::run_with) and
-/// [`Commands::spawn`](crate::blocking::Commands::spawn).
+/// A callback that receives decoded output text as it arrives.
+#[derive(Clone)]
+pub(crate) struct OutputCallback(Arc<Mutex<OutputFn>>);
+
+impl OutputCallback {
+    fn new(f: impl FnMut(&str) + Send + 'static) -> Self {
+        OutputCallback(Arc::new(Mutex::new(f)))
+    }
+
+    pub(crate) fn call(&self, text: &str) {
+        let mut f = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(text);
+    }
+}
+
+/// Default cap on the output collected into a [`CommandResult`](crate::CommandResult), per
+/// stream: 10 MiB.
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 10 * 1024 * 1024;
+
+/// Longest command timeout accepted: a week.
+const MAX_COMMAND_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+
+/// Options of `Commands::run_with`, `run_stream` and `spawn_with`.
 ///
 /// With an `on_stdout` or `on_stderr` callback, `run_with` streams the output (server-sent
-/// events) and calls the callback with each chunk as it arrives; the result still holds all of
-/// it.
+/// events) and calls the callback with each chunk as it arrives; the result still holds it, up
+/// to [`max_output_bytes`](Self::max_output_bytes) per stream.
+///
+/// Callbacks are `FnMut + Send + 'static`: they may own and change what they collect into. They
+/// run on the SDK's I/O task (sessions) or the calling task (runs); keep them short.
 ///
 /// ```
 /// use superserve::RunOptions;
+/// let mut lines = 0;
 /// let opts = RunOptions::new()
 ///     .cwd("/app")
 ///     .env("CI", "1")
+///     .envs([("LANG", "C.UTF-8"), ("TZ", "UTC")])
 ///     .timeout_seconds(300)
-///     .on_stdout(|s: &str| print!("{s}"))
+///     .max_output_bytes(1024 * 1024)
+///     .on_stdout(move |s: &str| {
+///         lines += s.matches('\n').count();
+///         print!("{s}");
+///     })
 ///     .on_stderr(|s: &str| eprint!("{s}"));
 /// # let _ = opts;
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 #[must_use]
 pub struct RunOptions {
     pub(crate) cwd: Option<String>,
     pub(crate) env: BTreeMap<String, String>,
     pub(crate) timeout_seconds: Option<u64>,
+    pub(crate) max_output_bytes: usize,
     pub(crate) on_stdout: Option<OutputCallback>,
     pub(crate) on_stderr: Option<OutputCallback>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            cwd: None,
+            env: BTreeMap::new(),
+            timeout_seconds: None,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            on_stdout: None,
+            on_stderr: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -650,6 +745,7 @@ impl std::fmt::Debug for RunOptions {
             .field("cwd", &self.cwd)
             .field("env", &self.env.keys().collect::<Vec<_>>())
             .field("timeout_seconds", &self.timeout_seconds)
+            .field("max_output_bytes", &self.max_output_bytes)
             .field("on_stdout", &self.on_stdout.is_some())
             .field("on_stderr", &self.on_stderr.is_some())
             .finish()
@@ -657,7 +753,8 @@ impl std::fmt::Debug for RunOptions {
 }
 
 impl RunOptions {
-    /// No options: runs in the default directory with the sandbox's environment.
+    /// No options: runs in the default directory with the sandbox's environment, with the
+    /// default timeout (`Timeouts::command`, 30 s) and output cap (10 MiB per stream).
     pub fn new() -> Self {
         RunOptions::default()
     }
@@ -671,20 +768,42 @@ impl RunOptions {
         self.env.insert(key.into(), value.into());
         self
     }
-    /// Server-side timeout. `run` waits this long plus 5 s (default 30 s); a streamed run
-    /// fails after this long plus 5 s without output (default 300 s).
+    /// Adds environment variables for this command.
+    pub fn envs<I, K, V>(mut self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.env
+            .extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+    /// How long the command may run (1 s to a week). The server ends it after this long and
+    /// answers with exit code 124 and the output so far; the SDK waits 5 s longer than this
+    /// for that answer. Default for `run`, `run_with` and `run_stream`: the configuration's
+    /// [`Timeouts::command`](crate::Timeouts::command) (30 s); a session (`spawn`) has no
+    /// timeout unless one is set here.
     pub fn timeout_seconds(mut self, secs: u64) -> Self {
         self.timeout_seconds = Some(secs);
         self
     }
+    /// Caps what is collected into the result's `stdout` and `stderr` (each), default 10 MiB.
+    /// Past it collection stops and [`CommandResult::truncated`](crate::CommandResult) is set;
+    /// callbacks and event streams still see every byte, and memory stays bounded however
+    /// much the command prints.
+    pub fn max_output_bytes(mut self, bytes: usize) -> Self {
+        self.max_output_bytes = bytes;
+        self
+    }
     /// Called with each chunk of stdout (decoded UTF-8) as it arrives.
-    pub fn on_stdout(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
-        self.on_stdout = Some(std::sync::Arc::new(f));
+    pub fn on_stdout(mut self, f: impl FnMut(&str) + Send + 'static) -> Self {
+        self.on_stdout = Some(OutputCallback::new(f));
         self
     }
     /// Called with each chunk of stderr (decoded UTF-8) as it arrives.
-    pub fn on_stderr(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
-        self.on_stderr = Some(std::sync::Arc::new(f));
+    pub fn on_stderr(mut self, f: impl FnMut(&str) + Send + 'static) -> Self {
+        self.on_stderr = Some(OutputCallback::new(f));
         self
     }
 
@@ -692,18 +811,49 @@ impl RunOptions {
         self.on_stdout.is_some() || self.on_stderr.is_some()
     }
 
-    pub(crate) fn body(&self, command: &str) -> Result<Value> {
-        if command.trim().is_empty() {
-            return Err(Error::validation("command must not be empty"));
+    pub(crate) fn callbacks(&self) -> crate::wire::exec::Callbacks {
+        crate::wire::exec::Callbacks {
+            on_stdout: self.on_stdout.clone(),
+            on_stderr: self.on_stderr.clone(),
         }
-        for k in self.env.keys() {
+    }
+
+    /// The request body, with `timeout_s` = the explicit timeout, else `default_timeout`.
+    pub(crate) fn body(&self, command: &str, default_timeout: Option<u64>) -> Result<Value> {
+        if command.trim().is_empty() {
+            return Err(Error::invalid("command must not be empty"));
+        }
+        if command.contains('\0') {
+            return Err(Error::invalid("command must not contain a NUL byte"));
+        }
+        if let Some(cwd) = &self.cwd {
+            if !cwd.starts_with('/') || cwd.contains('\0') {
+                return Err(Error::invalid(format!(
+                    "cwd {cwd:?} must be an absolute path"
+                )));
+            }
+        }
+        for (k, v) in &self.env {
             validate_env_key("env var", k)?;
+            if v.contains('\0') {
+                return Err(Error::invalid(format!(
+                    "the value of env var {k:?} contains a NUL byte"
+                )));
+            }
+        }
+        let timeout = self.timeout_seconds.or(default_timeout);
+        if let Some(t) = timeout {
+            if !(1..=MAX_COMMAND_TIMEOUT_SECS).contains(&t) {
+                return Err(Error::invalid(format!(
+                    "timeout_seconds must be between 1 and {MAX_COMMAND_TIMEOUT_SECS} (got {t})"
+                )));
+            }
         }
         Ok(crate::wire::exec::exec_body(
             command,
             self.cwd.as_deref(),
             &self.env,
-            self.timeout_seconds,
+            timeout,
         ))
     }
 }
@@ -853,14 +1003,14 @@ impl SecretCreateOptions {
 
     pub(crate) fn to_body(&self) -> Result<Value> {
         if self.name.trim().is_empty() {
-            return Err(Error::validation("secret name must not be empty"));
+            return Err(Error::invalid("secret name must not be empty"));
         }
         if self.value.is_empty() {
-            return Err(Error::validation("secret value must not be empty"));
+            return Err(Error::invalid("secret value must not be empty"));
         }
         let per_host = self.auth.as_ref().is_some_and(SecretAuth::is_per_host);
         if self.provider.is_none() && self.hosts.is_empty() && !per_host {
-            return Err(Error::validation(
+            return Err(Error::invalid(
                 "a secret needs a provider shortcut or the hosts it is for",
             ));
         }
@@ -916,15 +1066,14 @@ impl AuditStatus {
 /// # let _ = opts;
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
-#[non_exhaustive]
 #[must_use]
 pub struct AuditOptions {
     /// Page size.
-    pub limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
     /// Only events with a smaller id (the cursor).
-    pub before: Option<i64>,
+    pub(crate) before: Option<i64>,
     /// Status filter.
-    pub status: Option<AuditStatus>,
+    pub(crate) status: Option<AuditStatus>,
 }
 
 impl AuditOptions {

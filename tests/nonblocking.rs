@@ -57,7 +57,7 @@ async fn session_output_flows_while_writing() {
     let s2 = seen.clone();
     let session = sb
         .commands()
-        .spawn(
+        .spawn_with(
             "cat",
             superserve::RunOptions::new().on_stdout(move |s: &str| s2.lock().unwrap().push_str(s)),
         )

@@ -34,7 +34,7 @@ impl fmt::Debug for Secret {
 
 fn require_name(name: &str) -> Result<()> {
     if name.trim().is_empty() {
-        return Err(Error::validation("secret name must not be empty"));
+        return Err(Error::invalid("secret name must not be empty"));
     }
     Ok(())
 }
@@ -43,11 +43,11 @@ fn require_name(name: &str) -> Result<()> {
 impl Secret {
     /// Stores a secret, with the configuration from the environment.
     pub async fn create(opts: SecretCreateOptions) -> Result<Secret> {
-        Self::create_with(&Config::from_env()?, opts).await
+        Self::create_with_config(&Config::from_env()?, opts).await
     }
 
     /// [`create`](Self::create) with an explicit configuration.
-    pub async fn create_with(config: &Config, opts: SecretCreateOptions) -> Result<Secret> {
+    pub async fn create_with_config(config: &Config, opts: SecretCreateOptions) -> Result<Secret> {
         let body = opts.to_body()?;
         let api = Api::new(config.clone());
         let resp = api
@@ -59,11 +59,11 @@ impl Secret {
 
     /// Fetches a secret by name.
     pub async fn get(name: &str) -> Result<Secret> {
-        Self::get_with(&Config::from_env()?, name).await
+        Self::get_with_config(&Config::from_env()?, name).await
     }
 
     /// [`get`](Self::get) with an explicit configuration.
-    pub async fn get_with(config: &Config, name: &str) -> Result<Secret> {
+    pub async fn get_with_config(config: &Config, name: &str) -> Result<Secret> {
         require_name(name)?;
         let api = Api::new(config.clone());
         let info = Self::fetch(&api, name).await?;
@@ -79,11 +79,11 @@ impl Secret {
 
     /// Lists the team's secrets.
     pub async fn list() -> Result<Vec<SecretInfo>> {
-        Self::list_with(&Config::from_env()?).await
+        Self::list_with_config(&Config::from_env()?).await
     }
 
     /// [`list`](Self::list) with an explicit configuration.
-    pub async fn list_with(config: &Config) -> Result<Vec<SecretInfo>> {
+    pub async fn list_with_config(config: &Config) -> Result<Vec<SecretInfo>> {
         let api = Api::new(config.clone());
         let resp = api.send(&api.control(Method::GET, "/secrets")).await?;
         resp.json("GET /secrets")
@@ -91,11 +91,11 @@ impl Secret {
 
     /// Deletes a secret by name. Idempotent; bound sandboxes lose access at once.
     pub async fn delete_by_name(name: &str) -> Result<()> {
-        Self::delete_by_name_with(&Config::from_env()?, name).await
+        Self::delete_by_name_with_config(&Config::from_env()?, name).await
     }
 
     /// [`delete_by_name`](Self::delete_by_name) with an explicit configuration.
-    pub async fn delete_by_name_with(config: &Config, name: &str) -> Result<()> {
+    pub async fn delete_by_name_with_config(config: &Config, name: &str) -> Result<()> {
         require_name(name)?;
         Self::delete_raw(&Api::new(config.clone()), name).await
     }
@@ -132,7 +132,7 @@ impl Secret {
     pub async fn rotate(&self, value: impl Into<String>) -> Result<Secret> {
         let value = value.into();
         if value.is_empty() {
-            return Err(Error::validation("secret value must not be empty"));
+            return Err(Error::invalid("secret value must not be empty"));
         }
         let req = self
             .api
@@ -177,11 +177,11 @@ pub struct Provider;
 impl Provider {
     /// Lists the provider shortcuts (`openai`, `anthropic`, ...).
     pub async fn list() -> Result<Vec<ProviderShortcut>> {
-        Self::list_with(&Config::from_env()?).await
+        Self::list_with_config(&Config::from_env()?).await
     }
 
     /// [`list`](Self::list) with an explicit configuration.
-    pub async fn list_with(config: &Config) -> Result<Vec<ProviderShortcut>> {
+    pub async fn list_with_config(config: &Config) -> Result<Vec<ProviderShortcut>> {
         let api = Api::new(config.clone());
         let resp = api.send(&api.control(Method::GET, "/providers")).await?;
         resp.json("GET /providers")

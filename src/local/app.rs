@@ -477,7 +477,7 @@ impl App {
             Status::Active => {
                 // an active sandbox whose init died (or never restarted) gets a fresh one
                 let mut guard = entry.rt.write().await;
-                if guard.as_ref().map_or(true, |rt| rt.is_dead()) {
+                if guard.as_ref().is_none_or(|rt| rt.is_dead()) {
                     if let Some(old) = guard.take() {
                         let _ = old.kill().await;
                     }

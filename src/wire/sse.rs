@@ -4,19 +4,20 @@ use serde_json::Value;
 
 /// One decoded `data:` event of an exec stream.
 #[derive(Debug, Default, PartialEq)]
-pub(crate) struct ExecEvent {
+pub(crate) struct SseEvent {
     pub(crate) stdout: Option<String>,
     pub(crate) stderr: Option<String>,
     pub(crate) finished: bool,
     pub(crate) exit_code: Option<i64>,
     pub(crate) error: Option<String>,
+    pub(crate) code: Option<String>,
 }
 
-impl ExecEvent {
-    pub(crate) fn from_json(v: &Value) -> Option<ExecEvent> {
+impl SseEvent {
+    pub(crate) fn from_json(v: &Value) -> Option<SseEvent> {
         let obj = v.as_object()?;
         let s = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_owned);
-        Some(ExecEvent {
+        Some(SseEvent {
             stdout: s("stdout"),
             stderr: s("stderr"),
             finished: obj
@@ -25,6 +26,7 @@ impl ExecEvent {
                 .unwrap_or(false),
             exit_code: obj.get("exit_code").and_then(Value::as_i64),
             error: s("error"),
+            code: s("code"),
         })
     }
 }
@@ -40,7 +42,7 @@ pub(crate) struct SseDecoder {
 const MAX_LINE: usize = 64 * 1024 * 1024;
 
 impl SseDecoder {
-    pub(crate) fn feed(&mut self, chunk: &[u8], out: &mut Vec<ExecEvent>) {
+    pub(crate) fn feed(&mut self, chunk: &[u8], out: &mut Vec<SseEvent>) {
         let mut start = 0;
         for (i, b) in chunk.iter().enumerate() {
             if *b == b'\n' {
@@ -61,12 +63,12 @@ impl SseDecoder {
     }
 
     /// Flushes a last line without a newline.
-    pub(crate) fn finish(&mut self, out: &mut Vec<ExecEvent>) {
+    pub(crate) fn finish(&mut self, out: &mut Vec<SseEvent>) {
         let line = std::mem::take(&mut self.buf);
         Self::line(&line, out);
     }
 
-    fn line(line: &[u8], out: &mut Vec<ExecEvent>) {
+    fn line(line: &[u8], out: &mut Vec<SseEvent>) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let Some(data) = line.strip_prefix(b"data:") else {
             return;
@@ -76,7 +78,7 @@ impl SseDecoder {
             return;
         }
         if let Ok(v) = serde_json::from_slice::<Value>(data) {
-            if let Some(e) = ExecEvent::from_json(&v) {
+            if let Some(e) = SseEvent::from_json(&v) {
                 out.push(e);
             }
         }

@@ -25,7 +25,7 @@ use crate::flavor::Sandbox;
 /// Creates a sandbox on `server` named `name`.
 #[dual]
 pub async fn make(server: &LocalServer, name: &str) -> Sandbox {
-    Sandbox::create_with(&common::config(server), CreateOptions::new(name))
+    Sandbox::create_with_config(&common::config(server), CreateOptions::new(name))
         .await
         .unwrap_or_else(|e| panic!("create {name}: {e}"))
 }
@@ -56,8 +56,8 @@ pub fn count(server: &LocalServer, method: &str, path: &str) -> usize {
 pub async fn stale_token_setup() -> (LocalServer, Sandbox) {
     let server = common::server();
     let sb = make(&server, "stale").await;
-    let __a25 = sb.commands().run("true").await.unwrap().exit_code;
-    assert_eq!(__a25, 0);
+    let warm_up_exit = sb.commands().run("true").await.unwrap().exit_code;
+    assert_eq!(warm_up_exit, 0);
     server.expire_tokens(sb.id());
     server.clear_requests();
     (server, sb)

@@ -302,7 +302,7 @@ impl Egress {
     /// The IPv4 addresses of the host's interfaces (refreshed at most every few seconds).
     fn host_addrs(&self) -> Vec<Ipv4Addr> {
         let mut cache = lock(&self.host_addrs);
-        if cache.0.map_or(true, |t| t.elapsed() > HOST_ADDRS_TTL) {
+        if cache.0.is_none_or(|t| t.elapsed() > HOST_ADDRS_TTL) {
             *cache = (Some(std::time::Instant::now()), local_ipv4_addrs());
         }
         cache.1.clone()
