@@ -45,8 +45,10 @@ impl fmt::Debug for Commands {
 /// is collected (up to `max_output_bytes` per stream) for the [`CommandResult`] that
 /// [`wait`](Self::wait) returns, and can be pulled as events with [`events`](Self::events).
 ///
-/// Dropping the session ends it, in both flavours: the command gets `SIGTERM` if it is still
-/// running, then the connection is closed (as [`close`](Self::close) does).
+/// Dropping the session ends it, in both flavours, as [`close`](Self::close) does: the
+/// command gets `SIGTERM` if it is still running, up to 2 s to finish, then the connection is
+/// closed (and the server kills whatever is left). This happens on the SDK's I/O task: `drop`
+/// itself does not wait.
 pub struct CommandSession {
     inner: rt::ExecSession,
 }
@@ -352,9 +354,10 @@ impl CommandSession {
         self.inner.is_settled()
     }
 
-    /// Ends the session: sends `SIGTERM` if the command is still running and closes the
-    /// connection. A later [`wait`](Self::wait) fails with "session closed" unless the command
-    /// had already finished.
+    /// Ends the session: sends `SIGTERM` if the command is still running, gives it up to 2 s
+    /// to finish, and closes the connection (in the background: this returns at once). A later
+    /// [`wait`](Self::wait) fails with "session closed" unless the command had already
+    /// finished.
     pub async fn close(&self) -> Result<()> {
         self.inner.close().await;
         Ok(())

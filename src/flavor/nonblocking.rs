@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use futures_util::stream::{self, BoxStream, Stream};
+use futures_util::stream::{self, BoxStream, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 
@@ -94,7 +94,7 @@ impl Sandbox {
             }
         });
         NetworkLogEvents {
-            inner: Box::pin(inner),
+            inner: Box::pin(inner.fuse()),
         }
     }
 }
@@ -130,7 +130,7 @@ impl ExecEvents {
             Some((item, events))
         });
         ExecEvents {
-            source: Source::Sse(Box::pin(inner)),
+            source: Source::Sse(Box::pin(inner.fuse())),
         }
     }
 

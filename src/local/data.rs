@@ -23,7 +23,9 @@ use super::exec::{
     command_spec, Collected, Event, ExecBody, Running, Utf8Decoder, DEFAULT_TIMEOUT,
 };
 use super::files::{self, ByteRange, ChannelWriter, FileError, ReadTarget};
-use super::http::{boxd_error, form_pairs, header_str, json, observe, text, CutAfter};
+use super::http::{
+    boxd_error, boxd_error_code, form_pairs, header_str, json, observe, text, CutAfter,
+};
 use super::journal::Plane;
 use super::model::Status;
 use super::runtime::CommandSpec;
@@ -58,7 +60,7 @@ fn paused() -> Response {
 fn unavailable(u: Unavailable) -> Response {
     match u {
         Unavailable::Paused => paused(),
-        Unavailable::Gone => text(StatusCode::NOT_FOUND, "sandbox not found"),
+        Unavailable::Gone => boxd_error(StatusCode::NOT_FOUND, "sandbox not found"),
         Unavailable::Failed(msg) => {
             let mut r = text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -94,26 +96,26 @@ fn authorize(
         .map(str::to_owned)
         .or_else(|| allow_host.then(|| id_from_host(headers)).flatten())
         .ok_or_else(|| {
-            Box::new(text(
+            Box::new(boxd_error(
                 StatusCode::BAD_REQUEST,
                 "missing X-Superserve-Sandbox-Id header",
             ))
         })?;
     let entry = app
         .get(&id)
-        .ok_or_else(|| Box::new(text(StatusCode::NOT_FOUND, "sandbox not found")))?;
+        .ok_or_else(|| Box::new(boxd_error(StatusCode::NOT_FOUND, "sandbox not found")))?;
     let token = header_str(headers, "x-access-token")
         .filter(|s| !s.is_empty())
         .or(ws_token)
         .ok_or_else(|| {
-            Box::new(text(
+            Box::new(boxd_error(
                 StatusCode::UNAUTHORIZED,
                 "missing X-Access-Token header",
             ))
         })?;
     let current = entry.with(|r| r.access_token.clone());
     if !ct_eq(token, &current) {
-        return Err(Box::new(text(
+        return Err(Box::new(boxd_error(
             StatusCode::UNAUTHORIZED,
             "invalid access token",
         )));
@@ -161,7 +163,11 @@ fn spawn_failure(f: SpawnFailure) -> Response {
             } else {
                 StatusCode::INTERNAL_SERVER_ERROR
             };
-            boxd_error(status, &format!("failed to start command: {e}"))
+            boxd_error_code(
+                status,
+                "exec_failed",
+                &format!("failed to start command: {e}"),
+            )
         }
     }
 }
@@ -634,7 +640,8 @@ async fn file_target(
     let entry = authorize(app, headers, None, false)?;
     let (path, format) = file_query(query);
     let path = path.unwrap_or_default();
-    files::validate_path(&path).map_err(|msg| Box::new(text(StatusCode::BAD_REQUEST, msg)))?;
+    files::validate_path(&path)
+        .map_err(|msg| Box::new(boxd_error(StatusCode::BAD_REQUEST, msg)))?;
     let rt = app
         .ensure_running(&entry)
         .await

@@ -61,9 +61,35 @@ pub(crate) fn text(status: StatusCode, message: &str) -> Response {
     resp
 }
 
-/// boxd's bare JSON error: `{"error":"<message>"}`.
+/// A data-plane JSON error: boxd's `{"error":"<message>"}` plus the `code` a caller can branch
+/// on (the status's code: `bad_request`, `unauthorized`, `not_found`, ...).
 pub(crate) fn boxd_error(status: StatusCode, message: &str) -> Response {
-    json(status, &serde_json::json!({ "error": message }))
+    boxd_error_code(status, status_code_name(status), message)
+}
+
+/// [`boxd_error`] with an explicit code (`exec_failed`, ...).
+pub(crate) fn boxd_error_code(status: StatusCode, code: &str, message: &str) -> Response {
+    json(
+        status,
+        &serde_json::json!({ "error": message, "code": code }),
+    )
+}
+
+/// The code of a data-plane error that has no more specific one.
+fn status_code_name(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        409 => "conflict",
+        413 => "too_large",
+        416 => "range_not_satisfiable",
+        429 => "rate_limited",
+        503 => "service_unavailable",
+        507 => "sandbox_storage_full",
+        _ => "internal_error",
+    }
 }
 
 /// Decodes a form-encoded query string (`+` is a space) into pairs, in order.
@@ -168,6 +194,11 @@ pub(crate) async fn observe(
         Some(Fault::CutStream { after_events }) => {
             req.extensions_mut().insert(CutAfter(after_events));
             next.run(req).await
+        }
+        Some(Fault::DelayResponse { millis }) => {
+            let resp = next.run(req).await;
+            tokio::time::sleep(std::time::Duration::from_millis(millis.min(600_000))).await;
+            resp
         }
         Some(Fault::DropConnection) => {
             if let Some(ctl) = req.extensions().get::<ConnCtl>() {

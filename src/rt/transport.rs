@@ -570,11 +570,15 @@ async fn until_settled(rx: &mut watch::Receiver<Option<Outcome>>) {
     }
 }
 
+/// How long a closed session waits for its command to finish after SIGTERM before it closes
+/// the connection.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
 async fn write_loop(
     mut sink: SplitSink<Ws, Message>,
     mut frames: mpsc::Receiver<Message>,
     shared: Arc<Shared>,
-    reader: tokio::task::JoinHandle<()>,
+    mut reader: tokio::task::JoinHandle<()>,
 ) {
     let mut settled = shared.outcome.subscribe();
     loop {
@@ -586,6 +590,9 @@ async fn write_loop(
                         .send(Message::Text(crate::wire::exec::signal_frame("SIGTERM").into()))
                         .await;
                     shared.settle(Err(Failure::Stream("exec/connect: session closed".to_owned())));
+                    // Give the command a moment to handle SIGTERM before the connection goes
+                    // (the server kills whatever is left when it does).
+                    let _ = tokio::time::timeout(CLOSE_GRACE, &mut reader).await;
                 }
                 break;
             }
@@ -608,10 +615,8 @@ async fn write_loop(
         }
     }
     let _ = sink.close().await;
-    if !shared.is_settled() {
-        reader.abort();
-        shared.settle(Err(Failure::Stream(
-            "exec/connect: session closed".to_owned(),
-        )));
-    }
+    reader.abort();
+    shared.settle(Err(Failure::Stream(
+        "exec/connect: session closed".to_owned(),
+    )));
 }

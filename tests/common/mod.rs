@@ -9,14 +9,89 @@ use std::time::Duration;
 use superserve::local::LocalServer;
 use superserve::Config;
 
+/// Where the end-to-end suite runs: a fresh local backend (the default), or the hosted
+/// service when `SUPERSERVE_TEST_TARGET=hosted` and `SUPERSERVE_API_KEY` are set.
+pub enum Target {
+    /// A local backend started for this test.
+    Local(LocalServer),
+    /// The hosted service, configured from the environment.
+    Hosted(Config),
+}
+
+/// `true` when the suite runs against the hosted service.
+pub fn hosted() -> bool {
+    std::env::var("SUPERSERVE_TEST_TARGET").as_deref() == Ok("hosted")
+}
+
+/// The target of a test that needs nothing but the API.
+pub fn target() -> Target {
+    if hosted() {
+        let config = Config::from_env().unwrap_or_else(|e| {
+            panic!("SUPERSERVE_TEST_TARGET=hosted needs SUPERSERVE_API_KEY: {e}")
+        });
+        Target::Hosted(config)
+    } else {
+        Target::Local(server())
+    }
+}
+
+impl Target {
+    /// The local backend, when the test runs against one.
+    pub fn local(&self) -> Option<&LocalServer> {
+        match self {
+            Target::Local(s) => Some(s),
+            Target::Hosted(_) => None,
+        }
+    }
+}
+
+/// Anything the suite can get an SDK configuration from.
+pub trait SdkConfig {
+    /// The configuration.
+    fn sdk_config(&self) -> Config;
+}
+
+impl SdkConfig for LocalServer {
+    fn sdk_config(&self) -> Config {
+        self.config()
+    }
+}
+
+impl SdkConfig for Target {
+    fn sdk_config(&self) -> Config {
+        match self {
+            Target::Local(s) => s.config(),
+            Target::Hosted(c) => c.clone(),
+        }
+    }
+}
+
+impl SdkConfig for Config {
+    fn sdk_config(&self) -> Config {
+        self.clone()
+    }
+}
+
+/// Skips the rest of a test (with a printed reason) when the suite runs against the hosted
+/// service, for tests that need the local backend's fault injection, request journal, data
+/// directory or restarts.
+macro_rules! local_only {
+    ($why:expr) => {
+        if $crate::common::hosted() {
+            eprintln!("skipped against the hosted service: needs {}", $why);
+            return;
+        }
+    };
+}
+
 /// A fresh local backend (its own data dir, ports and key).
 pub fn server() -> LocalServer {
     LocalServer::start().unwrap_or_else(|e| panic!("local backend failed to start: {e}"))
 }
 
-/// An SDK configuration for `server`.
-pub fn config(server: &LocalServer) -> Config {
-    server.config()
+/// An SDK configuration for a target or a local backend.
+pub fn config(target: &impl SdkConfig) -> Config {
+    target.sdk_config()
 }
 
 /// An SDK configuration for `server` with another retry policy.

@@ -14,6 +14,7 @@ use crate::flavor::Sandbox;
 
 #[dual]
 pub async fn lifecycle_and_accessors() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let config = common::config(&server);
     let sb = Sandbox::create_with_config(
@@ -60,6 +61,7 @@ pub async fn lifecycle_and_accessors() {
 
 #[dual]
 pub async fn create_validation_sends_nothing() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let config = common::config(&server);
     let bad = [
@@ -88,6 +90,7 @@ pub async fn create_validation_sends_nothing() {
 
 #[dual]
 pub async fn connect_rotates_token_and_resumes() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let config = common::config(&server);
     let sb = make(&server, "conn").await;
@@ -137,6 +140,7 @@ pub async fn connect_rotates_token_and_resumes() {
 
 #[dual]
 pub async fn list_filters_and_query_encoding() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let config = common::config(&server);
     let a = Sandbox::create_with_config(&config, CreateOptions::new("a").metadata("env", "prod x"))
@@ -215,7 +219,7 @@ pub async fn list_filters_and_query_encoding() {
 
 #[dual]
 pub async fn update_tri_state_and_update_by_id() {
-    let server = common::server();
+    let server = common::target();
     let config = common::config(&server);
     let sb = Sandbox::create_with_config(
         &config,
@@ -243,19 +247,21 @@ pub async fn update_tri_state_and_update_by_id() {
         info.network.and_then(|n| n.allow_out),
         Some(vec!["api.openai.com".to_owned()])
     );
-    let body = server
-        .requests()
-        .into_iter()
-        .find(|r| r.method == "PATCH")
-        .expect("patch sent")
-        .body;
-    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(body["timeout_seconds"], serde_json::Value::Null);
-    assert!(
-        body.get("auto_delete_seconds").is_none(),
-        "untouched fields are left out"
-    );
-    assert_eq!(body["network"]["deny_out"], serde_json::Value::Null);
+    if let Some(local) = server.local() {
+        let body = local
+            .requests()
+            .into_iter()
+            .find(|r| r.method == "PATCH")
+            .expect("patch sent")
+            .body;
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["timeout_seconds"], serde_json::Value::Null);
+        assert!(
+            body.get("auto_delete_seconds").is_none(),
+            "untouched fields are left out"
+        );
+        assert_eq!(body["network"]["deny_out"], serde_json::Value::Null);
+    }
 
     let err = sb.update(UpdateOptions::new()).await.unwrap_err();
     assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
@@ -287,7 +293,7 @@ pub async fn update_tri_state_and_update_by_id() {
 
 #[dual]
 pub async fn pause_resume_keeps_process_state() {
-    let server = common::server();
+    let server = common::target();
     let sb = make(&server, "pause").await;
     let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let s2 = seen.clone();
@@ -330,6 +336,7 @@ pub async fn pause_resume_keeps_process_state() {
 
 #[dual]
 pub async fn pause_wait_and_conflicts() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let sb = make(&server, "pw").await;
     // resume of an active sandbox is a conflict
@@ -367,7 +374,7 @@ pub async fn pause_wait_and_conflicts() {
 
 #[dual]
 pub async fn secret_bindings() {
-    let server = common::server();
+    let server = common::target();
     let sb = make(&server, "sec").await;
     // binding a secret that does not exist is a 404
     let err = sb
@@ -402,7 +409,7 @@ pub async fn secret_bindings() {
 
 #[dual]
 pub async fn network_log_paging_empty() {
-    let server = common::server();
+    let server = common::target();
     let sb = make(&server, "net").await;
     let page = sb
         .get_network_log(
@@ -414,17 +421,20 @@ pub async fn network_log_paging_empty() {
         .unwrap();
     assert!(page.events.is_empty());
     assert!(!page.has_more);
-    let req = server
-        .requests()
-        .into_iter()
-        .find(|r| r.path.ends_with("/network"))
-        .unwrap();
-    assert_eq!(req.query, "limit=100&verdict=blocked");
+    if let Some(local) = server.local() {
+        let req = local
+            .requests()
+            .into_iter()
+            .find(|r| r.path.ends_with("/network"))
+            .unwrap();
+        assert_eq!(req.query, "limit=100&verdict=blocked");
+    }
     sb.kill().await.unwrap();
 }
 
 #[dual]
 pub async fn authentication_and_not_found() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let bad = superserve::Config::builder()
         .api_key("ss_live_wrongwrongwrongwrongwrongwrongwr")
@@ -468,6 +478,7 @@ pub async fn authentication_and_not_found() {
 
 #[dual]
 pub async fn request_shapes() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let config = common::config(&server);
     let sb = Sandbox::create_with_config(

@@ -12,7 +12,7 @@ use crate::flavor::Sandbox;
 
 #[dual]
 pub async fn run_basics() {
-    let server = common::server();
+    let server = common::target();
     let sb = Sandbox::create_with_config(
         &common::config(&server),
         CreateOptions::new("run").env_var("GREETING", "hello from env"),
@@ -49,6 +49,7 @@ pub async fn run_basics() {
 
 #[dual]
 pub async fn run_streamed_with_callbacks() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let sb = make(&server, "stream").await;
     let out = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -81,6 +82,7 @@ pub async fn run_streamed_with_callbacks() {
 
 #[dual]
 pub async fn stream_cut_before_finished_is_error() {
+    local_only!("the local backend's fault injection");
     let server = common::server();
     let sb = make(&server, "cut").await;
     server
@@ -106,6 +108,7 @@ pub async fn stream_cut_before_finished_is_error() {
 
 #[dual]
 pub async fn stream_idle_timeout() {
+    local_only!("the local backend (request journal, faults, restarts)");
     // A server that sends one event and then nothing: the idle timeout (timeout_s + 5 s)
     // fires; the call does not hang.
     let scripted = common::Scripted::start(vec![
@@ -140,7 +143,7 @@ pub async fn stream_idle_timeout() {
 
 #[dual]
 pub async fn spawn_stdin_eof_and_signal() {
-    let server = common::server();
+    let server = common::target();
     let sb = make(&server, "spawn").await;
     let out = Arc::new(Mutex::new(String::new()));
     let o = out.clone();
@@ -196,6 +199,7 @@ pub async fn spawn_stdin_eof_and_signal() {
 
 #[dual]
 pub async fn session_cut_midway_is_error() {
+    local_only!("the local backend's fault injection");
     let server = common::server();
     let sb = make(&server, "cutws").await;
     server
@@ -217,7 +221,7 @@ pub async fn session_cut_midway_is_error() {
 
 #[dual]
 pub async fn files_round_trips() {
-    let server = common::server();
+    let server = common::target();
     let sb = make(&server, "files").await;
     let f = sb.files();
     f.write("/app/config.json", r#"{"k":1}"#).await.unwrap();
@@ -266,6 +270,7 @@ pub async fn files_round_trips() {
 
 #[dual]
 pub async fn files_zip_and_validation() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let sb = make(&server, "zip").await;
     let f = sb.files();
@@ -309,6 +314,7 @@ pub async fn files_zip_and_validation() {
 
 #[dual]
 pub async fn paused_sandbox_resumed_by_data_plane() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let sb = make(&server, "auto").await;
     sb.files().write("/note.txt", "kept").await.unwrap();
@@ -327,6 +333,7 @@ pub async fn paused_sandbox_resumed_by_data_plane() {
 
 #[dual]
 pub async fn stale_token_refresh_once() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let (server, sb) = super::stale_token_setup().await;
     let r = sb.commands().run("echo ok").await.unwrap();
     assert_eq!(r.stdout, "ok\n");
@@ -376,6 +383,7 @@ pub async fn stale_token_refresh_once() {
 
 #[dual]
 pub async fn isolation_between_sandboxes() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let a = make(&server, "iso-a").await;
     let b = make(&server, "iso-b").await;
@@ -449,6 +457,7 @@ pub async fn isolation_between_sandboxes() {
 
 #[dual]
 pub async fn restart_keeps_records_and_files() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let dir = common::temp_path("superserve-restart");
     let key = "ss_live_restarttestkey0000000000000000";
     let id;
@@ -501,7 +510,7 @@ pub async fn restart_keeps_records_and_files() {
 /// Streamed uploads and downloads of several MiB (past the in-memory threshold).
 #[dual]
 pub async fn files_streamed_multi_mib() {
-    let server = common::server();
+    let server = common::target();
     let sb = make(&server, "streamed").await;
     let data = common::noise(3 * 1024 * 1024 + 123, 9);
     let sent = sb
@@ -539,6 +548,7 @@ pub async fn files_streamed_multi_mib() {
 /// the sandbox is activated once, and the whole stream lands.
 #[dual]
 pub async fn streamed_upload_to_a_paused_sandbox_probes_first() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let sb = make(&server, "probe").await;
     sb.pause_with(PauseOptions::new().wait(true)).await.unwrap();
@@ -591,6 +601,7 @@ async fn paused_with_failing_activate(name: &str, code: &str) -> (LocalServer, S
 /// `sandbox_pausing`, waits a second, activates again, and the call goes through.
 #[dual]
 pub async fn data_plane_waits_out_a_pause_in_progress() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let (server, sb, activate) = paused_with_failing_activate("landing", "sandbox_pausing").await;
     let r = sb.commands().run("echo resumed").await.unwrap();
     assert_eq!(r.stdout, "resumed\n");
@@ -608,6 +619,7 @@ pub async fn data_plane_waits_out_a_pause_in_progress() {
 /// is never sent (it would only meet the pause).
 #[dual]
 pub async fn streamed_upload_reports_a_failed_reactivate() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let (server, sb, activate) = paused_with_failing_activate("refused", "conflict").await;
     let err = sb
         .files()

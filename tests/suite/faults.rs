@@ -20,6 +20,7 @@ fn status(status: u16, code: &str) -> Fault {
 
 #[dual]
 pub async fn retries_on_transient_statuses() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let config = common::config(&server);
     let sb = make(&server, "retry").await;
@@ -91,6 +92,7 @@ pub async fn retries_on_transient_statuses() {
 
 #[dual]
 pub async fn no_retry_for_post_and_patch() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let config = common::config(&server);
     server.inject(FaultRule::new("POST", "/sandboxes").fault(status(503, "service_unavailable")));
@@ -123,6 +125,7 @@ pub async fn no_retry_for_post_and_patch() {
 
 #[dual]
 pub async fn delete_conflict_retried_up_to_eleven() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let config = common::config_with_retry(
         &server,
@@ -188,6 +191,7 @@ pub async fn delete_conflict_retried_up_to_eleven() {
 
 #[dual]
 pub async fn dropped_connection_retried_for_get_only() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let config = common::config(&server);
     let sb = make(&server, "drop").await;
@@ -209,6 +213,7 @@ pub async fn dropped_connection_retried_for_get_only() {
 
 #[dual]
 pub async fn rate_limit_error_carries_code_and_retry_after() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let config = common::config(&server);
     server.inject(
@@ -359,6 +364,7 @@ pub async fn unreachable_server_is_connection_error() {
 
 #[dual]
 pub async fn connect_waits_out_sandbox_pausing() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let config = common::config(&server);
     let sb = make(&server, "pausing").await;
@@ -406,6 +412,7 @@ pub async fn expired_routing_hint_refreshes_first() {
 
 #[dual]
 pub async fn pause_wait_polls_until_paused() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let sb_json = |status: &str| sandbox_json("sb-p", status);
     let s = Scripted::start(vec![
         Reply::sandbox(201, "sb-p", "t1", None),

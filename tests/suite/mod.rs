@@ -1,11 +1,15 @@
 //! The shared suite: written once in async style, compiled for each flavour by the including
 //! test target (which defines `dual`, `flavor` and `suite_tests!`).
 
+mod answers;
 mod control;
 mod data;
 mod faults;
 mod network;
+mod streams;
 
+#[allow(unused_imports)]
+pub use answers::*;
 #[allow(unused_imports)]
 pub use control::*;
 #[allow(unused_imports)]
@@ -14,6 +18,8 @@ pub use data::*;
 pub use faults::*;
 #[allow(unused_imports)]
 pub use network::*;
+#[allow(unused_imports)]
+pub use streams::*;
 
 use superserve::local::LocalServer;
 use superserve::CreateOptions;
@@ -22,10 +28,10 @@ use crate::common;
 use crate::dual;
 use crate::flavor::Sandbox;
 
-/// Creates a sandbox on `server` named `name`.
+/// Creates a sandbox named `name` on a target or local backend.
 #[dual]
-pub async fn make(server: &LocalServer, name: &str) -> Sandbox {
-    Sandbox::create_with_config(&common::config(server), CreateOptions::new(name))
+pub async fn make(target: &impl common::SdkConfig, name: &str) -> Sandbox {
+    Sandbox::create_with_config(&target.sdk_config(), CreateOptions::new(name))
         .await
         .unwrap_or_else(|e| panic!("create {name}: {e}"))
 }
@@ -48,6 +54,16 @@ pub fn count(server: &LocalServer, method: &str, path: &str) -> usize {
         .requests()
         .iter()
         .filter(|r| r.method == method && r.path == path)
+        .count()
+}
+
+/// Requests the backend received with this method and a path starting with `prefix`.
+#[allow(dead_code)] // used by one flavour only
+pub fn count_prefix(server: &LocalServer, method: &str, prefix: &str) -> usize {
+    server
+        .requests()
+        .iter()
+        .filter(|r| r.method == method && r.path.starts_with(prefix))
         .count()
 }
 
@@ -136,4 +152,26 @@ suite_tests!(
     network_log_pages_through_hundreds_of_events,
     brokered_secret_after_restart_and_with_a_replaced_key,
     standin_sent_to_another_secrets_host_is_refused,
+    // output as events, stdin and files as I/O, bounded memory
+    run_stream_yields_output_then_exit,
+    run_stream_cut_short_ends_with_an_error,
+    dropping_run_stream_stops_the_command,
+    session_events_pull_style,
+    session_stdin_is_an_io_writer,
+    signals_are_typed,
+    dropping_a_session_terminates_its_command,
+    callbacks_may_own_and_mutate_state,
+    open_read_streams_a_file,
+    collected_output_is_capped_while_callbacks_see_everything,
+    exec_events_from_a_session_and_a_stream_agree,
+    tracing_spans_never_carry_secrets,
+    network_log_filters_take_system_times,
+    // right answers, cleanup, conveniences
+    a_command_that_cannot_start_is_the_same_error_on_every_path,
+    the_default_timeout_keeps_the_output,
+    a_killed_handle_refuses_everything_before_sending,
+    data_plane_errors_carry_codes,
+    check_turns_a_failed_command_into_an_error,
+    kill_on_drop_kills_and_into_inner_keeps,
+    fault_rules_target_the_nth_request,
 );

@@ -105,6 +105,7 @@ async fn assert_refused(sb: &Sandbox, url: &str, status: u16, code: &str) {
 
 #[dual]
 pub async fn egress_allowed_blocked_and_logged() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let (_server, up, config) = egress_with_upstream(&["ok.upstream.test"]);
     let sb = Sandbox::create_with_config(
         &config,
@@ -180,6 +181,7 @@ pub async fn egress_allowed_blocked_and_logged() {
 
 #[dual]
 pub async fn egress_rules_updated_on_a_live_sandbox() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let (_server, up, config) = egress_with_upstream(&["svc.live.test"]);
     let sb = Sandbox::create_with_config(
         &config,
@@ -214,6 +216,7 @@ pub async fn egress_rules_updated_on_a_live_sandbox() {
 
 #[dual]
 pub async fn secrets_crud_rotate_and_providers() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let config = common::config(&server);
     let providers = Provider::list_with_config(&config).await.unwrap();
@@ -315,6 +318,7 @@ pub async fn secrets_crud_rotate_and_providers() {
 
 #[dual]
 pub async fn brokered_secret_injected_audited_and_revoked() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let (_server, up, config) = egress_with_upstream(&["api.broker.test", "elsewhere.broker.test"]);
     let real = "real-credential-7f3a9c";
     let secret = Secret::create_with_config(
@@ -435,6 +439,7 @@ pub async fn brokered_secret_injected_audited_and_revoked() {
 
 #[dual]
 pub async fn network_log_pages_through_hundreds_of_events() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::egress_server();
     let config = common::config(&server);
     let sb = Sandbox::create_with_config(&config, CreateOptions::new("many"))
@@ -511,6 +516,7 @@ fn test_pki(host: &str) -> (String, String, String) {
 
 #[dual]
 pub async fn brokered_secret_over_https() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let (ca_pem, chain_pem, key_pem) = test_pki("api.tls.test");
     let server = LocalServer::builder()
         .allow_private_destination("10.88.0.0/16")
@@ -544,6 +550,7 @@ pub async fn brokered_secret_over_https() {
 
 #[dual]
 pub async fn brokered_https_never_reaches_an_unverified_upstream() {
+    local_only!("the local backend (request journal, faults, restarts)");
     // the upstream's CA is not given to the backend: its certificate cannot be verified
     let (_ca_pem, chain_pem, key_pem) = test_pki("api.untrusted.test");
     let (_server, up, config) = egress_with_upstream(&["api.untrusted.test"]);
@@ -571,6 +578,7 @@ pub async fn brokered_https_never_reaches_an_unverified_upstream() {
 
 #[dual]
 pub async fn secret_rotation_and_deletion_at_egress() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let (_server, up, config) = egress_with_upstream(&["api.gone.test"]);
     let secret = bearer_secret(&config, "gone-key", "gone-real-1", "api.gone.test").await;
     let sb = Sandbox::create_with_config(&config, CreateOptions::new("gone"))
@@ -600,6 +608,7 @@ pub async fn secret_rotation_and_deletion_at_egress() {
 
 #[dual]
 pub async fn the_hosts_own_addresses_are_blocked() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::egress_server();
     let up = Upstream::start();
     // a public-range address on this machine: reaching it would reach the host's services
@@ -629,6 +638,7 @@ pub async fn the_hosts_own_addresses_are_blocked() {
 /// `secret_unavailable`, not mistaken for a deleted secret, and nothing reaches the upstream.
 #[dual]
 pub async fn brokered_secret_after_restart_and_with_a_replaced_key() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let dir = common::temp_path("superserve-keyswap");
     let up = Upstream::start();
     let start = || {
@@ -702,6 +712,7 @@ pub async fn brokered_secret_after_restart_and_with_a_replaced_key() {
 /// `secret_host_mismatch`) and audited on its own secret; nothing reaches the upstream.
 #[dual]
 pub async fn standin_sent_to_another_secrets_host_is_refused() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let (_server, up, config) = egress_with_upstream(&["api.one.test", "api.two.test"]);
     let (one, sb) = bearer_bound_sandbox(&config, "one-key", "one-real", "api.one.test").await;
     bearer_secret(&config, "two-key", "two-real", "api.two.test").await;
