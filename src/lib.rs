@@ -8,9 +8,9 @@
 //!
 //! | feature | types |
 //! |---|---|
-//! | `async` (default) | [`AsyncSandbox`] (tokio) |
-//! | `blocking` | [`Sandbox`] (no async runtime needed) |
-//! | `local` | [`local::LocalServer`]: a Superserve-compatible backend on this machine |
+//! | `async` (default) | `AsyncSandbox` (tokio) |
+//! | `blocking` | `Sandbox` (no async runtime needed) |
+//! | `local` | `local::LocalServer`: a Superserve-compatible backend on this machine |
 //!
 //! Both flavours have the same method names; the async one returns futures.
 //!

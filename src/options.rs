@@ -69,7 +69,7 @@ fn validate_env_key(kind: &str, k: &str) -> Result<()> {
     Ok(())
 }
 
-/// Options of [`Sandbox::create`](crate::blocking::Sandbox::create).
+/// Options of `Sandbox::create`.
 ///
 /// ```
 /// use superserve::{CreateOptions, NetworkConfig, PreviewAccessPolicy};
@@ -247,7 +247,7 @@ impl CreateOptions {
     }
 }
 
-/// Filters of [`Sandbox::list`](crate::blocking::Sandbox::list).
+/// Filters of `Sandbox::list`.
 ///
 /// ```
 /// use superserve::{ListOptions, SandboxStatus};
@@ -327,7 +327,7 @@ enum Patch<T> {
     Clear,
 }
 
-/// Changes for [`Sandbox::update`](crate::blocking::Sandbox::update).
+/// Changes for `Sandbox::update`.
 ///
 /// ```
 /// use superserve::UpdateOptions;
@@ -429,7 +429,7 @@ impl UpdateOptions {
     }
 }
 
-/// Filters of [`Sandbox::get_network_log`](crate::blocking::Sandbox::get_network_log).
+/// Filters of `Sandbox::get_network_log`.
 ///
 /// ```
 /// use superserve::{NetworkLogOptions, NetworkVerdict};
@@ -506,7 +506,7 @@ impl NetworkLogOptions {
     }
 }
 
-/// How [`Sandbox::pause_with`](crate::blocking::Sandbox::pause_with) waits.
+/// How `Sandbox::pause_with` waits.
 ///
 /// ```
 /// use std::time::Duration;
@@ -556,7 +556,7 @@ impl PauseOptions {
     }
 }
 
-/// How [`Sandbox::resume_with`](crate::blocking::Sandbox::resume_with) waits for a pause
+/// How `Sandbox::resume_with` waits for a pause
 /// that is still landing (a resume answered with 409 while the sandbox is `pausing`).
 ///
 /// ```
@@ -935,7 +935,7 @@ impl SecretAuth {
     }
 }
 
-/// What [`Secret::create`](crate::blocking::Secret::create) stores.
+/// What `Secret::create` stores.
 ///
 /// The value is never shown by `Debug`.
 ///
@@ -1058,7 +1058,7 @@ impl AuditStatus {
     }
 }
 
-/// Filters of [`Secret::get_audit`](crate::blocking::Secret::get_audit).
+/// Filters of `Secret::get_audit`.
 ///
 /// ```
 /// use superserve::{AuditOptions, AuditStatus};

@@ -1,11 +1,12 @@
 //! Blocking primitives: the async transport driven on the SDK's own I/O runtime while the
 //! calling thread waits, std locks, thread sleep.
 //!
-//! The I/O runtime is started on first use: a multi-thread tokio runtime with two workers
-//! (`superserve-io`), shared by every blocking handle of the process. A call runs its future
-//! on the calling thread with `Handle::block_on` (the runtime's workers drive sockets and
-//! timers), so nothing is handed to another thread on the way in or out. Streamed responses
-//! and sessions live on that runtime: dropping them closes their connections at once.
+//! The I/O runtime is started on first use: a current-thread tokio runtime driven by one
+//! thread of its own (`superserve-io`), shared by every blocking handle of the process. A call
+//! runs its future on the calling thread with `Handle::block_on` (the I/O thread drives sockets
+//! and timers and runs session tasks), so nothing is handed to another thread on the way in or
+//! out. Streamed responses and sessions live on that runtime: dropping them closes their
+//! connections at once.
 
 use std::future::Future;
 use std::io::Read;
@@ -38,16 +39,23 @@ impl<T> Mutex<T> {
     }
 }
 
-/// The process-wide I/O runtime of the blocking flavour.
-fn io_runtime() -> Result<&'static tokio::runtime::Runtime> {
-    static RT: OnceLock<std::result::Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+/// The process-wide I/O runtime of the blocking flavour: a current-thread runtime whose
+/// driver (sockets, timers, spawned session tasks) runs on one thread of its own
+/// (`superserve-io`); callers run their request futures on their own thread with
+/// `Handle::block_on`.
+fn io_runtime() -> Result<&'static tokio::runtime::Handle> {
+    static RT: OnceLock<std::result::Result<tokio::runtime::Handle, String>> = OnceLock::new();
     RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("superserve-io")
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name("superserve-io".into())
+            .spawn(move || runtime.block_on(std::future::pending::<()>()))
+            .map_err(|e| e.to_string())?;
+        Ok(handle)
     })
     .as_ref()
     .map_err(|e| Error::connection(format!("cannot start the SDK's I/O runtime: {e}"), None))
@@ -89,7 +97,7 @@ pub(crate) fn block_on<F: Future>(fut: F) -> Result<F::Output> {
     if in_async_context() {
         return Err(Error::BlockingInAsyncContext);
     }
-    Ok(io_runtime()?.handle().block_on(fut))
+    Ok(io_runtime()?.block_on(fut))
 }
 
 fn run<T>(fut: impl Future<Output = Result<T>>) -> Result<T> {
