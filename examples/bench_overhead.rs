@@ -10,6 +10,18 @@
 //! ```sh
 //! cargo run --release --example bench_overhead --all-features
 //! ```
+//!
+//! CPU time is noisy on a busy machine. For a figure that does not depend on the load, count
+//! instructions with callgrind: `BENCH_ONLY=<flavour>-<sdk|raw>` runs the warm-up and then only
+//! that loop, `BENCH_CALLS` sets its length; the instructions of a run with `BENCH_CALLS=0`
+//! (start-up and warm-up) subtracted from one with `BENCH_CALLS=N` are the loop's:
+//!
+//! ```sh
+//! for only in blocking-sdk blocking-raw async-sdk async-raw; do for n in 0 2000; do
+//!   BENCH_ONLY=$only BENCH_CALLS=$n valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+//!     target/release/examples/bench_overhead 2>&1 | grep -o 'refs: *[0-9,]*'
+//! done; done
+//! ```
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -111,6 +123,16 @@ fn measure(mut f: impl FnMut()) -> Duration {
     cpu() - before
 }
 
+/// `BENCH_ONLY` and `BENCH_CALLS`: one loop only (for instruction counts).
+fn only() -> Option<(String, usize)> {
+    let which = std::env::var("BENCH_ONLY").ok()?;
+    let calls = std::env::var("BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CALLS);
+    Some((which, calls))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -172,8 +194,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         raw_call();
         sdk_call();
     }
+    match only() {
+        Some((which, n)) if which == "blocking-sdk" => (0..n).for_each(|_| sdk_call()),
+        Some((which, n)) if which == "blocking-raw" => (0..n).for_each(|_| raw_call()),
+        _ => {}
+    }
+    let run_all = only().is_none();
     let (mut s, mut r) = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
+    for round in (0..ROUNDS).filter(|_| run_all) {
         if round % 2 == 0 {
             s.push(measure(sdk_call));
             r.push(measure(raw_call));
@@ -182,7 +210,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             s.push(measure(sdk_call));
         }
     }
-    report("blocking", &s, &r);
+    if run_all {
+        report("blocking", &s, &r);
+    }
 
     // Async flavour against reqwest::Client, on a current-thread runtime.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -215,6 +245,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for _ in 0..200 {
             raw_call().await;
             sdk_call().await;
+        }
+        if let Some((which, n)) = only() {
+            for _ in 0..n {
+                match which.as_str() {
+                    "async-sdk" => sdk_call().await,
+                    "async-raw" => raw_call().await,
+                    _ => {}
+                }
+            }
+            return;
         }
         let (mut s, mut r) = (Vec::new(), Vec::new());
         for round in 0..ROUNDS {

@@ -47,6 +47,7 @@ impl Secret {
     }
 
     /// [`create`](Self::create) with an explicit configuration.
+    #[tracing::instrument(name = "secret.create", level = "debug", skip_all)]
     pub async fn create_with_config(config: &Config, opts: SecretCreateOptions) -> Result<Secret> {
         let body = opts.to_body()?;
         let api = Api::new(config.clone());
@@ -63,6 +64,7 @@ impl Secret {
     }
 
     /// [`get`](Self::get) with an explicit configuration.
+    #[tracing::instrument(name = "secret.get", level = "debug", skip_all, fields(secret = name))]
     pub async fn get_with_config(config: &Config, name: &str) -> Result<Secret> {
         require_name(name)?;
         let api = Api::new(config.clone());
@@ -83,6 +85,7 @@ impl Secret {
     }
 
     /// [`list`](Self::list) with an explicit configuration.
+    #[tracing::instrument(name = "secret.list", level = "debug", skip_all)]
     pub async fn list_with_config(config: &Config) -> Result<Vec<SecretInfo>> {
         let api = Api::new(config.clone());
         let resp = api.send(&api.control(Method::GET, "/secrets")).await?;
@@ -95,6 +98,7 @@ impl Secret {
     }
 
     /// [`delete_by_name`](Self::delete_by_name) with an explicit configuration.
+    #[tracing::instrument(name = "secret.delete_by_name", level = "debug", skip_all, fields(secret = name))]
     pub async fn delete_by_name_with_config(config: &Config, name: &str) -> Result<()> {
         require_name(name)?;
         Self::delete_raw(&Api::new(config.clone()), name).await
@@ -124,11 +128,13 @@ impl Secret {
     }
 
     /// Fetches fresh information.
+    #[tracing::instrument(name = "secret.get_info", level = "debug", skip_all, fields(secret = self.info.name.as_str()))]
     pub async fn get_info(&self) -> Result<SecretInfo> {
         Self::fetch(&self.api, &self.info.name).await
     }
 
     /// Replaces the value; returns the updated secret. Bindings keep working.
+    #[tracing::instrument(name = "secret.rotate", level = "debug", skip_all, fields(secret = self.info.name.as_str()))]
     pub async fn rotate(&self, value: impl Into<String>) -> Result<Secret> {
         let value = value.into();
         if value.is_empty() {
@@ -146,11 +152,13 @@ impl Secret {
     }
 
     /// Deletes the secret. Idempotent.
+    #[tracing::instrument(name = "secret.delete", level = "debug", skip_all, fields(secret = self.info.name.as_str()))]
     pub async fn delete(&self) -> Result<()> {
         Self::delete_raw(&self.api, &self.info.name).await
     }
 
     /// Secret-bearing requests made with this secret, newest first.
+    #[tracing::instrument(name = "secret.get_audit", level = "debug", skip_all, fields(secret = self.info.name.as_str()))]
     pub async fn get_audit(&self, opts: AuditOptions) -> Result<Vec<ProxyAuditEvent>> {
         let q = opts.to_query();
         let mut path = format!("/secrets/{}/audit", seg(&self.info.name));
@@ -162,6 +170,7 @@ impl Secret {
     }
 
     /// The sandboxes this secret is bound to.
+    #[tracing::instrument(name = "secret.get_sandboxes", level = "debug", skip_all, fields(secret = self.info.name.as_str()))]
     pub async fn get_sandboxes(&self) -> Result<Vec<SecretSandboxBinding>> {
         let path = format!("/secrets/{}/sandboxes", seg(&self.info.name));
         let resp = self.api.send(&self.api.control(Method::GET, &path)).await?;
@@ -181,6 +190,7 @@ impl Provider {
     }
 
     /// [`list`](Self::list) with an explicit configuration.
+    #[tracing::instrument(name = "provider.list", level = "debug", skip_all)]
     pub async fn list_with_config(config: &Config) -> Result<Vec<ProviderShortcut>> {
         let api = Api::new(config.clone());
         let resp = api.send(&api.control(Method::GET, "/providers")).await?;
