@@ -114,6 +114,7 @@ pub(crate) struct ConfigInner {
     pub(crate) base_url: String,
     pub(crate) sandbox_host: String,
     pub(crate) sandbox_url: Option<String>,
+    pub(crate) preview_url: Option<url::Url>,
     pub(crate) timeouts: Timeouts,
     pub(crate) retry: RetryPolicy,
     #[cfg(feature = "blocking")]
@@ -129,6 +130,10 @@ impl fmt::Debug for Config {
             .field("base_url", &self.inner.base_url)
             .field("sandbox_host", &self.inner.sandbox_host)
             .field("sandbox_url", &self.inner.sandbox_url)
+            .field(
+                "preview_url",
+                &self.inner.preview_url.as_ref().map(url::Url::as_str),
+            )
             .field("timeouts", &self.inner.timeouts)
             .field("retry", &self.inner.retry)
             .finish()
@@ -177,6 +182,27 @@ impl Config {
         self.inner.sandbox_url.as_deref()
     }
 
+    /// The explicit preview address (scheme, domain and port that preview hosts
+    /// `{port}-{sandbox id}.` are put in front of), when one is set.
+    pub fn preview_url(&self) -> Option<&str> {
+        self.inner.preview_url.as_ref().map(url::Url::as_str)
+    }
+
+    /// The URL of `port` of a sandbox: `https://{port}-{id}.{sandbox host}`, or with an
+    /// explicit preview address `{scheme}://{port}-{id}.{host}[:{its port}]`.
+    pub(crate) fn preview_url_for(&self, sandbox_id: &str, port: u16) -> String {
+        match &self.inner.preview_url {
+            Some(u) => {
+                let host = u.host_str().unwrap_or("localhost");
+                match u.port() {
+                    Some(p) => format!("{}://{port}-{sandbox_id}.{host}:{p}", u.scheme()),
+                    None => format!("{}://{port}-{sandbox_id}.{host}", u.scheme()),
+                }
+            }
+            None => format!("https://{port}-{sandbox_id}.{}", self.inner.sandbox_host),
+        }
+    }
+
     /// The region encoded in the API key (`"use"`, `"usw"`, ...), if any.
     pub fn region(&self) -> Option<&str> {
         region_of(&self.inner.api_key)
@@ -214,6 +240,7 @@ impl Config {
             api_key: Some(i.api_key.clone()),
             base_url: Some(i.base_url.clone()),
             sandbox_url: i.sandbox_url.clone(),
+            preview_url: i.preview_url.as_ref().map(|u| u.as_str().to_owned()),
             timeouts: Some(i.timeouts),
             retry: Some(i.retry.clone()),
         }
@@ -262,14 +289,18 @@ impl Config {
 }
 
 #[derive(PartialEq, Eq)]
-struct EnvKey(Option<String>, Option<String>, Option<String>);
+struct EnvKey([Option<String>; 4]);
 
 impl EnvKey {
     fn read() -> Self {
         EnvKey(
-            std::env::var("SUPERSERVE_API_KEY").ok(),
-            std::env::var("SUPERSERVE_BASE_URL").ok(),
-            std::env::var("SUPERSERVE_SANDBOX_URL").ok(),
+            [
+                "SUPERSERVE_API_KEY",
+                "SUPERSERVE_BASE_URL",
+                "SUPERSERVE_SANDBOX_URL",
+                "SUPERSERVE_PREVIEW_URL",
+            ]
+            .map(|k| std::env::var(k).ok()),
         )
     }
 }
@@ -295,6 +326,7 @@ pub struct ConfigBuilder {
     api_key: Option<String>,
     base_url: Option<String>,
     sandbox_url: Option<String>,
+    preview_url: Option<String>,
     timeouts: Option<Timeouts>,
     retry: Option<RetryPolicy>,
 }
@@ -305,6 +337,7 @@ impl fmt::Debug for ConfigBuilder {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("base_url", &self.base_url)
             .field("sandbox_url", &self.sandbox_url)
+            .field("preview_url", &self.preview_url)
             .finish_non_exhaustive()
     }
 }
@@ -328,6 +361,14 @@ impl ConfigBuilder {
     /// else derived from the base URL.
     pub fn sandbox_url(mut self, url: impl Into<String>) -> Self {
         self.sandbox_url = Some(url.into());
+        self
+    }
+    /// An explicit preview address: preview URLs become
+    /// `{scheme}://{port}-{sandbox id}.{host}[:{port}]` of it (a local or self-hosted
+    /// backend's preview proxy, e.g. `http://localhost:8083`). Default:
+    /// `SUPERSERVE_PREVIEW_URL`, else `https://{port}-{id}.{sandbox host}`.
+    pub fn preview_url(mut self, url: impl Into<String>) -> Self {
+        self.preview_url = Some(url.into());
         self
     }
     /// Timeouts.
@@ -377,6 +418,13 @@ impl ConfigBuilder {
         if let Some(u) = &sandbox_url {
             check_url("sandbox URL", u)?;
         }
+        let preview_url = non_empty(self.preview_url)
+            .or_else(|| non_empty(std::env::var("SUPERSERVE_PREVIEW_URL").ok()))
+            .map(|u| {
+                check_url("preview URL", &u)?;
+                url::Url::parse(&u).map_err(|_| Error::config(format!("invalid preview URL {u:?}")))
+            })
+            .transpose()?;
         Ok(Config {
             inner: Arc::new(ConfigInner {
                 api_key,
@@ -384,6 +432,7 @@ impl ConfigBuilder {
                 base_url,
                 sandbox_host,
                 sandbox_url,
+                preview_url,
                 timeouts: self.timeouts.unwrap_or_default(),
                 retry: self.retry.unwrap_or_default(),
                 #[cfg(feature = "blocking")]
@@ -500,5 +549,18 @@ mod tests {
             ("ws://127.0.0.1:9/exec/connect".to_owned(), true)
         );
         assert!(!format!("{c:?}").contains("\"k\""));
+        assert_eq!(
+            c.preview_url_for("abc", 8000),
+            "https://8000-abc.sandbox.superserve.ai"
+        );
+        let c = c
+            .to_builder()
+            .preview_url("http://localhost:7070")
+            .build()
+            .unwrap();
+        assert_eq!(
+            c.preview_url_for("abc", 8000),
+            "http://8000-abc.localhost:7070"
+        );
     }
 }

@@ -267,6 +267,18 @@ pub enum Error {
         /// What happened.
         message: String,
     },
+    /// A snapshot being waited for ended `failed`.
+    #[error("snapshot {id} failed")]
+    SnapshotFailed {
+        /// The snapshot.
+        id: String,
+    },
+    /// A snapshot being waited for was deleted (it is `deleting`, or gone).
+    #[error("snapshot {id} was deleted")]
+    SnapshotDeleted {
+        /// The snapshot.
+        id: String,
+    },
     /// The handle was used after `kill()`. Raised before any request is sent.
     #[error("sandbox '{id}' has been deleted; create or connect to another sandbox")]
     SandboxDeleted {
@@ -317,6 +329,8 @@ impl fmt::Debug for Error {
             Error::Io { .. } => "Io",
             Error::Sandbox { .. } => "Sandbox",
             Error::SandboxDeleted { .. } => "SandboxDeleted",
+            Error::SnapshotFailed { .. } => "SnapshotFailed",
+            Error::SnapshotDeleted { .. } => "SnapshotDeleted",
             Error::BlockingInAsyncContext => "BlockingInAsyncContext",
         };
         write!(f, "Error::{variant}({self})")

@@ -123,14 +123,16 @@ pub use config::{Config, ConfigBuilder, Timeouts, DEFAULT_BASE_URL, DEFAULT_SAND
 pub use error::{ApiError, Error, Result, TimeoutKind};
 pub use models::{
     CommandResult, ExecEvent, NetworkConfig, NetworkEvent, NetworkEventKind, NetworkLogPage,
-    NetworkVerdict, PreviewAccess, PreviewAccessPolicy, ProviderShortcut, ProxyAuditEvent,
-    SandboxInfo, SandboxSecretBinding, SandboxStatus, SecretAuthType, SecretInfo,
-    SecretSandboxBinding, Signal, Timestamp,
+    NetworkVerdict, PreviewAccess, PreviewAccessPolicy, PreviewPortList, PreviewToken,
+    ProviderShortcut, ProxyAuditEvent, PublishedPreviewPort, SandboxInfo, SandboxSecretBinding,
+    SandboxStatus, SecretAuthType, SecretInfo, SecretSandboxBinding, Signal, SnapshotInfo,
+    SnapshotKind, SnapshotResources, SnapshotStatus, Timestamp, DESKTOP_STREAM_PORT,
+    MAX_PREVIEW_PORT, MIN_PREVIEW_PORT, RESERVED_PREVIEW_PORT,
 };
 pub use options::{
     AuditOptions, AuditStatus, CreateOptions, ListOptions, NetworkLogOptions, PauseOptions,
-    ResumeOptions, RunOptions, SecretAuth, SecretCreateOptions, UpdateOptions,
-    DEFAULT_MAX_OUTPUT_BYTES,
+    ResumeOptions, RunOptions, SecretAuth, SecretCreateOptions, SnapshotOptions, SnapshotRef,
+    TemplateRef, UpdateOptions, WaitOptions, DEFAULT_MAX_OUTPUT_BYTES,
 };
 pub use retry::RetryPolicy;
 
@@ -152,7 +154,9 @@ pub mod blocking {
     #[path = "flavor/blocking.rs"]
     mod flavor;
 
-    pub use api::{CommandSession, Commands, Files, KillOnDrop, Provider, Sandbox, Secret};
+    pub use api::{
+        CommandSession, Commands, Files, KillOnDrop, Provider, Sandbox, Secret, Snapshot,
+    };
     pub use flavor::{ExecEvents, FileReader, NetworkLogEvents, SessionStdin};
 }
 
@@ -170,7 +174,9 @@ pub mod nonblocking {
     #[path = "flavor/nonblocking.rs"]
     mod flavor;
 
-    pub use api::{CommandSession, Commands, Files, KillOnDrop, Provider, Sandbox, Secret};
+    pub use api::{
+        CommandSession, Commands, Files, KillOnDrop, Provider, Sandbox, Secret, Snapshot,
+    };
     pub use flavor::{ExecEvents, FileReader, NetworkLogEvents, SessionStdin};
 }
 
@@ -178,7 +184,7 @@ pub mod nonblocking {
 #[cfg_attr(docsrs, doc(cfg(feature = "blocking")))]
 pub use blocking::{
     CommandSession, Commands, ExecEvents, FileReader, Files, KillOnDrop, NetworkLogEvents,
-    Provider, Sandbox, Secret, SessionStdin,
+    Provider, Sandbox, Secret, SessionStdin, Snapshot,
 };
 #[cfg(feature = "async")]
 #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
@@ -187,7 +193,7 @@ pub use nonblocking::{
     ExecEvents as AsyncExecEvents, FileReader as AsyncFileReader, Files as AsyncFiles,
     KillOnDrop as AsyncKillOnDrop, NetworkLogEvents as AsyncNetworkLogEvents,
     Provider as AsyncProvider, Sandbox as AsyncSandbox, Secret as AsyncSecret,
-    SessionStdin as AsyncSessionStdin,
+    SessionStdin as AsyncSessionStdin, Snapshot as AsyncSnapshot,
 };
 
 #[cfg(feature = "local")]

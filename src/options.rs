@@ -143,14 +143,14 @@ impl CreateOptions {
             preview_access: None,
         }
     }
-    /// Starts from a template (name or id).
-    pub fn from_template(mut self, template: impl Into<String>) -> Self {
-        self.from_template = Some(template.into());
+    /// Starts from a template: its name, its id, or a `Template` handle (either flavour).
+    pub fn from_template(mut self, template: impl Into<TemplateRef>) -> Self {
+        self.from_template = Some(template.into().0);
         self
     }
-    /// Starts from a snapshot.
-    pub fn from_snapshot(mut self, snapshot_id: impl Into<String>) -> Self {
-        self.from_snapshot = Some(snapshot_id.into());
+    /// Starts from a snapshot: its id, or a `Snapshot` handle (either flavour).
+    pub fn from_snapshot(mut self, snapshot: impl Into<SnapshotRef>) -> Self {
+        self.from_snapshot = Some(snapshot.into().0);
         self
     }
     /// Auto-pause after `secs` of active time.
@@ -244,6 +244,52 @@ impl CreateOptions {
             body.insert("preview_access".into(), json!(p.as_str()));
         }
         Ok(Value::Object(body))
+    }
+}
+
+/// A template to start from: a name or an id (`&str`, `String`), or a `Template` handle of
+/// either flavour (its name, falling back to its id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateRef(pub(crate) String);
+
+impl From<&str> for TemplateRef {
+    fn from(s: &str) -> Self {
+        TemplateRef(s.to_owned())
+    }
+}
+
+impl From<String> for TemplateRef {
+    fn from(s: String) -> Self {
+        TemplateRef(s)
+    }
+}
+
+impl From<&String> for TemplateRef {
+    fn from(s: &String) -> Self {
+        TemplateRef(s.clone())
+    }
+}
+
+/// A snapshot to start from: an id (`&str`, `String`) or a `Snapshot` handle of either
+/// flavour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRef(pub(crate) String);
+
+impl From<&str> for SnapshotRef {
+    fn from(s: &str) -> Self {
+        SnapshotRef(s.to_owned())
+    }
+}
+
+impl From<String> for SnapshotRef {
+    fn from(s: String) -> Self {
+        SnapshotRef(s)
+    }
+}
+
+impl From<&String> for SnapshotRef {
+    fn from(s: &String) -> Self {
+        SnapshotRef(s.clone())
     }
 }
 
@@ -1110,4 +1156,174 @@ impl AuditOptions {
         }
         q.finish()
     }
+}
+
+/// How `Sandbox::wait_for_port` waits for an app inside a sandbox to answer.
+///
+/// Without an HTTP path, a TCP connection to the port is enough; with one, an HTTP `GET` of the
+/// path must answer with a status below 500.
+///
+/// ```
+/// use std::time::Duration;
+/// let opts = superserve::WaitOptions::new()
+///     .http_path("/health")
+///     .timeout(Duration::from_secs(30))
+///     .interval(Duration::from_millis(100));
+/// # let _ = opts;
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub struct WaitOptions {
+    pub(crate) http_path: Option<String>,
+    pub(crate) timeout: Duration,
+    pub(crate) interval: Duration,
+}
+
+impl Default for WaitOptions {
+    fn default() -> Self {
+        WaitOptions {
+            http_path: None,
+            timeout: Duration::from_secs(60),
+            interval: Duration::from_millis(200),
+        }
+    }
+}
+
+impl WaitOptions {
+    /// The defaults: a TCP connect, up to 60 s, trying every 200 ms.
+    pub fn new() -> Self {
+        WaitOptions::default()
+    }
+    /// Wait for an HTTP status below 500 on this path (starting with `/`) instead of a bare
+    /// TCP connect.
+    pub fn http_path(mut self, path: impl Into<String>) -> Self {
+        self.http_path = Some(path.into());
+        self
+    }
+    /// How long to wait in all.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+    /// The pause between two tries.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    pub(crate) fn check(&self) -> Result<()> {
+        if let Some(p) = &self.http_path {
+            let ok = p.starts_with('/')
+                && p.len() <= 2048
+                && p.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'\'' && b != b'"');
+            if !ok {
+                return Err(Error::invalid(format!(
+                    "http_path {p:?} must start with '/' and hold printable characters only"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How `Sandbox::snapshot` takes a snapshot.
+///
+/// The idempotency key is always sent: this one, or a fresh random UUID, so that a retried
+/// request never makes two snapshots.
+///
+/// ```
+/// use std::time::Duration;
+/// let opts = superserve::SnapshotOptions::new()
+///     .name("before-upgrade")
+///     .idempotency_key("upgrade-42")
+///     .wait(true)
+///     .timeout(Duration::from_secs(600));
+/// # let _ = opts;
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub struct SnapshotOptions {
+    pub(crate) name: Option<String>,
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) wait: bool,
+    pub(crate) timeout: Duration,
+    pub(crate) poll_interval: Duration,
+}
+
+impl Default for SnapshotOptions {
+    fn default() -> Self {
+        SnapshotOptions {
+            name: None,
+            idempotency_key: None,
+            wait: true,
+            timeout: Duration::from_secs(900),
+            poll_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+impl SnapshotOptions {
+    /// The defaults: no name, a fresh key, wait until ready, 15 minutes in all, poll every 2 s.
+    pub fn new() -> Self {
+        SnapshotOptions::default()
+    }
+    /// A name for the snapshot (1–128 characters).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    /// The idempotency key: the same key returns the same snapshot.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+    /// Wait until the snapshot is ready (default) or return once it is accepted.
+    pub fn wait(mut self, wait: bool) -> Self {
+        self.wait = wait;
+        self
+    }
+    /// Budget for the capture and the wait together.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+    /// Poll interval while waiting.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    pub(crate) fn to_body(&self) -> Result<Value> {
+        if let Some(n) = &self.name {
+            check_snapshot_name(n)?;
+        }
+        let key = match &self.idempotency_key {
+            Some(k) if k.is_empty() || k.len() > 256 => {
+                return Err(Error::invalid(
+                    "an idempotency key must be 1-256 characters",
+                ))
+            }
+            Some(k) => k.clone(),
+            None => crate::wire::uuid_v4(),
+        };
+        let mut m = Map::new();
+        m.insert("kind".into(), json!("mem+fs"));
+        m.insert("idempotency_key".into(), json!(key));
+        if let Some(n) = &self.name {
+            m.insert("name".into(), json!(n));
+        }
+        Ok(Value::Object(m))
+    }
+}
+
+/// Checks a snapshot name: 1–128 characters, no control characters.
+pub(crate) fn check_snapshot_name(name: &str) -> Result<()> {
+    let n = name.chars().count();
+    if name.trim().is_empty() || n > 128 || name.chars().any(char::is_control) {
+        return Err(Error::invalid(format!(
+            "a snapshot name must be 1-128 characters without control characters (got {name:?})"
+        )));
+    }
+    Ok(())
 }

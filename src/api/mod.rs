@@ -9,9 +9,11 @@ use super::{dual, flavor, rt};
 mod client;
 mod commands;
 mod files;
+mod preview;
 pub(crate) use files::{check_cap, check_path};
 mod sandbox;
 mod secret;
+mod snapshot;
 
 pub(crate) use client::Api;
 pub(crate) use commands::SseEvents;
@@ -19,3 +21,4 @@ pub use commands::{CommandSession, Commands};
 pub use files::Files;
 pub use sandbox::{KillOnDrop, Sandbox};
 pub use secret::{Provider, Secret};
+pub use snapshot::Snapshot;

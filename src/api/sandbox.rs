@@ -376,6 +376,13 @@ impl Sandbox {
         p
     }
 
+    /// The handle's API and the control-plane path `/sandboxes/{id}{tail}`, after the
+    /// deleted-handle check.
+    pub(crate) fn control_path(&self, tail: &str) -> Result<(&Api, String)> {
+        self.ensure_live()?;
+        Ok((&self.inner.api, self.path(tail)))
+    }
+
     /// Fails with [`Error::SandboxDeleted`] once [`kill`](Self::kill) succeeded (checked
     /// before anything is sent, by every method of the handle, its commands and its files).
     pub(crate) fn ensure_live(&self) -> Result<()> {

@@ -5,11 +5,18 @@
 
 mod command;
 mod network;
+mod preview;
 mod sandbox;
 mod secret;
+mod snapshot;
 
 pub use command::{CommandResult, ExecEvent, Signal};
 pub use network::{NetworkConfig, NetworkEvent, NetworkEventKind, NetworkLogPage, NetworkVerdict};
+pub(crate) use preview::check_preview_port;
+pub use preview::{
+    PreviewPortList, PreviewToken, PublishedPreviewPort, DESKTOP_STREAM_PORT, MAX_PREVIEW_PORT,
+    MIN_PREVIEW_PORT, RESERVED_PREVIEW_PORT,
+};
 pub(crate) use sandbox::SandboxTokens;
 pub use sandbox::{
     PreviewAccess, PreviewAccessPolicy, SandboxInfo, SandboxSecretBinding, SandboxStatus,
@@ -17,6 +24,7 @@ pub use sandbox::{
 pub use secret::{
     ProviderShortcut, ProxyAuditEvent, SecretAuthType, SecretInfo, SecretSandboxBinding,
 };
+pub use snapshot::{SnapshotInfo, SnapshotKind, SnapshotResources, SnapshotStatus};
 
 use std::fmt;
 use std::time::SystemTime;

@@ -285,6 +285,24 @@ fn parse_error_body(
     }
 }
 
+/// A random (version 4) UUID.
+pub(crate) fn uuid_v4() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 /// Decodes base64 in either alphabet (standard `+/` or URL-safe `-_`), padding optional;
 /// `None` on anything else.
 pub(crate) fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {

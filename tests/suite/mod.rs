@@ -7,6 +7,7 @@ mod data;
 mod faults;
 mod network;
 mod streams;
+mod wire;
 
 #[allow(unused_imports)]
 pub use answers::*;
@@ -20,6 +21,8 @@ pub use faults::*;
 pub use network::*;
 #[allow(unused_imports)]
 pub use streams::*;
+#[allow(unused_imports)]
+pub use wire::*;
 
 use superserve::local::LocalServer;
 use superserve::CreateOptions;
@@ -174,4 +177,7 @@ suite_tests!(
     check_turns_a_failed_command_into_an_error,
     kill_on_drop_kills_and_into_inner_keeps,
     fault_rules_target_the_nth_request,
+    // wire shapes against a scripted server
+    preview_calls_have_the_hosted_shapes,
+    snapshot_calls_have_the_hosted_shapes,
 );

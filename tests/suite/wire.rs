@@ -1,0 +1,187 @@
+//! Wire shapes of SDK calls checked against a scripted server that answers as the hosted
+//! service does (bodies from protocol.md), for what the local backend's own tests do not pin.
+
+use superserve::{Error, PreviewAccess, PreviewAccessPolicy};
+
+use crate::common::{self, Reply};
+use crate::dual;
+use crate::flavor::Sandbox;
+
+const TOKEN_JSON: &str = r#"{"token":"spv1.abc+/=","port":8000,"header":"X-Superserve-Preview-Token","query_param":"superserve_preview_token","token_version":3,"access":"private","preview_access":"private","expires_at":"2026-12-02T10:00:00Z"}"#;
+
+#[dual]
+pub async fn preview_calls_have_the_hosted_shapes() {
+    let s = common::Scripted::start(vec![
+        Reply::sandbox(201, "sb-1", "tok", None),
+        Reply::json(
+            200,
+            r#"{"preview_access":"private","ports":[{"port":8000,"token_version":3,"access":"private"}]}"#,
+        ),
+        Reply::json(200, r#"{"port":8000,"token_version":3,"access":"private"}"#),
+        Reply::json(200, TOKEN_JSON),
+        Reply::json(200, TOKEN_JSON),
+        Reply::json(200, TOKEN_JSON),
+        Reply::Http {
+            status: 204,
+            headers: vec![],
+            body: vec![],
+        },
+    ]);
+    let config = s
+        .config()
+        .to_builder()
+        .preview_url("http://localhost:7070")
+        .build()
+        .unwrap();
+    let sb = Sandbox::create_with_config(&config, superserve::CreateOptions::new("p"))
+        .await
+        .unwrap();
+    // pure, validated, no request
+    assert_eq!(
+        sb.get_preview_url(8000).unwrap(),
+        "http://8000-sb-1.localhost:7070"
+    );
+    for bad in [80u16, 1023, 49983] {
+        let err = sb.get_preview_url(bad).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }), "{bad}: {err:?}");
+        let err = sb.publish_preview_port(bad, None).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }), "{bad}: {err:?}");
+    }
+    let err = sb
+        .get_preview_token(8000, Some(std::time::Duration::from_secs(604_801)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+    assert_eq!(s.calls().len(), 1, "bad input sends nothing");
+
+    let list = sb.list_preview_ports().await.unwrap();
+    assert_eq!(list.preview_access, PreviewAccess::Private);
+    assert_eq!(list.ports[0].port, 8000);
+    let published = sb
+        .publish_preview_port(8000, Some(PreviewAccessPolicy::Private))
+        .await
+        .unwrap();
+    assert_eq!(published.access, PreviewAccess::Private);
+    let token = sb
+        .get_preview_token(8000, Some(std::time::Duration::from_secs(120)))
+        .await
+        .unwrap();
+    assert_eq!(token.token_version, 3);
+    assert!(!format!("{token:?}").contains("spv1"));
+    let link = sb.get_signed_preview_url(8000, None).await.unwrap();
+    assert_eq!(
+        link,
+        "http://8000-sb-1.localhost:7070?superserve_preview_token=spv1.abc%2B%2F%3D"
+    );
+    sb.rotate_preview_token(8000).await.unwrap();
+    sb.unpublish_preview_port(8000).await.unwrap();
+    assert_eq!(
+        s.calls(),
+        vec![
+            "POST /sandboxes",
+            "GET /sandboxes/sb-1/preview-ports",
+            "POST /sandboxes/sb-1/preview-ports",
+            "POST /sandboxes/sb-1/preview-ports/8000/token",
+            "POST /sandboxes/sb-1/preview-ports/8000/token",
+            "POST /sandboxes/sb-1/preview-ports/8000/token/rotate",
+            "DELETE /sandboxes/sb-1/preview-ports/8000",
+        ]
+    );
+    let bodies: Vec<serde_json::Value> = s
+        .requests()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null))
+        .collect();
+    assert_eq!(
+        bodies[2],
+        serde_json::json!({"port": 8000, "access": "private"})
+    );
+    assert_eq!(bodies[3], serde_json::json!({"expires_in_seconds": 120}));
+    assert_eq!(bodies[4], serde_json::json!({"expires_in_seconds": 60}));
+    // none of these resumes: no activate went out, no data-plane header either
+    assert!(s
+        .requests()
+        .iter()
+        .all(|r| r.header("x-access-token").is_none()));
+}
+
+fn snap(status: &str) -> Reply {
+    Reply::json(
+        200,
+        &format!(
+            r#"{{"id":"snap-1","sandbox_id":"sb-1","status":"{status}","kind":"mem+fs","created_at":"2026-12-01T00:00:00Z","resources":{{"vcpu_count":1,"memory_mib":512,"disk_mib":4096}}}}"#
+        ),
+    )
+}
+
+#[dual]
+pub async fn snapshot_calls_have_the_hosted_shapes() {
+    use std::time::Duration;
+    use superserve::{SnapshotOptions, SnapshotStatus};
+    let s = common::Scripted::start(vec![
+        Reply::sandbox(201, "sb-1", "tok", None),
+        snap("creating"),
+        snap("creating"),
+        snap("ready"),
+        snap("creating"),
+        snap("failed"),
+        snap("creating"),
+        Reply::json(
+            404,
+            r#"{"error":{"code":"not_found","message":"no snapshot"}}"#,
+        ),
+        snap("creating"),
+        Reply::json(200, r#"[]"#),
+        Reply::json(404, r#"{"error":{"code":"not_found","message":"gone"}}"#),
+    ]);
+    let config = s.config();
+    let sb = Sandbox::create_with_config(&config, superserve::CreateOptions::new("p"))
+        .await
+        .unwrap();
+    let fast = || {
+        SnapshotOptions::new()
+            .name("before")
+            .poll_interval(Duration::from_millis(10))
+    };
+    let ready = sb.snapshot(fast().idempotency_key("k-1")).await.unwrap();
+    assert_eq!(ready.status(), &SnapshotStatus::Ready);
+    let err = sb.snapshot(fast()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::SnapshotFailed { ref id } if id == "snap-1"),
+        "{err:?}"
+    );
+    let err = sb.snapshot(fast()).await.unwrap_err();
+    assert!(matches!(err, Error::SnapshotDeleted { .. }), "{err:?}");
+    let pending = sb.snapshot(fast().wait(false)).await.unwrap();
+    assert_eq!(pending.status(), &SnapshotStatus::Creating);
+    let listed = sb.snapshots(Some(5), Some(0)).await.unwrap();
+    assert!(listed.is_empty());
+    crate::flavor::Snapshot::delete_by_id_with_config(&config, "snap-1")
+        .await
+        .unwrap();
+    // bad names send nothing
+    let err = sb
+        .snapshot(SnapshotOptions::new().name(""))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { .. }));
+    let calls = s.calls();
+    assert_eq!(calls.len(), 11, "{calls:?}");
+    assert_eq!(calls[1], "POST /sandboxes/sb-1/snapshot");
+    assert_eq!(calls[2], "GET /snapshots/snap-1");
+    assert_eq!(calls[9], "GET /sandboxes/sb-1/snapshots?limit=5&offset=0");
+    assert_eq!(calls[10], "DELETE /snapshots/snap-1");
+    let bodies: Vec<serde_json::Value> = s
+        .requests()
+        .iter()
+        .filter(|r| r.target.ends_with("/snapshot"))
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert_eq!(
+        bodies[0],
+        serde_json::json!({"kind": "mem+fs", "idempotency_key": "k-1", "name": "before"})
+    );
+    let key = bodies[1]["idempotency_key"].as_str().unwrap();
+    assert_eq!(key.len(), 36, "a fresh UUID when none is given: {key}");
+    assert_ne!(key, bodies[2]["idempotency_key"].as_str().unwrap());
+}
