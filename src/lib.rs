@@ -122,17 +122,19 @@ mod wire;
 pub use config::{Config, ConfigBuilder, Timeouts, DEFAULT_BASE_URL, DEFAULT_SANDBOX_HOST};
 pub use error::{ApiError, Error, Result, TimeoutKind};
 pub use models::{
-    CommandResult, ExecEvent, NetworkConfig, NetworkEvent, NetworkEventKind, NetworkLogPage,
-    NetworkVerdict, PreviewAccess, PreviewAccessPolicy, PreviewPortList, PreviewToken,
-    ProviderShortcut, ProxyAuditEvent, PublishedPreviewPort, SandboxInfo, SandboxSecretBinding,
-    SandboxStatus, SecretAuthType, SecretInfo, SecretSandboxBinding, Signal, SnapshotInfo,
-    SnapshotKind, SnapshotResources, SnapshotStatus, Timestamp, DESKTOP_STREAM_PORT,
-    MAX_PREVIEW_PORT, MIN_PREVIEW_PORT, RESERVED_PREVIEW_PORT,
+    BuildLogEvent, BuildLogStream, BuildStep, CommandResult, ExecEvent, NetworkConfig,
+    NetworkEvent, NetworkEventKind, NetworkLogPage, NetworkVerdict, PreviewAccess,
+    PreviewAccessPolicy, PreviewPortList, PreviewToken, ProviderShortcut, ProxyAuditEvent,
+    PublishedPreviewPort, SandboxInfo, SandboxSecretBinding, SandboxStatus, SecretAuthType,
+    SecretInfo, SecretSandboxBinding, Signal, SnapshotInfo, SnapshotKind, SnapshotResources,
+    SnapshotStatus, TemplateBuildInfo, TemplateBuildStatus, TemplateInfo, TemplateStatus,
+    Timestamp, DESKTOP_STREAM_PORT, MAX_PREVIEW_PORT, MIN_PREVIEW_PORT, RESERVED_PREVIEW_PORT,
 };
 pub use options::{
     AuditOptions, AuditStatus, CreateOptions, ListOptions, NetworkLogOptions, PauseOptions,
     ResumeOptions, RunOptions, SecretAuth, SecretCreateOptions, SnapshotOptions, SnapshotRef,
-    TemplateRef, UpdateOptions, WaitOptions, DEFAULT_MAX_OUTPUT_BYTES,
+    TemplateOptions, TemplateRef, TemplateWaitOptions, UpdateOptions, WaitOptions,
+    DEFAULT_MAX_OUTPUT_BYTES,
 };
 pub use retry::RetryPolicy;
 
@@ -155,9 +157,9 @@ pub mod blocking {
     mod flavor;
 
     pub use api::{
-        CommandSession, Commands, Files, KillOnDrop, Provider, Sandbox, Secret, Snapshot,
+        CommandSession, Commands, Files, KillOnDrop, Provider, Sandbox, Secret, Snapshot, Template,
     };
-    pub use flavor::{ExecEvents, FileReader, NetworkLogEvents, SessionStdin};
+    pub use flavor::{BuildLogEvents, ExecEvents, FileReader, NetworkLogEvents, SessionStdin};
 }
 
 /// The async flavour: `nonblocking::Sandbox` (re-exported as `superserve::AsyncSandbox`) and
@@ -175,25 +177,25 @@ pub mod nonblocking {
     mod flavor;
 
     pub use api::{
-        CommandSession, Commands, Files, KillOnDrop, Provider, Sandbox, Secret, Snapshot,
+        CommandSession, Commands, Files, KillOnDrop, Provider, Sandbox, Secret, Snapshot, Template,
     };
-    pub use flavor::{ExecEvents, FileReader, NetworkLogEvents, SessionStdin};
+    pub use flavor::{BuildLogEvents, ExecEvents, FileReader, NetworkLogEvents, SessionStdin};
 }
 
 #[cfg(feature = "blocking")]
 #[cfg_attr(docsrs, doc(cfg(feature = "blocking")))]
 pub use blocking::{
-    CommandSession, Commands, ExecEvents, FileReader, Files, KillOnDrop, NetworkLogEvents,
-    Provider, Sandbox, Secret, SessionStdin, Snapshot,
+    BuildLogEvents, CommandSession, Commands, ExecEvents, FileReader, Files, KillOnDrop,
+    NetworkLogEvents, Provider, Sandbox, Secret, SessionStdin, Snapshot, Template,
 };
 #[cfg(feature = "async")]
 #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
 pub use nonblocking::{
-    CommandSession as AsyncCommandSession, Commands as AsyncCommands,
-    ExecEvents as AsyncExecEvents, FileReader as AsyncFileReader, Files as AsyncFiles,
-    KillOnDrop as AsyncKillOnDrop, NetworkLogEvents as AsyncNetworkLogEvents,
+    BuildLogEvents as AsyncBuildLogEvents, CommandSession as AsyncCommandSession,
+    Commands as AsyncCommands, ExecEvents as AsyncExecEvents, FileReader as AsyncFileReader,
+    Files as AsyncFiles, KillOnDrop as AsyncKillOnDrop, NetworkLogEvents as AsyncNetworkLogEvents,
     Provider as AsyncProvider, Sandbox as AsyncSandbox, Secret as AsyncSecret,
-    SessionStdin as AsyncSessionStdin, Snapshot as AsyncSnapshot,
+    SessionStdin as AsyncSessionStdin, Snapshot as AsyncSnapshot, Template as AsyncTemplate,
 };
 
 #[cfg(feature = "local")]

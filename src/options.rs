@@ -1327,3 +1327,290 @@ pub(crate) fn check_snapshot_name(name: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// A template to build: `Template::create`'s options.
+///
+/// Checked before anything is sent: the name (1–128 characters of `a-z 0-9 . _ / -`,
+/// starting and ending with a letter or digit, not under the reserved `superserve/`), the
+/// image reference, vCPUs 1–4, memory 256–4096 MiB, disk 1024–8192 MiB, and each step.
+///
+/// ```
+/// use superserve::{BuildStep, TemplateOptions};
+/// let opts = TemplateOptions::new("py-app")
+///     .from_image("python:3.11")
+///     .vcpu(2)
+///     .memory_mib(2048)
+///     .disk_mib(4096)
+///     .step(BuildStep::run("pip install fastapi uvicorn"))
+///     .step(BuildStep::workdir("/srv/app"))
+///     .step(BuildStep::env("PORT", "8000"))
+///     .step(BuildStep::user("app", true))
+///     .start_cmd("uvicorn main:app --port 8000")
+///     .ready_cmd("curl -fs localhost:8000/health");
+/// # let _ = opts;
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub struct TemplateOptions {
+    pub(crate) name: String,
+    pub(crate) from: String,
+    pub(crate) vcpu: Option<u32>,
+    pub(crate) memory_mib: Option<u32>,
+    pub(crate) disk_mib: Option<u32>,
+    pub(crate) steps: Vec<crate::models::BuildStep>,
+    pub(crate) start_cmd: Option<String>,
+    pub(crate) ready_cmd: Option<String>,
+}
+
+impl TemplateOptions {
+    /// A template called `name`, built from `superserve/base` unless
+    /// [`from_image`](Self::from_image) says otherwise.
+    pub fn new(name: impl Into<String>) -> Self {
+        TemplateOptions {
+            name: name.into(),
+            from: "superserve/base".to_owned(),
+            vcpu: None,
+            memory_mib: None,
+            disk_mib: None,
+            steps: Vec::new(),
+            start_cmd: None,
+            ready_cmd: None,
+        }
+    }
+    /// What to build from: an OCI image reference (`python:3.11`,
+    /// `ghcr.io/org/img@sha256:…`; linux/amd64), `superserve/base`, or another template.
+    pub fn from_image(mut self, reference: impl Into<String>) -> Self {
+        self.from = reference.into();
+        self
+    }
+    /// vCPUs of the template's sandboxes (1–4).
+    pub fn vcpu(mut self, vcpu: u32) -> Self {
+        self.vcpu = Some(vcpu);
+        self
+    }
+    /// Memory of the template's sandboxes, MiB (256–4096).
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.memory_mib = Some(mib);
+        self
+    }
+    /// Disk of the template's sandboxes, MiB (1024–8192).
+    pub fn disk_mib(mut self, mib: u32) -> Self {
+        self.disk_mib = Some(mib);
+        self
+    }
+    /// Adds a build step (run in order).
+    pub fn step(mut self, step: crate::models::BuildStep) -> Self {
+        self.steps.push(step);
+        self
+    }
+    /// Adds build steps.
+    pub fn steps(mut self, steps: impl IntoIterator<Item = crate::models::BuildStep>) -> Self {
+        self.steps.extend(steps);
+        self
+    }
+    /// A command started when a sandbox boots from the template.
+    pub fn start_cmd(mut self, cmd: impl Into<String>) -> Self {
+        self.start_cmd = Some(cmd.into());
+        self
+    }
+    /// A command run (repeatedly) until it succeeds before a sandbox from the template is
+    /// active.
+    pub fn ready_cmd(mut self, cmd: impl Into<String>) -> Self {
+        self.ready_cmd = Some(cmd.into());
+        self
+    }
+
+    pub(crate) fn to_body(&self) -> Result<Value> {
+        check_template_name(&self.name)?;
+        if self.from.trim().is_empty()
+            || self.from.len() > 1024
+            || self.from.contains(char::is_whitespace)
+        {
+            return Err(Error::invalid(format!(
+                "from_image {:?} is not an image reference",
+                self.from
+            )));
+        }
+        let range = |what: &str, v: Option<u32>, lo: u32, hi: u32| -> Result<()> {
+            match v {
+                Some(x) if !(lo..=hi).contains(&x) => Err(Error::invalid(format!(
+                    "{what} must be {lo}-{hi} (got {x})"
+                ))),
+                _ => Ok(()),
+            }
+        };
+        range("vcpu", self.vcpu, 1, 4)?;
+        range("memory_mib", self.memory_mib, 256, 4096)?;
+        range("disk_mib", self.disk_mib, 1024, 8192)?;
+        for (i, step) in self.steps.iter().enumerate() {
+            check_step(i, step)?;
+        }
+        for (what, cmd) in [
+            ("start_cmd", &self.start_cmd),
+            ("ready_cmd", &self.ready_cmd),
+        ] {
+            if cmd
+                .as_deref()
+                .is_some_and(|c| c.trim().is_empty() || c.contains('\0'))
+            {
+                return Err(Error::invalid(format!(
+                    "{what} must be a non-empty command"
+                )));
+            }
+        }
+        let mut spec = Map::new();
+        spec.insert("from".into(), json!(self.from));
+        if !self.steps.is_empty() {
+            let steps: Vec<Value> = self
+                .steps
+                .iter()
+                .map(crate::models::BuildStep::to_json)
+                .collect();
+            spec.insert("steps".into(), Value::Array(steps));
+        }
+        if let Some(c) = &self.start_cmd {
+            spec.insert("start_cmd".into(), json!(c));
+        }
+        if let Some(c) = &self.ready_cmd {
+            spec.insert("ready_cmd".into(), json!(c));
+        }
+        let mut body = Map::new();
+        body.insert("name".into(), json!(self.name));
+        for (k, v) in [
+            ("vcpu", self.vcpu),
+            ("memory_mib", self.memory_mib),
+            ("disk_mib", self.disk_mib),
+        ] {
+            if let Some(v) = v {
+                body.insert(k.into(), json!(v));
+            }
+        }
+        body.insert("build_spec".into(), Value::Object(spec));
+        Ok(Value::Object(body))
+    }
+}
+
+/// Checks a template name: 1–128 characters of `a-z 0-9 . _ / -`, starting and ending with a
+/// letter or digit, not under `superserve/` (reserved for built-ins).
+pub(crate) fn check_template_name(name: &str) -> Result<()> {
+    let b = name.as_bytes();
+    let edge = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let ok = (1..=128).contains(&b.len())
+        && b.first().copied().is_some_and(edge)
+        && b.last().copied().is_some_and(edge)
+        && b.iter()
+            .all(|&c| edge(c) || matches!(c, b'.' | b'_' | b'/' | b'-'));
+    if !ok {
+        return Err(Error::invalid(format!(
+            "template name {name:?} must be 1-128 characters of a-z, 0-9, '.', '_', '/', '-', starting and ending with a letter or digit"
+        )));
+    }
+    if name.starts_with("superserve/") {
+        return Err(Error::invalid(format!(
+            "template name {name:?} uses the reserved prefix superserve/"
+        )));
+    }
+    Ok(())
+}
+
+fn check_step(i: usize, step: &crate::models::BuildStep) -> Result<()> {
+    use crate::models::BuildStep;
+    let bad = |why: &str| Err(Error::invalid(format!("build step {}: {why}", i + 1)));
+    match step {
+        BuildStep::Run(c) if c.trim().is_empty() || c.contains('\0') => bad("run needs a command"),
+        BuildStep::Env { key, value } => {
+            validate_env_key("env", key)?;
+            if value.contains('\0') {
+                return bad("env value contains a NUL byte");
+            }
+            Ok(())
+        }
+        BuildStep::Workdir(d) if !d.starts_with('/') || d.contains('\0') => {
+            bad("workdir must be an absolute path")
+        }
+        BuildStep::User { name, .. }
+            if name.is_empty()
+                || name.len() > 32
+                || !name
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.')) =>
+        {
+            bad("user needs a name of letters, digits, '_', '-' or '.' (at most 32)")
+        }
+        BuildStep::Unknown(_) => bad("a step of a kind this version does not know"),
+        _ => Ok(()),
+    }
+}
+
+/// How `Template::wait_until_ready` waits for a build.
+///
+/// ```
+/// use std::time::Duration;
+/// let opts = superserve::TemplateWaitOptions::new()
+///     .on_log(|e: &superserve::BuildLogEvent| println!("{}", e.text))
+///     .timeout(Duration::from_secs(1800));
+/// # let _ = opts;
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct TemplateWaitOptions {
+    pub(crate) on_log: Option<LogCallback>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) poll_interval: Duration,
+}
+
+type LogFn = dyn FnMut(&crate::models::BuildLogEvent) + Send + 'static;
+
+/// A callback for build log events.
+#[derive(Clone)]
+pub(crate) struct LogCallback(Arc<Mutex<LogFn>>);
+
+impl LogCallback {
+    pub(crate) fn call(&self, ev: &crate::models::BuildLogEvent) {
+        let mut f = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(ev);
+    }
+}
+
+impl Default for TemplateWaitOptions {
+    fn default() -> Self {
+        TemplateWaitOptions {
+            on_log: None,
+            timeout: None,
+            poll_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+impl std::fmt::Debug for TemplateWaitOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TemplateWaitOptions")
+            .field("on_log", &self.on_log.is_some())
+            .field("timeout", &self.timeout)
+            .field("poll_interval", &self.poll_interval)
+            .finish()
+    }
+}
+
+impl TemplateWaitOptions {
+    /// The defaults: no log callback, no overall timeout, poll every 2 s.
+    pub fn new() -> Self {
+        TemplateWaitOptions::default()
+    }
+    /// Called with each build log event (replayed from the start, then live) while waiting.
+    pub fn on_log(mut self, f: impl FnMut(&crate::models::BuildLogEvent) + Send + 'static) -> Self {
+        self.on_log = Some(LogCallback(Arc::new(Mutex::new(f))));
+        self
+    }
+    /// Gives up after this long with a [`TimeoutKind::Operation`](crate::TimeoutKind)
+    /// timeout (the build keeps running; cancel it with `Template::cancel_build`).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+    /// Poll interval of the build's status.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+}

@@ -14,6 +14,7 @@ pub(crate) use files::{check_cap, check_path};
 mod sandbox;
 mod secret;
 mod snapshot;
+mod template;
 
 pub(crate) use client::Api;
 pub(crate) use commands::SseEvents;
@@ -22,3 +23,5 @@ pub use files::Files;
 pub use sandbox::{KillOnDrop, Sandbox};
 pub use secret::{Provider, Secret};
 pub use snapshot::Snapshot;
+pub(crate) use template::BuildLogs;
+pub use template::Template;

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::api::{check_cap, check_path, Files, KillOnDrop, Sandbox, SseEvents};
+use super::api::{check_cap, check_path, BuildLogs, Files, KillOnDrop, Sandbox, SseEvents};
 use crate::error::{Error, Result};
-use crate::models::{ExecEvent, NetworkEvent};
+use crate::models::{BuildLogEvent, ExecEvent, NetworkEvent};
 use crate::options::NetworkLogOptions;
 use crate::rt::blocking::{self as rt, EventItem, StdinSender, StreamResponse, Upload};
 use crate::wire::exec::{stdin_close_frame, stdin_frame, Failure, STDIN_CHUNK};
@@ -162,6 +162,32 @@ impl Iterator for ExecEvents {
                 }
             }
         }
+    }
+}
+
+/// A template build's log as an `Iterator` of [`BuildLogEvent`]s, ending after the build's
+/// last event. Made by `Template::build_log_events`. Dropping it closes the stream.
+pub struct BuildLogEvents {
+    logs: BuildLogs,
+}
+
+impl fmt::Debug for BuildLogEvents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BuildLogEvents").finish_non_exhaustive()
+    }
+}
+
+impl BuildLogEvents {
+    pub(crate) fn new(logs: BuildLogs) -> BuildLogEvents {
+        BuildLogEvents { logs }
+    }
+}
+
+impl Iterator for BuildLogEvents {
+    type Item = Result<BuildLogEvent>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.logs.next()
     }
 }
 

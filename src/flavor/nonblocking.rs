@@ -13,9 +13,9 @@ use futures_util::stream::{self, BoxStream, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 
-use super::api::{check_cap, check_path, Files, KillOnDrop, Sandbox, SseEvents};
+use super::api::{check_cap, check_path, BuildLogs, Files, KillOnDrop, Sandbox, SseEvents};
 use crate::error::{Error, Result};
-use crate::models::{ExecEvent, NetworkEvent};
+use crate::models::{BuildLogEvent, ExecEvent, NetworkEvent};
 use crate::options::NetworkLogOptions;
 use crate::rt::nonblocking::{self as rt, EventItem, StdinSender, StreamResponse, Upload};
 use crate::wire::exec::{stdin_close_frame, stdin_frame, Failure, STDIN_CHUNK};
@@ -179,6 +179,38 @@ impl Stream for ExecEvents {
                 Poll::Ready(session_item(item, done))
             }
         }
+    }
+}
+
+/// A template build's log as a [`Stream`] of [`BuildLogEvent`]s, ending after the build's
+/// last event. Made by `Template::build_log_events`. Dropping it closes the stream.
+pub struct BuildLogEvents {
+    inner: BoxStream<'static, Result<BuildLogEvent>>,
+}
+
+impl fmt::Debug for BuildLogEvents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BuildLogEvents").finish_non_exhaustive()
+    }
+}
+
+impl BuildLogEvents {
+    pub(crate) fn new(logs: BuildLogs) -> BuildLogEvents {
+        let inner = stream::unfold(logs, |mut logs| async move {
+            let item = logs.next().await?;
+            Some((item, logs))
+        });
+        BuildLogEvents {
+            inner: Box::pin(inner.fuse()),
+        }
+    }
+}
+
+impl Stream for BuildLogEvents {
+    type Item = Result<BuildLogEvent>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
     }
 }
 

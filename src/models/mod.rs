@@ -9,6 +9,7 @@ mod preview;
 mod sandbox;
 mod secret;
 mod snapshot;
+mod template;
 
 pub use command::{CommandResult, ExecEvent, Signal};
 pub use network::{NetworkConfig, NetworkEvent, NetworkEventKind, NetworkLogPage, NetworkVerdict};
@@ -25,6 +26,10 @@ pub use secret::{
     ProviderShortcut, ProxyAuditEvent, SecretAuthType, SecretInfo, SecretSandboxBinding,
 };
 pub use snapshot::{SnapshotInfo, SnapshotKind, SnapshotResources, SnapshotStatus};
+pub use template::{
+    BuildLogEvent, BuildLogStream, BuildStep, TemplateBuildInfo, TemplateBuildStatus, TemplateInfo,
+    TemplateStatus,
+};
 
 use std::fmt;
 use std::time::SystemTime;

@@ -192,7 +192,7 @@ fn output_event(text: String, stdout: bool) -> Option<ExecEvent> {
 #[derive(Default)]
 pub(crate) struct SseExecDecoder {
     sse: crate::wire::sse::SseDecoder,
-    raw: Vec<crate::wire::sse::SseEvent>,
+    raw: Vec<Value>,
 }
 
 impl SseExecDecoder {
@@ -206,7 +206,11 @@ impl SseExecDecoder {
             Some(c) => self.sse.feed(c, &mut self.raw),
             None => self.sse.finish(&mut self.raw),
         }
-        for ev in self.raw.drain(..) {
+        for ev in self
+            .raw
+            .drain(..)
+            .filter_map(|v| crate::wire::sse::SseEvent::from_json(&v))
+        {
             if let Some(e) = ev.stdout.filter(|s| !s.is_empty()) {
                 out.push_back(Ok(ExecEvent::Stdout(e)));
             }

@@ -180,4 +180,5 @@ suite_tests!(
     // wire shapes against a scripted server
     preview_calls_have_the_hosted_shapes,
     snapshot_calls_have_the_hosted_shapes,
+    template_calls_have_the_hosted_shapes,
 );

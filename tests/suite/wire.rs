@@ -185,3 +185,127 @@ pub async fn snapshot_calls_have_the_hosted_shapes() {
     assert_eq!(key.len(), 36, "a fresh UUID when none is given: {key}");
     assert_ne!(key, bodies[2]["idempotency_key"].as_str().unwrap());
 }
+
+const TEMPLATE_JSON: &str = r#"{"id":"t-1","team_id":"team","name":"py-app","status":"building","vcpu":2,"memory_mib":2048,"disk_mib":4096,"created_at":"2026-12-01T00:00:00Z"}"#;
+
+fn build(id: &str, status: &str, error: Option<&str>) -> Reply {
+    let err = error.map_or(String::new(), |e| format!(r#","error_message":"{e}""#));
+    Reply::json(
+        200,
+        &format!(
+            r#"{{"id":"{id}","template_id":"t-1","status":"{status}","build_spec_hash":"h","created_at":"2026-12-01T00:00:00Z"{err}}}"#
+        ),
+    )
+}
+
+#[dual]
+pub async fn template_calls_have_the_hosted_shapes() {
+    use std::time::Duration;
+    use superserve::{BuildStep, TemplateOptions, TemplateWaitOptions};
+    let created = TEMPLATE_JSON.replace(
+        r#""status":"building""#,
+        r#""status":"pending","build_id":"b-1""#,
+    );
+    let s = common::Scripted::start(vec![
+        Reply::json(202, &created),
+        build("b-1", "building", None),
+        build(
+            "b-1",
+            "failed",
+            Some("step_failed: step 2 (run) exited with 1"),
+        ),
+        build("b-2", "pending", None),
+        build("b-2", "cancelled", None),
+        Reply::json(404, r#"{"error":{"code":"not_found","message":"gone"}}"#),
+    ]);
+    let config = s.config();
+    // bad input sends nothing
+    for bad in [
+        TemplateOptions::new("Bad Name"),
+        TemplateOptions::new("superserve/mine"),
+        TemplateOptions::new("ok").vcpu(9),
+        TemplateOptions::new("ok").memory_mib(100),
+        TemplateOptions::new("ok").disk_mib(100_000),
+        TemplateOptions::new("ok").step(BuildStep::workdir("relative")),
+        TemplateOptions::new("ok").step(BuildStep::run(" ")),
+    ] {
+        let err = crate::flavor::Template::create_with_config(&config, bad)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+    }
+    assert!(s.calls().is_empty());
+    let t = crate::flavor::Template::create_with_config(
+        &config,
+        TemplateOptions::new("py-app")
+            .from_image("python:3.11")
+            .vcpu(2)
+            .memory_mib(2048)
+            .disk_mib(4096)
+            .step(BuildStep::run("pip install x"))
+            .step(BuildStep::env("K", "V"))
+            .step(BuildStep::workdir("/srv/app"))
+            .step(BuildStep::user("app", true))
+            .start_cmd("python -m http.server")
+            .ready_cmd("true"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(t.latest_build_id().as_deref(), Some("b-1"));
+    let fast = || TemplateWaitOptions::new().poll_interval(Duration::from_millis(10));
+    let err = t.wait_until_ready(fast()).await.unwrap_err();
+    match err {
+        Error::Build {
+            code,
+            message,
+            build_id,
+            template_id,
+        } => {
+            assert_eq!(code, "step_failed");
+            assert_eq!(message, "step 2 (run) exited with 1");
+            assert_eq!(build_id.as_deref(), Some("b-1"));
+            assert_eq!(template_id.as_deref(), Some("t-1"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // a rebuild is followed from then on; a cancelled build is the `cancelled` conflict
+    let b = t.rebuild().await.unwrap();
+    assert_eq!(b.id, "b-2");
+    let err = t.wait_until_ready(fast()).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+    assert_eq!(err.code(), Some("cancelled"));
+    t.cancel_build("b-9").await.unwrap();
+    let calls = s.calls();
+    assert_eq!(
+        calls,
+        vec![
+            "POST /templates",
+            "GET /templates/t-1/builds/b-1",
+            "GET /templates/t-1/builds/b-1",
+            "POST /templates/t-1/builds",
+            "GET /templates/t-1/builds/b-2",
+            "DELETE /templates/t-1/builds/b-9",
+        ]
+    );
+    let body: serde_json::Value = serde_json::from_slice(&s.requests()[0].body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "name": "py-app", "vcpu": 2, "memory_mib": 2048, "disk_mib": 4096,
+            "build_spec": {
+                "from": "python:3.11",
+                "steps": [
+                    {"run": "pip install x"},
+                    {"env": {"key": "K", "value": "V"}},
+                    {"workdir": "/srv/app"},
+                    {"user": {"name": "app", "sudo": true}}
+                ],
+                "start_cmd": "python -m http.server",
+                "ready_cmd": "true"
+            }
+        })
+    );
+    // from_template takes the handle
+    let opts = superserve::CreateOptions::new("x").from_template(&t);
+    assert!(format!("{opts:?}").contains("py-app"));
+}
