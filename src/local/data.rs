@@ -18,12 +18,13 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::app::{ct_eq, App, Entry, SpawnFailure, Unavailable};
+use super::app::{App, Entry, SpawnFailure, Unavailable};
 use super::exec::{
     command_spec, Collected, Event, ExecBody, Running, Utf8Decoder, DEFAULT_TIMEOUT,
 };
 use super::files::{self, ByteRange, ChannelWriter, FileError, ReadTarget};
 use super::http::{boxd_error, form_pairs, header_str, json, observe, text, CutAfter};
+use super::ident::ct_eq;
 use super::journal::Plane;
 use super::model::Status;
 use super::runtime::CommandSpec;

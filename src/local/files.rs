@@ -5,12 +5,13 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use bytes::Bytes;
 use libc::c_int;
 
+use super::fs_sys::{self, fstat, open_child, set_blocking};
 use super::sys::cstr;
 use super::zip::ZipWriter;
 
@@ -68,72 +69,26 @@ fn relative(path: &str) -> io::Result<CString> {
     cstr(if rel.is_empty() { "." } else { rel })
 }
 
-fn openat2(dirfd: RawFd, path: &CString, flags: c_int, mode: u32) -> io::Result<OwnedFd> {
-    // SAFETY: open_how is plain data; all-zero is its "no options" value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | libc::O_CLOEXEC) as u64;
-    how.mode = u64::from(mode);
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    loop {
-        // SAFETY: valid C string and open_how; the returned fd is owned by the OwnedFd.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dirfd,
-                path.as_ptr(),
-                &how as *const libc::open_how,
-                std::mem::size_of::<libc::open_how>(),
-            )
-        };
-        if fd >= 0 {
-            let fd = c_int::try_from(fd).map_err(|_| io::Error::other("fd out of range"))?;
-            // SAFETY: fd was just returned by openat2.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-        let e = io::Error::last_os_error();
-        // EAGAIN: a concurrent rename raced the lookup; retry.
-        if e.raw_os_error() != Some(libc::EAGAIN) {
-            return Err(e);
-        }
-    }
+/// Resolution inside a sandbox root: `..` and absolute symlinks stay inside it, magic links
+/// (`/proc/*/fd/*`) are refused.
+const IN_ROOT: u64 = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+
+fn openat2(dir: BorrowedFd<'_>, path: &CString, flags: c_int, mode: u32) -> io::Result<OwnedFd> {
+    fs_sys::openat2(dir, path, flags, mode, IN_ROOT)
 }
 
 /// Checks that the kernel has `openat2` (Linux 5.6+).
 pub(crate) fn probe_openat2() -> io::Result<()> {
-    openat2(libc::AT_FDCWD, &cstr("/")?, libc::O_PATH, 0).map(drop)
-}
-
-/// The file-system magic number of the file system holding `fd`.
-// `f_type` has different integer types on different targets.
-#[allow(clippy::unnecessary_cast)]
-pub(crate) fn fs_magic(fd: RawFd) -> io::Result<i64> {
-    // SAFETY: fstatfs fills a zeroed statfs buffer.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        if libc::fstatfs(fd, &mut st) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(st.f_type as i64)
-    }
-}
-
-fn fstat(fd: RawFd) -> io::Result<libc::stat> {
-    // SAFETY: fstat fills a zeroed stat buffer.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(fd, &mut st) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(st)
-    }
+    let root = std::fs::File::open("/")?;
+    openat2(root.as_fd(), &cstr(".")?, libc::O_PATH, 0).map(drop)
 }
 
 /// Whether `fd` lives on a virtual file system the files API refuses (the backend runs with
 /// more privileges than the sandbox: it must not read kernel files on its behalf).
 // The magic constants have different integer types on different targets.
 #[allow(clippy::unnecessary_cast)]
-fn is_virtual(fd: RawFd) -> io::Result<bool> {
-    let fs_type = fs_magic(fd)?;
+fn is_virtual(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let fs_type = fs_sys::fs_magic(fd)?;
     const DEVPTS: i64 = 0x1cd1;
     const CGROUP: i64 = 0x0027_e0eb;
     const CGROUP2: i64 = 0x6367_7270;
@@ -142,16 +97,6 @@ fn is_virtual(fd: RawFd) -> io::Result<bool> {
         || fs_type == DEVPTS
         || fs_type == CGROUP
         || fs_type == CGROUP2)
-}
-
-fn set_blocking(fd: RawFd) {
-    // SAFETY: fcntl on an fd we own.
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        if fl >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK);
-        }
-    }
 }
 
 /// What a read found.
@@ -165,19 +110,19 @@ pub(crate) enum ReadTarget {
 /// Opens `path` inside the sandbox for reading.
 pub(crate) fn open_read(root: &OwnedFd, path: &str) -> Result<ReadTarget, FileError> {
     let fd = openat2(
-        root.as_raw_fd(),
+        root.as_fd(),
         &relative(path)?,
         libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
         0,
     )?;
-    if is_virtual(fd.as_raw_fd())? {
+    if is_virtual(fd.as_fd())? {
         return Err(FileError::Virtual);
     }
-    let st = fstat(fd.as_raw_fd())?;
+    let st = fstat(fd.as_fd())?;
     match st.st_mode & libc::S_IFMT {
         libc::S_IFDIR => Ok(ReadTarget::Dir(fd)),
         libc::S_IFREG => {
-            set_blocking(fd.as_raw_fd());
+            set_blocking(fd.as_fd());
             Ok(ReadTarget::File(File::from(fd), st.st_size as u64))
         }
         _ => Err(FileError::NotRegular),
@@ -198,7 +143,7 @@ pub(crate) fn open_write(root: &OwnedFd, path: &str) -> Result<File, FileError> 
     // mkdir -p of the parents, each step resolved inside the root
     let mut prefix = String::new();
     let mut parent = openat2(
-        root.as_raw_fd(),
+        root.as_fd(),
         &cstr(".")?,
         libc::O_PATH | libc::O_DIRECTORY,
         0,
@@ -209,19 +154,15 @@ pub(crate) fn open_write(root: &OwnedFd, path: &str) -> Result<File, FileError> 
         }
         prefix.push_str(comp);
         let p = cstr(prefix.as_str())?;
-        parent = match openat2(root.as_raw_fd(), &p, libc::O_PATH | libc::O_DIRECTORY, 0) {
+        parent = match openat2(root.as_fd(), &p, libc::O_PATH | libc::O_DIRECTORY, 0) {
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 let name = cstr(*comp)?;
-                // SAFETY: mkdirat with a directory fd we own and a valid name.
-                let r = unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), 0o755) };
-                if r != 0 {
-                    let e = io::Error::last_os_error();
-                    if e.raw_os_error() != Some(libc::EEXIST) {
-                        return Err(e.into());
-                    }
+                match fs_sys::mkdir_child(parent.as_fd(), &name, 0o755) {
+                    Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e.into()),
+                    _ => {}
                 }
-                openat2(root.as_raw_fd(), &p, libc::O_PATH | libc::O_DIRECTORY, 0)?
+                openat2(root.as_fd(), &p, libc::O_PATH | libc::O_DIRECTORY, 0)?
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
                 return Err(FileError::NotADirectory)
@@ -231,24 +172,22 @@ pub(crate) fn open_write(root: &OwnedFd, path: &str) -> Result<File, FileError> 
     }
     drop(parent);
     let fd = openat2(
-        root.as_raw_fd(),
+        root.as_fd(),
         &relative(path)?,
         libc::O_WRONLY | libc::O_CREAT | libc::O_NONBLOCK | libc::O_NOCTTY,
         0o644,
     )?;
-    if is_virtual(fd.as_raw_fd())? {
+    if is_virtual(fd.as_fd())? {
         return Err(FileError::Virtual);
     }
-    let st = fstat(fd.as_raw_fd())?;
+    let st = fstat(fd.as_fd())?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(FileError::NotRegular);
     }
-    // SAFETY: ftruncate on a regular file we own.
-    if unsafe { libc::ftruncate(fd.as_raw_fd(), 0) } != 0 {
-        return Err(io::Error::last_os_error().into());
-    }
-    set_blocking(fd.as_raw_fd());
-    Ok(File::from(fd))
+    let file = File::from(fd);
+    file.set_len(0)?;
+    set_blocking(file.as_fd());
+    Ok(file)
 }
 
 /// The last path segment (`""` for `/`).
@@ -364,27 +303,11 @@ impl Write for ChannelWriter {
     }
 }
 
-fn open_child(dir: RawFd, name: &CString, flags: c_int) -> io::Result<OwnedFd> {
-    // SAFETY: openat relative to a directory fd we own; one path component, no symlink follow.
-    let fd = unsafe {
-        libc::openat(
-            dir,
-            name.as_ptr(),
-            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just returned by openat.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// Zips the directory `dir` into `out`, entries prefixed with `prefix/` (no prefix when
 /// empty). Symlinks, special files and virtual file systems are skipped. Blocking.
 pub(crate) fn zip_dir<W: Write>(dir: OwnedFd, prefix: &str, out: W) -> io::Result<W> {
     let mut zip = ZipWriter::new(out);
-    let st = fstat(dir.as_raw_fd())?;
+    let st = fstat(dir.as_fd())?;
     if !prefix.is_empty() {
         zip.add_dir(prefix.as_bytes(), st.st_mtime, st.st_mode)?;
     }
@@ -407,36 +330,35 @@ fn walk<W: Write>(zip: &mut ZipWriter<W>, dir: &OwnedFd, prefix: &[u8]) -> io::R
         full.extend_from_slice(&name);
         let cname = cstr(name)?;
         // O_PATH + O_NOFOLLOW: a symlink is opened as itself and then skipped.
-        let Ok(probe) = open_child(dir.as_raw_fd(), &cname, libc::O_PATH) else {
+        let Ok(probe) = open_child(dir.as_fd(), &cname, libc::O_PATH) else {
             continue;
         };
-        let st = fstat(probe.as_raw_fd())?;
+        let st = fstat(probe.as_fd())?;
         match st.st_mode & libc::S_IFMT {
             libc::S_IFDIR => {
-                let Ok(sub) =
-                    open_child(dir.as_raw_fd(), &cname, libc::O_RDONLY | libc::O_DIRECTORY)
+                let Ok(sub) = open_child(dir.as_fd(), &cname, libc::O_RDONLY | libc::O_DIRECTORY)
                 else {
                     continue;
                 };
-                if is_virtual(sub.as_raw_fd())? {
+                if is_virtual(sub.as_fd())? {
                     continue;
                 }
                 zip.add_dir(&full, st.st_mtime, st.st_mode)?;
                 walk(zip, &sub, &full)?;
             }
             libc::S_IFREG => {
-                let Ok(fd) = open_child(dir.as_raw_fd(), &cname, libc::O_RDONLY | libc::O_NONBLOCK)
+                let Ok(fd) = open_child(dir.as_fd(), &cname, libc::O_RDONLY | libc::O_NONBLOCK)
                 else {
                     continue;
                 };
-                if is_virtual(fd.as_raw_fd())? {
+                if is_virtual(fd.as_fd())? {
                     continue;
                 }
-                let st = fstat(fd.as_raw_fd())?;
+                let st = fstat(fd.as_fd())?;
                 if st.st_mode & libc::S_IFMT != libc::S_IFREG {
                     continue;
                 }
-                set_blocking(fd.as_raw_fd());
+                set_blocking(fd.as_fd());
                 let mut file = File::from(fd);
                 zip.add_file(&full, st.st_mtime, st.st_mode, st.st_size as u64, &mut file)?;
             }

@@ -16,7 +16,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
-use super::app::{ApiError, App};
+use super::app::App;
+use super::error::ApiError;
 use super::fault::{lock, Fault};
 use super::journal::{Plane, RecordedRequest, Slot};
 
@@ -211,7 +212,7 @@ pub(crate) async fn require_api_key(
         .headers()
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|k| super::app::ct_eq(k.trim(), &app.api_key));
+        .is_some_and(|k| super::ident::ct_eq(k.trim(), &app.api_key));
     if ok {
         next.run(req).await
     } else {

@@ -20,6 +20,7 @@ use super::fault::FaultRule;
 use super::image;
 use super::journal::{Plane, RecordedRequest};
 use super::runtime::Host;
+use super::secrets::{SecretKey, SecretLookup, Secrets, Vault};
 use super::store::Db;
 use super::sys;
 use super::{control, data, http};
@@ -382,7 +383,7 @@ impl LocalServer {
         }
         const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
         let on_overlay = sys::open_raw(&data_dir, libc::O_PATH | libc::O_DIRECTORY)
-            .and_then(|fd| super::files::fs_magic(std::os::fd::AsRawFd::as_raw_fd(&fd)))
+            .and_then(|fd| super::fs_sys::fs_magic(std::os::fd::AsFd::as_fd(&fd)))
             .is_ok_and(|m| m == OVERLAYFS_MAGIC);
         if on_overlay {
             return Err(cleanup_temp(LocalError::InvalidDataDir {
@@ -468,7 +469,19 @@ impl LocalServer {
                 .push(*ip);
         }
         settings.upstream_roots = b.upstream_roots.clone();
-        let egress = Arc::new(Egress::new(settings));
+        let key_path = data_dir.join("secrets.key");
+        let key = SecretKey::load_or_create(&key_path).map_err(dd_err(key_path.clone()))?;
+        let vault = Arc::new(
+            Vault::open(db.clone(), key).map_err(|e| LocalError::Database {
+                path: db_path.clone(),
+                source: Box::new(e),
+            })?,
+        );
+        let egress = Arc::new(Egress::new(
+            settings,
+            db.clone(),
+            SecretLookup::new(vault.clone()),
+        ));
         if let Some(pem) = egress.ca_pem() {
             image::install_ca(&base, pem)?;
         }
@@ -485,6 +498,7 @@ impl LocalServer {
             api_key,
             host,
             db,
+            Secrets::new(vault),
             Tuning {
                 keepalive: if b.keepalive.is_zero() {
                     DEFAULT_KEEPALIVE
@@ -494,7 +508,6 @@ impl LocalServer {
             },
         )?);
 
-        egress.set_app(Arc::downgrade(&app));
         if let Some(why) = egress.unavailable() {
             eprintln!("superserve-local: warning: {why}");
         }

@@ -7,7 +7,7 @@
 //! Refusals and their codes are listed in the `superserve::local` module docs.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use axum::body::Body;
@@ -16,12 +16,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::super::app::App;
+use super::super::domain::domain_matches;
 use super::super::model::Binding;
-use super::super::secrets::{render_headers, AuditRow};
-use super::super::store::{self, NetworkEventRow};
+use super::super::secrets::{render_headers, AuditRow, SecretLookup};
+use super::super::store::{self, Db, NetworkEventRow};
 use super::super::time::now_ns;
-use super::policy::domain_matches;
 use crate::wire::base64_decode;
 
 /// Whether `host` is covered by a secret bound to the sandbox (live or revoked), so its plain
@@ -32,14 +31,9 @@ pub(crate) fn covers(bindings: &[Binding], host: &str) -> bool {
         .any(|b| b.hosts.iter().any(|p| domain_matches(p, host)))
 }
 
-/// Relays one connection to `host` request by request until either side closes.
-pub(crate) async fn relay<C, U>(
-    app: Arc<App>,
-    sandbox_id: String,
-    host: String,
-    client: C,
-    upstream: U,
-) where
+/// Relays one connection request by request until either side closes.
+pub(crate) async fn relay<C, U>(broker: Broker, client: C, upstream: U)
+where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -49,11 +43,7 @@ pub(crate) async fn relay<C, U>(
     };
     let upstream_task = tokio::spawn(conn);
     let sender = Arc::new(tokio::sync::Mutex::new(sender));
-    let ctx = Arc::new(Ctx {
-        app,
-        sandbox_id,
-        host,
-    });
+    let ctx = Arc::new(broker);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let ctx = ctx.clone();
         let sender = sender.clone();
@@ -91,10 +81,17 @@ const HOST_MISMATCH: (&str, &str) = (
     "the secret is not valid for this host",
 );
 
-struct Ctx {
-    app: Arc<App>,
-    sandbox_id: String,
-    host: String,
+/// What the broker of one intercepted connection works with.
+pub(crate) struct Broker {
+    /// The network log.
+    pub db: Db,
+    /// Secret values and the audit log.
+    pub secrets: SecretLookup,
+    pub sandbox_id: String,
+    /// The sandbox's rules and bindings (asked per request).
+    pub policy: Weak<dyn super::SandboxPolicy>,
+    /// The host the connection goes to.
+    pub host: String,
 }
 
 /// How a secret-bearing request ended, for the audit log and the network log.
@@ -104,7 +101,7 @@ struct Outcome {
     error_code: Option<&'static str>,
 }
 
-impl Ctx {
+impl Broker {
     async fn handle(
         &self,
         mut req: Request<Incoming>,
@@ -112,9 +109,10 @@ impl Ctx {
     ) -> Response<Body> {
         let started = Instant::now();
         let binding = self
-            .app
-            .get(&self.sandbox_id)
-            .and_then(|e| e.with(|r| r.secrets.iter().find(|b| carries(&req, b)).cloned()));
+            .policy
+            .upgrade()
+            .and_then(|p| p.rules())
+            .and_then(|(_, bindings)| bindings.into_iter().find(|b| carries(&req, b)));
         let Some(binding) = binding else {
             return forward(sender, req.map(Body::new)).await.0;
         };
@@ -130,7 +128,7 @@ impl Ctx {
         let mut secret_id = binding.secret_id.clone();
         let (response, outcome) = match refusal {
             Some((code, message)) => refuse(code, message),
-            None => match self.app.secrets.resolve(&binding.secret_name).await {
+            None => match self.secrets.resolve(&binding.secret_name).await {
                 Err(e) => {
                     // the message names the secret and the failure, never the value
                     eprintln!("superserve-local: secret {:?}: {e}", binding.secret_name);
@@ -172,12 +170,8 @@ impl Ctx {
         latency_ms: u64,
     ) {
         let ts_ns = now_ns();
-        let sandbox_name = self
-            .app
-            .get(&self.sandbox_id)
-            .map(|e| e.with(|r| r.name.clone()));
+        let sandbox_name = self.policy.upgrade().and_then(|p| p.name());
         let _ = self
-            .app
             .secrets
             .record_audit(AuditRow {
                 ts_ns,
@@ -209,7 +203,6 @@ impl Ctx {
         };
         let id = self.sandbox_id.clone();
         let _ = self
-            .app
             .db
             .call(move |c| store::insert_network_event(c, &id, &row))
             .await;

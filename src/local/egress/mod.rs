@@ -19,16 +19,17 @@ pub(crate) mod broker;
 pub(crate) mod dns;
 pub(crate) mod policy;
 mod splice;
+mod sys;
 pub(crate) mod tls;
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -36,9 +37,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::AbortHandle;
 
-use super::app::App;
 use super::fault::lock;
-use super::store::{self, NetworkEventRow};
+use super::model::{Binding, Network};
+use super::secrets::SecretLookup;
+use super::store::{self, Db, NetworkEventRow};
 use super::time::now_ns;
 use policy::{Cidr4, Verdict};
 
@@ -86,6 +88,16 @@ fn find_tool(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// What the proxy asks about the sandbox it serves, at every connection (so that a live
+/// update of the rules or bindings applies at once). The backend's sandbox records implement
+/// it; the proxy holds it weakly and treats a sandbox that is gone as having no way out.
+pub(crate) trait SandboxPolicy: Send + Sync {
+    /// The sandbox's egress rules and secret bindings now; `None` once it is deleted.
+    fn rules(&self) -> Option<(Option<Network>, Vec<Binding>)>;
+    /// The sandbox's name now (for the secret audit); `None` once it is deleted.
+    fn name(&self) -> Option<String>;
+}
+
 /// The egress service shared by all sandboxes.
 pub(crate) struct Egress {
     allow_private: Vec<Cidr4>,
@@ -93,7 +105,10 @@ pub(crate) struct Egress {
     tools: Result<Tools, String>,
     mitm: Result<tls::Mitm, String>,
     host_addrs: Mutex<(Option<std::time::Instant>, Vec<Ipv4Addr>)>,
-    app: OnceLock<Weak<App>>,
+    /// Where connections and secret-bearing requests are logged.
+    db: Db,
+    /// The broker's access to secret values and the audit log.
+    secrets: SecretLookup,
 }
 
 impl std::fmt::Debug for Egress {
@@ -122,13 +137,15 @@ impl Drop for SandboxNet {
 /// What the proxy and DNS tasks of one sandbox share.
 struct SandboxCtx {
     id: String,
+    policy: Weak<dyn SandboxPolicy>,
     /// Address → the name the sandbox resolved it from (most recent).
     names: Mutex<HashMap<Ipv4Addr, String>>,
 }
 
 impl Egress {
-    /// The service; without `ip` and `nft` on the host, sandboxes get no egress at all.
-    pub(crate) fn new(settings: EgressSettings) -> Egress {
+    /// The service, logging to `db` and brokering the secrets of `secrets`; without `ip` and
+    /// `nft` on the host, sandboxes get no egress at all.
+    pub(crate) fn new(settings: EgressSettings, db: Db, secrets: SecretLookup) -> Egress {
         let tools = match (find_tool("ip"), find_tool("nft")) {
             (Some(ip), Some(nft)) => Ok(Tools { ip, nft }),
             (ip, nft) => Err(format!(
@@ -153,7 +170,8 @@ impl Egress {
             tools,
             mitm,
             host_addrs: Mutex::new((None, Vec::new())),
-            app: OnceLock::new(),
+            db,
+            secrets,
         }
     }
 
@@ -167,15 +185,6 @@ impl Egress {
         self.tools.as_ref().err().map(String::as_str)
     }
 
-    /// Connects the service to the backend (once, right after the backend is built).
-    pub(crate) fn set_app(&self, app: Weak<App>) {
-        let _ = self.app.set(app);
-    }
-
-    fn app(&self) -> Option<Arc<App>> {
-        self.app.get().and_then(Weak::upgrade)
-    }
-
     /// Adds (or replaces) a name the sandboxes' DNS answers with `addrs`.
     pub(crate) fn set_host(&self, name: &str, addrs: Vec<Ipv4Addr>) {
         let mut hosts = self.hosts.write().unwrap_or_else(|e| e.into_inner());
@@ -183,8 +192,14 @@ impl Egress {
     }
 
     /// Sets up the network namespace `ns` of sandbox `id` (loopback up; with the tools, the
-    /// route and redirect rules) and starts its proxy and DNS tasks.
-    pub(crate) async fn attach(self: &Arc<Self>, id: &str, ns: OwnedFd) -> io::Result<SandboxNet> {
+    /// route and redirect rules) and starts its proxy and DNS tasks, which ask `policy` for
+    /// the sandbox's rules.
+    pub(crate) async fn attach(
+        self: &Arc<Self>,
+        id: &str,
+        ns: OwnedFd,
+        policy: &Arc<dyn SandboxPolicy>,
+    ) -> io::Result<SandboxNet> {
         let ns_fd = ns.try_clone()?;
         let tools = self
             .tools
@@ -205,6 +220,7 @@ impl Egress {
         if let Some((tcp, udp)) = sockets {
             let ctx = Arc::new(SandboxCtx {
                 id: id.to_owned(),
+                policy: Arc::downgrade(policy),
                 names: Mutex::new(HashMap::new()),
             });
             let tcp = TcpListener::from_std(tcp)?;
@@ -303,14 +319,17 @@ impl Egress {
     fn host_addrs(&self) -> Vec<Ipv4Addr> {
         let mut cache = lock(&self.host_addrs);
         if cache.0.map_or(true, |t| t.elapsed() > HOST_ADDRS_TTL) {
-            *cache = (Some(std::time::Instant::now()), local_ipv4_addrs());
+            *cache = (
+                Some(std::time::Instant::now()),
+                sys::interface_addrs().into_iter().map(|(a, _)| a).collect(),
+            );
         }
         cache.1.clone()
     }
 
-    async fn log(&self, app: &App, sandbox_id: &str, row: NetworkEventRow) -> Option<i64> {
+    async fn log(&self, sandbox_id: &str, row: NetworkEventRow) -> Option<i64> {
         let id = sandbox_id.to_owned();
-        app.db
+        self.db
             .call(move |c| store::insert_network_event(c, &id, &row))
             .await
             .ok()
@@ -320,12 +339,9 @@ impl Egress {
         let Some(dst) = original_dst(&client) else {
             return; // a direct connection to the proxy port: not redirected traffic
         };
-        let Some(app) = self.app() else { return };
-        let Some(entry) = app.get(&ctx.id) else {
-            return;
+        let Some((network, bindings)) = ctx.policy.upgrade().and_then(|p| p.rules()) else {
+            return; // the sandbox is gone
         };
-        // only what the decision needs, not a copy of the whole record
-        let (network, bindings) = entry.with(|r| (r.network.clone(), r.secrets.clone()));
         let host = lock(&ctx.names).get(dst.ip()).cloned();
         let mut verdict = policy::decide(
             network.as_ref(),
@@ -351,7 +367,7 @@ impl Egress {
         if let Verdict::Blocked(rule) = verdict {
             row.verdict = Some("blocked".into());
             row.match_rule = Some(rule);
-            self.log(&app, &ctx.id, row).await;
+            self.log(&ctx.id, row).await;
             reset(client);
             return;
         }
@@ -362,7 +378,7 @@ impl Egress {
                 Ok(Ok(s)) => s,
                 _ => {
                     row.verdict = Some("failed".into());
-                    self.log(&app, &ctx.id, row).await;
+                    self.log(&ctx.id, row).await;
                     reset(client);
                     return;
                 }
@@ -375,14 +391,9 @@ impl Egress {
         // logged off the relay's path: the row (with its start time) is written while the
         // first bytes flow, and gets its byte counts when the connection ends
         let logged = {
-            let app = app.clone();
+            let me = self.clone();
             let id = ctx.id.clone();
-            tokio::spawn(async move {
-                app.db
-                    .call(move |c| store::insert_network_event(c, &id, &row))
-                    .await
-                    .ok()
-            })
+            tokio::spawn(async move { me.log(&id, row).await })
         };
         let counters = Arc::new(Counters::default());
         let client = Counted {
@@ -399,14 +410,13 @@ impl Egress {
         };
         match (brokered, first, self.mitm.as_ref()) {
             (Some(h), FirstBytes::Http, _) => {
-                broker::relay(app.clone(), ctx.id.clone(), h, client, upstream).await;
+                broker::relay(self.broker(&ctx, h), client, upstream).await;
             }
             (Some(h), FirstBytes::Tls, Ok(mitm)) => {
                 if let Ok(tls_client) = mitm.accept(&h, client).await {
                     match mitm.connect(&h, upstream).await {
                         Ok(tls_upstream) => {
-                            broker::relay(app.clone(), ctx.id.clone(), h, tls_client, tls_upstream)
-                                .await;
+                            broker::relay(self.broker(&ctx, h), tls_client, tls_upstream).await;
                         }
                         Err(_) => {
                             broker::refuse_tls(tls_client, &h).await;
@@ -425,10 +435,23 @@ impl Egress {
             counters.recv.load(Ordering::Relaxed),
         );
         if let Ok(Some(row_id)) = logged.await {
-            let _ = app
+            let _ = self
                 .db
                 .call(move |c| store::set_connection_bytes(c, row_id, sent, recv))
                 .await;
+        }
+    }
+}
+
+impl Egress {
+    /// The broker of one intercepted connection of sandbox `ctx` to `host`.
+    fn broker(&self, ctx: &SandboxCtx, host: String) -> broker::Broker {
+        broker::Broker {
+            db: self.db.clone(),
+            secrets: self.secrets.clone(),
+            sandbox_id: ctx.id.clone(),
+            policy: ctx.policy.clone(),
+            host,
         }
     }
 }
@@ -513,45 +536,14 @@ async fn first_bytes(s: &TcpStream) -> FirstBytes {
 
 /// Closes a connection with a reset (`SO_LINGER` 0), so the sandbox sees the refusal at once.
 fn reset(s: TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt reads a valid `linger` of the given size.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    let _ = sys::set_linger_zero(s.as_fd());
     drop(s);
 }
 
-/// The destination a redirected connection was addressed to.
+/// The destination a redirected connection was addressed to; `None` for a connection straight
+/// to the proxy port (it has itself as "original" destination).
 fn original_dst(s: &TcpStream) -> Option<SocketAddrV4> {
-    const SO_ORIGINAL_DST: libc::c_int = 80;
-    // SAFETY: getsockopt writes at most `len` bytes into the zeroed sockaddr_in.
-    unsafe {
-        let mut addr: libc::sockaddr_in = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let r = libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_IP,
-            SO_ORIGINAL_DST,
-            (&mut addr as *mut libc::sockaddr_in).cast(),
-            &mut len,
-        );
-        if r != 0 || addr.sin_family != libc::AF_INET as libc::sa_family_t {
-            return None;
-        }
-        let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
-        let port = u16::from_be(addr.sin_port);
-        // a connection straight to the proxy port has itself as "original" destination
-        (ip != Ipv4Addr::LOCALHOST).then_some(SocketAddrV4::new(ip, port))
-    }
+    sys::original_dst(s.as_fd()).filter(|d| *d.ip() != Ipv4Addr::LOCALHOST)
 }
 
 /// nftables rules of every sandbox namespace.
@@ -571,11 +563,8 @@ fn configure(
     ns: &OwnedFd,
     tools: Option<(PathBuf, PathBuf)>,
 ) -> io::Result<Option<(std::net::TcpListener, std::net::UdpSocket)>> {
-    // SAFETY: changes the network namespace of this short-lived thread only.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    loopback_up()?;
+    sys::enter_net_namespace(ns.as_fd())?;
+    sys::loopback_up()?;
     let Some((ip, nft)) = tools else {
         return Ok(None);
     };
@@ -617,52 +606,4 @@ fn run_with_stdin(program: &std::path::Path, args: &[&str], input: &str) -> io::
             String::from_utf8_lossy(&out.stderr).trim()
         )))
     }
-}
-
-/// `ip link set lo up`, by ioctl.
-fn loopback_up() -> io::Result<()> {
-    // SAFETY: plain socket + ioctl calls on a zeroed ifreq naming "lo"; the fd is closed by
-    // OwnedFd.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let sock = <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (i, b) in b"lo".iter().enumerate() {
-            req.ifr_name[i] = *b as libc::c_char;
-        }
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// The IPv4 addresses of this machine's interfaces (`getifaddrs`).
-fn local_ipv4_addrs() -> Vec<Ipv4Addr> {
-    let mut out = Vec::new();
-    // SAFETY: getifaddrs allocates a list that is walked read-only and freed once.
-    unsafe {
-        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-        if libc::getifaddrs(&mut head) != 0 {
-            return out;
-        }
-        let mut cur = head;
-        while !cur.is_null() {
-            let addr = (*cur).ifa_addr;
-            if !addr.is_null() && i32::from((*addr).sa_family) == libc::AF_INET {
-                let sin = &*(addr as *const libc::sockaddr_in);
-                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
-            }
-            cur = (*cur).ifa_next;
-        }
-        libc::freeifaddrs(head);
-    }
-    out
 }

@@ -10,6 +10,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use super::super::domain::domain_matches;
 use super::super::model::Network;
 
 /// An IPv4 network.
@@ -73,17 +74,6 @@ pub(crate) fn non_public(ip: Ipv4Addr) -> Option<String> {
         let c = Cidr4::parse(cidr)?;
         c.contains(ip).then(|| format!("{kind}:{cidr}"))
     })
-}
-
-/// Whether `name` matches a domain pattern: exact (case-insensitive, trailing dot ignored), or
-/// `*.x` for any name below `x` (never `x` itself).
-pub(crate) fn domain_matches(pattern: &str, name: &str) -> bool {
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    let pattern = pattern.trim_end_matches('.').to_ascii_lowercase();
-    match pattern.strip_prefix("*.") {
-        Some(base) => name.len() > base.len() + 1 && name.ends_with(&format!(".{base}")),
-        None => name == pattern,
-    }
 }
 
 /// What the proxy does with a connection.
@@ -155,16 +145,6 @@ mod tests {
         assert!(Cidr4::parse("1.2.3.4/33").is_none());
         assert!(Cidr4::parse("::/0").is_none());
         assert!(Cidr4::parse("example.com").is_none());
-    }
-
-    #[test]
-    fn domain_patterns() {
-        assert!(domain_matches("example.com", "EXAMPLE.com."));
-        assert!(!domain_matches("example.com", "api.example.com"));
-        assert!(domain_matches("*.example.com", "api.example.com"));
-        assert!(domain_matches("*.example.com", "a.b.example.com"));
-        assert!(!domain_matches("*.example.com", "example.com"));
-        assert!(!domain_matches("*.example.com", "badexample.com"));
     }
 
     #[test]
