@@ -136,9 +136,11 @@ impl LocalServerBuilder {
         self
     }
 
-    /// Lets sandboxes reach a private, loopback or link-local IPv4 network (`"10.88.0.0/16"`,
-    /// `"192.168.1.20"`), which they can never reach otherwise. Each sandbox's own
-    /// `allow_out`/`deny_out` rules still apply. Meant for test upstreams on this machine.
+    /// Lets sandboxes reach an IPv4 network they can never reach otherwise (`"10.88.0.0/16"`,
+    /// `"192.168.1.20"`): private, loopback, link-local and the other special-purpose ranges
+    /// (documentation, benchmarking, ...), the host's own addresses and the networks the host
+    /// is on (see the [module docs](crate::local)). Each sandbox's own `allow_out`/`deny_out`
+    /// rules still apply. Meant for test upstreams on this machine.
     /// An entry that is not an IPv4 CIDR makes [`start`](Self::start) fail with
     /// [`LocalError::InvalidOption`].
     ///

@@ -3,6 +3,7 @@
 
 mod control;
 mod data;
+mod egress_attacks;
 mod faults;
 mod network;
 
@@ -10,6 +11,8 @@ mod network;
 pub use control::*;
 #[allow(unused_imports)]
 pub use data::*;
+#[allow(unused_imports)]
+pub use egress_attacks::*;
 #[allow(unused_imports)]
 pub use faults::*;
 #[allow(unused_imports)]
@@ -136,4 +139,9 @@ suite_tests!(
     network_log_pages_through_hundreds_of_events,
     brokered_secret_after_restart_and_with_a_replaced_key,
     standin_sent_to_another_secrets_host_is_refused,
+    // hostile sandboxes against egress, DNS and the broker
+    special_purpose_ranges_and_the_hosts_networks_are_blocked,
+    brokered_secret_needs_a_matching_host_header,
+    brokered_https_needs_matching_sni_and_host,
+    dns_refuses_names_no_rule_allows,
 );

@@ -42,7 +42,7 @@ use super::model::{Binding, Network};
 use super::secrets::SecretLookup;
 use super::store::{self, Db, NetworkEventRow};
 use super::time::now_ns;
-use policy::{Cidr4, Verdict};
+use policy::{Cidr4, HostNetworks, Verdict};
 
 /// The sandbox's own (non-loopback) address, on its loopback device.
 pub(crate) const SANDBOX_ADDR: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
@@ -52,10 +52,15 @@ const PROXY_PORT: u16 = 15001;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// DNS answers' TTL.
 const DNS_TTL: u32 = 30;
-/// How long the list of the host's own addresses is reused.
+/// How long the list of the host's own addresses and networks is reused.
 const HOST_ADDRS_TTL: Duration = Duration::from_secs(2);
-/// Most remembered (address → name) pairs per sandbox.
+/// Most addresses with remembered names per sandbox.
 const MAX_NAMES: usize = 4096;
+/// Most names remembered per address (several names can share one address).
+const NAMES_PER_ADDR: usize = 8;
+/// A refused lookup of the same name again within this time is not logged again (a program
+/// asks for `A` and `AAAA` at once, and retries).
+const DNS_LOG_QUIET: Duration = Duration::from_secs(1);
 
 /// The operator's egress settings (from the server builder).
 #[derive(Clone, Debug, Default)]
@@ -104,7 +109,7 @@ pub(crate) struct Egress {
     hosts: RwLock<HashMap<String, Vec<Ipv4Addr>>>,
     tools: Result<Tools, String>,
     mitm: Result<tls::Mitm, String>,
-    host_addrs: Mutex<(Option<std::time::Instant>, Vec<Ipv4Addr>)>,
+    host_networks: Mutex<(Option<std::time::Instant>, Arc<HostNetworks>)>,
     /// Where connections and secret-bearing requests are logged.
     db: Db,
     /// The broker's access to secret values and the audit log.
@@ -138,8 +143,38 @@ impl Drop for SandboxNet {
 struct SandboxCtx {
     id: String,
     policy: Weak<dyn SandboxPolicy>,
-    /// Address → the name the sandbox resolved it from (most recent).
-    names: Mutex<HashMap<Ipv4Addr, String>>,
+    names: Mutex<Names>,
+    /// The last refused lookup that was logged, and when.
+    last_refused: Mutex<Option<(String, std::time::Instant)>>,
+}
+
+/// The names a sandbox resolved, by address: an address reached under one of them is
+/// "resolved for" that name (what domain rules and the secret broker go by).
+#[derive(Default)]
+struct Names {
+    by_addr: HashMap<Ipv4Addr, Vec<String>>,
+}
+
+impl Names {
+    /// Remembers that `name` resolved to `addrs`.
+    fn record(&mut self, name: &str, addrs: &[Ipv4Addr]) {
+        if self.by_addr.len() > MAX_NAMES {
+            self.by_addr.clear();
+        }
+        for a in addrs {
+            let names = self.by_addr.entry(*a).or_default();
+            names.retain(|n| n != name);
+            if names.len() >= NAMES_PER_ADDR {
+                names.remove(0);
+            }
+            names.push(name.to_owned());
+        }
+    }
+
+    /// The names resolved to `addr`, most recent last.
+    fn of(&self, addr: Ipv4Addr) -> Vec<String> {
+        self.by_addr.get(&addr).cloned().unwrap_or_default()
+    }
 }
 
 impl Egress {
@@ -169,7 +204,7 @@ impl Egress {
             hosts: RwLock::new(settings.hosts),
             tools,
             mitm,
-            host_addrs: Mutex::new((None, Vec::new())),
+            host_networks: Mutex::new((None, Arc::default())),
             db,
             secrets,
         }
@@ -221,7 +256,8 @@ impl Egress {
             let ctx = Arc::new(SandboxCtx {
                 id: id.to_owned(),
                 policy: Arc::downgrade(policy),
-                names: Mutex::new(HashMap::new()),
+                names: Mutex::default(),
+                last_refused: Mutex::default(),
             });
             let tcp = TcpListener::from_std(tcp)?;
             let udp = UdpSocket::from_std(udp)?;
@@ -266,25 +302,79 @@ impl Egress {
         }
     }
 
+    /// Answers one query under the sandbox's rules: a name no rule could allow is refused
+    /// without being looked up; an answer carries only addresses a connection could go to
+    /// (none left: refused). Refusals are logged.
     async fn answer_dns(&self, ctx: &SandboxCtx, pkt: &[u8]) -> Option<Vec<u8>> {
         let q = match dns::parse(pkt) {
             Ok(q) => q,
             Err(e) => return dns::error_response(&e),
         };
+        let Some((network, _)) = ctx.policy.upgrade().and_then(|p| p.rules()) else {
+            return Some(dns::respond(&q, &dns::Answer::Refused, DNS_TTL));
+        };
+        if let Some(rule) = policy::refuse_name(network.as_ref(), &q.name) {
+            self.log_refused_lookup(ctx, &q.name, &rule).await;
+            return Some(dns::respond(&q, &dns::Answer::Refused, DNS_TTL));
+        }
         if !dns::wants_a(&q) {
             return Some(dns::respond(&q, &dns::Answer::Addrs(Vec::new()), DNS_TTL));
         }
-        let answer = self.resolve(&q.name).await;
-        if let dns::Answer::Addrs(addrs) = &answer {
-            let mut names = lock(&ctx.names);
-            if names.len() > MAX_NAMES {
-                names.clear();
+        let answer = match self.resolve(&q.name).await {
+            dns::Answer::Addrs(addrs) if !addrs.is_empty() => {
+                let host = self.host_networks();
+                let names = [q.name.clone()];
+                let mut refused = None;
+                let allowed: Vec<Ipv4Addr> = addrs
+                    .into_iter()
+                    .filter(|a| {
+                        let net = network.as_ref();
+                        match policy::decide(net, &self.allow_private, &host, &names, *a) {
+                            Verdict::Allowed => true,
+                            Verdict::Blocked(rule) => {
+                                refused.get_or_insert(rule);
+                                false
+                            }
+                        }
+                    })
+                    .collect();
+                match refused {
+                    Some(rule) if allowed.is_empty() => {
+                        self.log_refused_lookup(ctx, &q.name, &rule).await;
+                        dns::Answer::Refused
+                    }
+                    _ => {
+                        lock(&ctx.names).record(&q.name, &allowed);
+                        dns::Answer::Addrs(allowed)
+                    }
+                }
             }
-            for a in addrs {
-                names.insert(*a, q.name.clone());
-            }
-        }
+            other => other,
+        };
         Some(dns::respond(&q, &answer, DNS_TTL))
+    }
+
+    /// Logs a refused lookup of `name` (because of `rule`) as a blocked `connection` row with
+    /// the name as host, port 53 and rule `dns:<rule>`; the same name again within
+    /// [`DNS_LOG_QUIET`] is not logged twice.
+    async fn log_refused_lookup(&self, ctx: &SandboxCtx, name: &str, rule: &str) {
+        {
+            let mut last = lock(&ctx.last_refused);
+            if matches!(&*last, Some((n, at)) if n == name && at.elapsed() < DNS_LOG_QUIET) {
+                return;
+            }
+            *last = Some((name.to_owned(), std::time::Instant::now()));
+        }
+        let row = NetworkEventRow {
+            ts_ns: now_ns(),
+            kind: "connection".to_owned(),
+            host: Some(name.to_owned()),
+            dst_port: Some(53),
+            verdict: Some("blocked".into()),
+            match_rule: Some(format!("dns:{rule}")),
+            ..Default::default()
+        };
+        self.log(&ctx.id, row).await;
     }
 
     async fn resolve(&self, name: &str) -> dns::Answer {
@@ -315,13 +405,14 @@ impl Egress {
         }
     }
 
-    /// The IPv4 addresses of the host's interfaces (refreshed at most every few seconds).
-    fn host_addrs(&self) -> Vec<Ipv4Addr> {
-        let mut cache = lock(&self.host_addrs);
+    /// The host's own addresses and networks (refreshed at most every few seconds).
+    fn host_networks(&self) -> Arc<HostNetworks> {
+        let mut cache = lock(&self.host_networks);
         if cache.0.map_or(true, |t| t.elapsed() > HOST_ADDRS_TTL) {
+            let ifs = sys::interface_addrs();
             *cache = (
                 Some(std::time::Instant::now()),
-                sys::interface_addrs().into_iter().map(|(a, _)| a).collect(),
+                Arc::new(HostNetworks::from_interfaces(&ifs)),
             );
         }
         cache.1.clone()
@@ -342,20 +433,15 @@ impl Egress {
         let Some((network, bindings)) = ctx.policy.upgrade().and_then(|p| p.rules()) else {
             return; // the sandbox is gone
         };
-        let host = lock(&ctx.names).get(dst.ip()).cloned();
-        let mut verdict = policy::decide(
+        let resolved = lock(&ctx.names).of(*dst.ip());
+        let host = resolved.last().cloned();
+        let verdict = policy::decide(
             network.as_ref(),
             &self.allow_private,
-            host.as_deref(),
+            &self.host_networks(),
+            &resolved,
             *dst.ip(),
         );
-        // the machine's own addresses (a public one included) would reach the host's services
-        if verdict == Verdict::Allowed
-            && !self.allow_private.iter().any(|c| c.contains(*dst.ip()))
-            && self.host_addrs().contains(dst.ip())
-        {
-            verdict = Verdict::Blocked(format!("host:{}", dst.ip()));
-        }
         let mut row = NetworkEventRow {
             ts_ns: now_ns(),
             kind: "connection".to_owned(),
@@ -400,31 +486,33 @@ impl Egress {
             inner: client,
             counters: counters.clone(),
         };
-        let brokered = host
-            .as_deref()
-            .filter(|h| broker::covers(&bindings, h))
-            .map(str::to_owned);
-        let first = match &brokered {
-            Some(_) => first_bytes(&client.inner).await,
-            None => FirstBytes::Other,
+        // a connection to an address resolved for a host that a bound secret covers goes
+        // through the broker, request by request; HTTPS only when the TLS server name is
+        // such a host (anything else is relayed as is: its stand-ins are worthless there)
+        let brokered = resolved.iter().any(|n| broker::covers(&bindings, n));
+        let first = if brokered {
+            first_bytes(&client.inner).await
+        } else {
+            FirstBytes::Other
         };
-        match (brokered, first, self.mitm.as_ref()) {
-            (Some(h), FirstBytes::Http, _) => {
-                broker::relay(self.broker(&ctx, h), client, upstream).await;
+        match (first, self.mitm.as_ref()) {
+            (FirstBytes::Http, _) => {
+                let b = self.broker(&ctx, resolved, None);
+                broker::relay(b, client, upstream).await;
             }
-            (Some(h), FirstBytes::Tls, Ok(mitm)) => {
-                if let Ok(tls_client) = mitm.accept(&h, client).await {
-                    match mitm.connect(&h, upstream).await {
+            (FirstBytes::Tls(Some(sni)), Ok(mitm))
+                if resolved.contains(&sni) && broker::covers(&bindings, &sni) =>
+            {
+                if let Ok(tls_client) = mitm.accept(&sni, client).await {
+                    match mitm.connect(&sni, upstream).await {
                         Ok(tls_upstream) => {
-                            broker::relay(self.broker(&ctx, h), tls_client, tls_upstream).await;
+                            let b = self.broker(&ctx, resolved, Some(sni));
+                            broker::relay(b, tls_client, tls_upstream).await;
                         }
-                        Err(_) => {
-                            broker::refuse_tls(tls_client, &h).await;
-                        }
+                        Err(_) => broker::refuse_tls(tls_client, &sni).await,
                     }
                 }
             }
-            // anything else to a covered host is relayed as is: its stand-ins are worthless
             _ => {
                 let _ =
                     splice::relay(&client.inner, &upstream, &counters.sent, &counters.recv).await;
@@ -444,14 +532,21 @@ impl Egress {
 }
 
 impl Egress {
-    /// The broker of one intercepted connection of sandbox `ctx` to `host`.
-    fn broker(&self, ctx: &SandboxCtx, host: String) -> broker::Broker {
+    /// The broker of one intercepted connection of sandbox `ctx` to an address resolved for
+    /// the names `resolved`, inside a TLS session for `sni` (if any).
+    fn broker(
+        &self,
+        ctx: &SandboxCtx,
+        resolved: Vec<String>,
+        sni: Option<String>,
+    ) -> broker::Broker {
         broker::Broker {
             db: self.db.clone(),
             secrets: self.secrets.clone(),
             sandbox_id: ctx.id.clone(),
             policy: ctx.policy.clone(),
-            host,
+            resolved,
+            sni,
         }
     }
 }
@@ -507,30 +602,47 @@ impl AsyncWrite for Counted {
 enum FirstBytes {
     /// An HTTP/1 request line.
     Http,
-    /// A TLS handshake record.
-    Tls,
+    /// A TLS ClientHello, with the server name it asks for.
+    Tls(Option<String>),
     /// Anything else, or nothing within a few seconds.
     Other,
 }
 
+/// Largest ClientHello looked at (a post-quantum key share makes it a few KiB).
+const MAX_HELLO: usize = 16 * 1024;
+
+/// Looks at (without consuming) what the client sends first.
 async fn first_bytes(s: &TcpStream) -> FirstBytes {
-    let mut first = [0u8; 8];
-    match tokio::time::timeout(Duration::from_secs(5), s.peek(&mut first)).await {
-        Ok(Ok(n)) if n > 0 => {
-            if first[0] == 0x16 {
-                return FirstBytes::Tls;
-            }
-            let method = match first[..n].iter().position(|b| *b == b' ') {
-                Some(end) => &first[..end],
-                None => &first[..n],
-            };
-            if !method.is_empty() && method.iter().all(u8::is_ascii_uppercase) {
-                FirstBytes::Http
-            } else {
-                FirstBytes::Other
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = vec![0u8; MAX_HELLO];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, s.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return FirstBytes::Other,
+        };
+        if buf[0] == 0x16 {
+            match tls::client_hello_server_name(&buf[..n]) {
+                tls::Hello::ServerName(name) => return FirstBytes::Tls(name),
+                // the rest of the ClientHello is on its way: look again shortly
+                tls::Hello::Incomplete
+                    if n < buf.len() && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                tls::Hello::Incomplete | tls::Hello::Malformed => return FirstBytes::Other,
             }
         }
-        _ => FirstBytes::Other,
+        let head = &buf[..n.min(8)];
+        let method = match head.iter().position(|b| *b == b' ') {
+            Some(end) => &head[..end],
+            None => head,
+        };
+        return if !method.is_empty() && method.iter().all(u8::is_ascii_uppercase) {
+            FirstBytes::Http
+        } else {
+            FirstBytes::Other
+        };
     }
 }
 
