@@ -15,18 +15,34 @@ use super::fs_sys::{self, fstat, open_child, set_blocking};
 use super::sys::cstr;
 use super::zip::ZipWriter;
 
-/// Why a file operation failed (mapped to HTTP by the handlers).
+/// Why a file operation failed (mapped to HTTP by the handlers). Every error a client can
+/// cause has a variant of its own; `Io` is left for the backend's own failures.
 #[derive(Debug)]
 pub(crate) enum FileError {
     NotFound,
     IsDirectory,
+    /// A component of the path is not a directory (reading: the file does not exist).
     NotADirectory,
+    /// Writing: a parent of the path is a file.
+    ParentNotADirectory,
     NotRegular,
     Virtual,
     NoSpace,
     ReadOnly,
     /// A symlink loop, or a link that would leave the sandbox.
     BadLink,
+    /// The path or one of its names is too long (`ENAMETOOLONG`).
+    NameTooLong,
+    /// `EACCES`, `EPERM` (e.g. an immutable file).
+    PermissionDenied,
+    /// `ETXTBSY`, `EBUSY`: a running program, a mount point.
+    Busy,
+    /// `EFBIG`: past the largest file the file system holds.
+    TooLarge,
+    /// `EINVAL`: a name the file system does not take.
+    Invalid,
+    /// `EMFILE`, `ENFILE`, `ENOMEM`: the backend is short of resources for now.
+    Exhausted,
     Io(io::Error),
 }
 
@@ -40,6 +56,12 @@ impl From<io::Error> for FileError {
             Some(libc::EROFS) => FileError::ReadOnly,
             Some(libc::ENXIO) => FileError::NotRegular,
             Some(libc::ELOOP) | Some(libc::EXDEV) => FileError::BadLink,
+            Some(libc::ENAMETOOLONG) => FileError::NameTooLong,
+            Some(libc::EACCES) | Some(libc::EPERM) => FileError::PermissionDenied,
+            Some(libc::ETXTBSY) | Some(libc::EBUSY) => FileError::Busy,
+            Some(libc::EFBIG) => FileError::TooLarge,
+            Some(libc::EINVAL) => FileError::Invalid,
+            Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM) => FileError::Exhausted,
             _ => FileError::Io(e),
         }
     }
@@ -132,6 +154,13 @@ pub(crate) fn open_read(root: &OwnedFd, path: &str) -> Result<ReadTarget, FileEr
 /// Opens `path` inside the sandbox for writing: parents are created (0755), the file is
 /// created (0644) or truncated.
 pub(crate) fn open_write(root: &OwnedFd, path: &str) -> Result<File, FileError> {
+    open_write_in(root, path).map_err(|e| match e {
+        FileError::NotADirectory => FileError::ParentNotADirectory,
+        e => e,
+    })
+}
+
+fn open_write_in(root: &OwnedFd, path: &str) -> Result<File, FileError> {
     let trimmed = path.trim_matches('/');
     if trimmed.is_empty() {
         return Err(FileError::IsDirectory);

@@ -67,6 +67,15 @@
 //! | 502 | `secret_unavailable` | the stored value cannot be read (e.g. the key file was replaced) |
 //! | 502 | `upstream_tls_error` | the upstream's certificate could not be verified |
 //!
+//! Both listeners survive hostile clients: a request head must arrive within 10 s, an idle
+//! keep-alive connection is closed after 120 s, and each listener keeps at most a share of the
+//! process's descriptors open (at the cap the longest-waiting idle connection makes room;
+//! when every connection has a request in progress, the new one gets a `503` with
+//! `Retry-After` at once): see [`LocalServerBuilder::max_connections`]. A sandbox's egress
+//! connections and DNS lookups in progress are capped as well. Numbers in requests are range
+//! checked (`timeout_s` of a command: at most 604800), and system errors a client can cause
+//! (`E2BIG`, `ENAMETOOLONG`, `ENOTDIR`, `ETXTBSY`, ...) are 4xx answers that name the cause.
+//!
 //! It is also a test double: [`LocalServer::inject`] scripts faults (429 with `Retry-After`,
 //! 5xx, dropped connections, streams cut before `finished`) and [`LocalServer::requests`]
 //! shows every request received.

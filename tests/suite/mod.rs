@@ -6,6 +6,7 @@ mod data;
 mod egress_attacks;
 mod faults;
 mod network;
+mod server_attacks;
 
 #[allow(unused_imports)]
 pub use control::*;
@@ -17,6 +18,8 @@ pub use egress_attacks::*;
 pub use faults::*;
 #[allow(unused_imports)]
 pub use network::*;
+#[allow(unused_imports)]
+pub use server_attacks::*;
 
 use superserve::local::LocalServer;
 use superserve::CreateOptions;
@@ -144,4 +147,10 @@ suite_tests!(
     brokered_secret_needs_a_matching_host_header,
     brokered_https_needs_matching_sni_and_host,
     dns_refuses_names_no_rule_allows,
+    // hostile clients and input against the listeners and handlers
+    idle_and_slowloris_clients_cannot_starve_the_backend,
+    a_full_listener_sheds_with_a_fast_503,
+    idle_and_slow_connections_are_closed,
+    out_of_range_numbers_are_rejected,
+    system_errors_are_client_errors,
 );

@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 
 use super::fault::lock;
@@ -71,7 +72,14 @@ pub(crate) struct EgressSettings {
     pub hosts: HashMap<String, Vec<Ipv4Addr>>,
     /// Extra PEM roots trusted for intercepted upstreams (besides the host's trust store).
     pub upstream_roots: Vec<Vec<u8>>,
+    /// Most connections relayed at once for all sandboxes together (each holds six of the
+    /// backend's descriptors); a sandbox gets a quarter of them (at least 4).
+    pub max_connections: usize,
 }
+
+/// Most DNS lookups a sandbox has in progress at once (each may hold a resolver thread);
+/// further queries are answered `SERVFAIL` at once.
+const MAX_LOOKUPS: usize = 32;
 
 /// The host's CA bundle (Debian / Fedora locations).
 const HOST_BUNDLES: &[&str] = &[
@@ -114,6 +122,10 @@ pub(crate) struct Egress {
     db: Db,
     /// The broker's access to secret values and the audit log.
     secrets: SecretLookup,
+    /// Connections relayed now, all sandboxes together.
+    relays: Arc<Semaphore>,
+    /// The share of one sandbox.
+    relays_per_sandbox: usize,
 }
 
 impl std::fmt::Debug for Egress {
@@ -146,6 +158,12 @@ struct SandboxCtx {
     names: Mutex<Names>,
     /// The last refused lookup that was logged, and when.
     last_refused: Mutex<Option<(String, std::time::Instant)>>,
+    /// Connections of this sandbox relayed now.
+    relays: Arc<Semaphore>,
+    /// Lookups of this sandbox in progress.
+    lookups: Arc<Semaphore>,
+    /// When a connection over the limit was last logged.
+    last_over_limit: Mutex<Option<std::time::Instant>>,
 }
 
 /// The names a sandbox resolved, by address: an address reached under one of them is
@@ -207,6 +225,8 @@ impl Egress {
             host_networks: Mutex::new((None, Arc::default())),
             db,
             secrets,
+            relays: Arc::new(Semaphore::new(settings.max_connections.max(1))),
+            relays_per_sandbox: (settings.max_connections / 4).max(4),
         }
     }
 
@@ -258,6 +278,9 @@ impl Egress {
                 policy: Arc::downgrade(policy),
                 names: Mutex::default(),
                 last_refused: Mutex::default(),
+                relays: Arc::new(Semaphore::new(self.relays_per_sandbox)),
+                lookups: Arc::new(Semaphore::new(MAX_LOOKUPS)),
+                last_over_limit: Mutex::default(),
             });
             let tcp = TcpListener::from_std(tcp)?;
             let udp = UdpSocket::from_std(udp)?;
@@ -277,10 +300,45 @@ impl Egress {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
+            let permits = (
+                self.relays.clone().try_acquire_owned(),
+                ctx.relays.clone().try_acquire_owned(),
+            );
+            let (Ok(all), Ok(own)) = permits else {
+                self.refuse_over_limit(&ctx, client).await;
+                continue;
+            };
             let me = self.clone();
             let ctx = ctx.clone();
-            tokio::spawn(async move { me.handle(ctx, client).await });
+            tokio::spawn(async move {
+                me.handle(ctx, client).await;
+                drop((all, own));
+            });
         }
+    }
+
+    /// Resets a connection past the sandbox's (or the backend's) limit of relayed
+    /// connections; logged as blocked by `connection-limit`, at most once a second.
+    async fn refuse_over_limit(&self, ctx: &SandboxCtx, client: TcpStream) {
+        let dst = original_dst(&client);
+        reset(client);
+        {
+            let mut last = lock(&ctx.last_over_limit);
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let row = NetworkEventRow {
+            ts_ns: now_ns(),
+            kind: "connection".to_owned(),
+            dst_ip: dst.map(|d| d.ip().to_string()),
+            dst_port: dst.map(|d| i64::from(d.port())),
+            verdict: Some("blocked".into()),
+            match_rule: Some("connection-limit".into()),
+            ..Default::default()
+        };
+        self.log(&ctx.id, row).await;
     }
 
     async fn serve_dns(self: Arc<Self>, ctx: Arc<SandboxCtx>, socket: UdpSocket) {
@@ -291,6 +349,14 @@ impl Egress {
                 continue;
             };
             let pkt = buf[..n].to_vec();
+            let Ok(permit) = ctx.lookups.clone().try_acquire_owned() else {
+                // too many lookups in progress: fail this one at once
+                if let Ok(q) = dns::parse(&pkt) {
+                    let reply = dns::respond(&q, &dns::Answer::ServFail, DNS_TTL);
+                    let _ = socket.send_to(&reply, peer).await;
+                }
+                continue;
+            };
             let me = self.clone();
             let ctx = ctx.clone();
             let socket = socket.clone();
@@ -298,6 +364,7 @@ impl Egress {
                 if let Some(reply) = me.answer_dns(&ctx, &pkt).await {
                     let _ = socket.send_to(&reply, peer).await;
                 }
+                drop(permit);
             });
         }
     }
