@@ -30,6 +30,7 @@ use super::model::Status;
 use super::runtime::CommandSpec;
 use super::sys::SpawnError;
 use super::time::{format_rfc3339, now_ns};
+use super::zip;
 
 /// Largest inbound WebSocket frame/message.
 const WS_MAX_MESSAGE: usize = 4 * 1024 * 1024;
@@ -711,6 +712,27 @@ fn file_error(e: FileError) -> Response {
             StatusCode::INSUFFICIENT_STORAGE,
             &serde_json::json!({"error": {"code": "sandbox_storage_full", "message": "no space left in the sandbox"}}),
         ),
+        FileError::TooDeep(max) => boxd_error(
+            StatusCode::BAD_REQUEST,
+            &format!("the directory is nested deeper than {max} levels; download a subdirectory"),
+        ),
+        FileError::TooManyEntries(entries, names) => boxd_error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "the directory holds more than {entries} entries or {names} bytes of names; \
+                 download a subdirectory"
+            ),
+        ),
+        FileError::DuplicateZipName(name) => boxd_error(
+            StatusCode::BAD_REQUEST,
+            &format!("two names are both {name:?} once made valid UTF-8"),
+        ),
+        FileError::NameTooLongForZip(len) => boxd_error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "an entry name is {len} bytes long; a ZIP archive holds names of at most 65535"
+            ),
+        ),
         FileError::Io(e) => boxd_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
@@ -846,12 +868,23 @@ async fn files_get(
                     "path is a directory (use format=zip to download it)",
                 );
             }
-            let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(8);
+            // the whole tree is listed first: a tree too deep, too large or with names the
+            // format cannot hold is refused before a byte is sent
             let prefix = name.clone();
+            let scanned = tokio::task::spawn_blocking(move || {
+                zip::scan(&fd, &prefix).map(|listing| (fd, listing))
+            })
+            .await;
+            let (fd, listing) = match scanned {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => return file_error(e),
+                Err(e) => return boxd_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            };
+            let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(8);
             tokio::task::spawn_blocking(move || {
                 let _keep = rt; // the sandbox root stays reachable while zipping
                 let writer = ChannelWriter::new(tx.clone());
-                match files::zip_dir(fd, &prefix, writer) {
+                match zip::write(&fd, listing, writer) {
                     Ok(mut w) => {
                         let _ = std::io::Write::flush(&mut w);
                     }

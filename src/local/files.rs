@@ -5,15 +5,13 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use bytes::Bytes;
 use libc::c_int;
 
-use super::fs_sys::{self, fstat, open_child, set_blocking};
+use super::fs_sys::{self, fstat, set_blocking};
 use super::sys::cstr;
-use super::zip::ZipWriter;
 
 /// Why a file operation failed (mapped to HTTP by the handlers). Every error a client can
 /// cause has a variant of its own; `Io` is left for the backend's own failures.
@@ -43,6 +41,14 @@ pub(crate) enum FileError {
     Invalid,
     /// `EMFILE`, `ENFILE`, `ENOMEM`: the backend is short of resources for now.
     Exhausted,
+    /// A ZIP download of a directory nested deeper than this.
+    TooDeep(usize),
+    /// A ZIP download with an entry name of this many bytes (more than the format holds).
+    NameTooLongForZip(usize),
+    /// A ZIP download of more than this many entries, or of names longer than this in total.
+    TooManyEntries(usize, usize),
+    /// A ZIP download in which two names are the same once made valid UTF-8.
+    DuplicateZipName(String),
     Io(io::Error),
 }
 
@@ -109,7 +115,7 @@ pub(crate) fn probe_openat2() -> io::Result<()> {
 /// more privileges than the sandbox: it must not read kernel files on its behalf).
 // The magic constants have different integer types on different targets.
 #[allow(clippy::unnecessary_cast)]
-fn is_virtual(fd: BorrowedFd<'_>) -> io::Result<bool> {
+pub(crate) fn is_virtual(fd: BorrowedFd<'_>) -> io::Result<bool> {
     let fs_type = fs_sys::fs_magic(fd)?;
     const DEVPTS: i64 = 0x1cd1;
     const CGROUP: i64 = 0x0027_e0eb;
@@ -330,71 +336,6 @@ impl Write for ChannelWriter {
     fn flush(&mut self) -> io::Result<()> {
         self.send()
     }
-}
-
-/// Zips the directory `dir` into `out`, entries prefixed with `prefix/` (no prefix when
-/// empty). Symlinks, special files and virtual file systems are skipped. Blocking.
-pub(crate) fn zip_dir<W: Write>(dir: OwnedFd, prefix: &str, out: W) -> io::Result<W> {
-    let mut zip = ZipWriter::new(out);
-    let st = fstat(dir.as_fd())?;
-    if !prefix.is_empty() {
-        zip.add_dir(prefix.as_bytes(), st.st_mtime, st.st_mode)?;
-    }
-    walk(&mut zip, &dir, prefix.as_bytes())?;
-    zip.finish()
-}
-
-fn walk<W: Write>(zip: &mut ZipWriter<W>, dir: &OwnedFd, prefix: &[u8]) -> io::Result<()> {
-    let listing = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?;
-    let mut names: Vec<Vec<u8>> = listing
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().as_bytes().to_vec())
-        .collect();
-    names.sort();
-    for name in names {
-        let mut full = prefix.to_vec();
-        if !full.is_empty() {
-            full.push(b'/');
-        }
-        full.extend_from_slice(&name);
-        let cname = cstr(name)?;
-        // O_PATH + O_NOFOLLOW: a symlink is opened as itself and then skipped.
-        let Ok(probe) = open_child(dir.as_fd(), &cname, libc::O_PATH) else {
-            continue;
-        };
-        let st = fstat(probe.as_fd())?;
-        match st.st_mode & libc::S_IFMT {
-            libc::S_IFDIR => {
-                let Ok(sub) = open_child(dir.as_fd(), &cname, libc::O_RDONLY | libc::O_DIRECTORY)
-                else {
-                    continue;
-                };
-                if is_virtual(sub.as_fd())? {
-                    continue;
-                }
-                zip.add_dir(&full, st.st_mtime, st.st_mode)?;
-                walk(zip, &sub, &full)?;
-            }
-            libc::S_IFREG => {
-                let Ok(fd) = open_child(dir.as_fd(), &cname, libc::O_RDONLY | libc::O_NONBLOCK)
-                else {
-                    continue;
-                };
-                if is_virtual(fd.as_fd())? {
-                    continue;
-                }
-                let st = fstat(fd.as_fd())?;
-                if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-                    continue;
-                }
-                set_blocking(fd.as_fd());
-                let mut file = File::from(fd);
-                zip.add_file(&full, st.st_mtime, st.st_mode, st.st_size as u64, &mut file)?;
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

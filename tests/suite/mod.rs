@@ -153,4 +153,5 @@ suite_tests!(
     idle_and_slow_connections_are_closed,
     out_of_range_numbers_are_rejected,
     system_errors_are_client_errors,
+    hostile_directory_trees_cannot_break_zip_downloads,
 );

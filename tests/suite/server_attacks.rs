@@ -376,3 +376,62 @@ pub async fn system_errors_are_client_errors() {
     assert_eq!(r.stdout, "ok\n");
     sb.kill().await.unwrap();
 }
+
+/// A directory nested thousands of levels deep (made inside the sandbox) is refused with a
+/// clear 400 instead of exhausting the stack of the backend; entry names longer than the ZIP
+/// format allows are refused too; other sandboxes never notice.
+#[dual]
+pub async fn hostile_directory_trees_cannot_break_zip_downloads() {
+    let server = common::server();
+    let config = common::config(&server);
+    let bystander = Sandbox::create_with(&config, CreateOptions::new("bystander"))
+        .await
+        .unwrap();
+    let r = bystander
+        .commands()
+        .run("sleep 300 >/dev/null 2>&1 & echo $!")
+        .await
+        .unwrap();
+    let pid = r.stdout.trim().to_owned();
+    let sb = Sandbox::create_with(&config, CreateOptions::new("deep"))
+        .await
+        .unwrap();
+    let made = sb
+        .commands()
+        .run(
+            "python3 -c \"import os\nos.makedirs('/deep')\nos.chdir('/deep')\n\
+             for _ in range(3000):\n    os.mkdir('d'); os.chdir('d')\nopen('f', 'w').write('x')\"",
+        )
+        .await
+        .unwrap();
+    assert_eq!(made.exit_code, 0, "{made:?}");
+    let e = sb.files().download_dir("/deep").await.unwrap_err();
+    assert_eq!(e.status_code(), Some(400), "{e:?}");
+    assert!(e.to_string().contains("deeper than"), "{e}");
+    // names past 65,535 bytes: 255 levels of 255-byte names, then a file
+    let made = sb
+        .commands()
+        .run(
+            "python3 -c \"import os\nos.makedirs('/long')\nos.chdir('/long')\n\
+             for _ in range(255):\n    os.mkdir('n' * 255); os.chdir('n' * 255)\n\
+             open('f' * 255, 'w').write('x')\"",
+        )
+        .await
+        .unwrap();
+    assert_eq!(made.exit_code, 0, "{made:?}");
+    let e = sb.files().download_dir("/long").await.unwrap_err();
+    assert_eq!(e.status_code(), Some(400), "{e:?}");
+    assert!(e.to_string().contains("65535"), "{e}");
+    // a shallow directory next to them still zips, and the bystander's process lives on
+    sb.files().write("/ok/a.txt", "A").await.unwrap();
+    let zip = sb.files().download_dir("/ok").await.unwrap();
+    assert!(common::zip_entries(&zip).contains(&"ok/a.txt".to_owned()));
+    let alive = bystander
+        .commands()
+        .run(&format!("kill -0 {pid} && echo alive"))
+        .await
+        .unwrap();
+    assert_eq!(alive.stdout, "alive\n");
+    sb.kill().await.unwrap();
+    bystander.kill().await.unwrap();
+}
