@@ -63,26 +63,31 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-fn paused() -> Response {
-    let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "sandbox is paused");
+/// `r` with `Retry-After: secs`.
+fn retry_after(mut r: Response, secs: &'static str) -> Response {
     r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
     r
+}
+
+fn paused() -> Response {
+    retry_after(
+        text(StatusCode::SERVICE_UNAVAILABLE, "sandbox is paused"),
+        "5",
+    )
 }
 
 fn unavailable(u: Unavailable) -> Response {
     match u {
         Unavailable::Paused => paused(),
         Unavailable::Gone => text(StatusCode::NOT_FOUND, "sandbox not found"),
-        Unavailable::Failed(msg) => {
-            let mut r = text(
+        Unavailable::Failed(msg) => retry_after(
+            text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("sandbox unavailable: {msg}"),
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            r
-        }
+            ),
+            "5",
+        ),
     }
 }
 
@@ -213,12 +218,12 @@ fn spawn_failure(f: SpawnFailure) -> Response {
     match f {
         SpawnFailure::Unavailable(u) => unavailable(u),
         SpawnFailure::Spawn(e) => {
-            let mut r = boxd_error(spawn_status(&e).0, &spawn_message(&e));
+            let r = boxd_error(spawn_status(&e).0, &spawn_message(&e));
             if r.status() == StatusCode::SERVICE_UNAVAILABLE {
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                retry_after(r, "1")
+            } else {
+                r
             }
-            r
         }
     }
 }
@@ -688,15 +693,13 @@ fn file_error(e: FileError) -> Response {
             "file too large for the sandbox's file system",
         ),
         FileError::Invalid => boxd_error(StatusCode::BAD_REQUEST, "invalid path"),
-        FileError::Exhausted => {
-            let mut r = boxd_error(
+        FileError::Exhausted => retry_after(
+            boxd_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the backend is short of resources; retry in a moment",
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            r
-        }
+            ),
+            "1",
+        ),
         FileError::IsDirectory => boxd_error(StatusCode::BAD_REQUEST, "path is a directory"),
         FileError::NotRegular => boxd_error(StatusCode::BAD_REQUEST, "not a regular file"),
         FileError::Virtual => boxd_error(
