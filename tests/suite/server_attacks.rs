@@ -356,10 +356,16 @@ pub async fn system_errors_are_client_errors() {
     let e = f.read("/tmp/loop-a").await.unwrap_err();
     assert_eq!(status(&e), Some(400), "{e:?}");
     // ETXTBSY: overwriting a program that is running
-    sb.commands()
-        .run("cp /bin/sleep /tmp/busy && (/tmp/busy 120 >/dev/null 2>&1 &) ; sleep 0.2")
+    let started = sb
+        .commands()
+        .run(
+            "cp /bin/sleep /tmp/busy && (/tmp/busy 120 >/dev/null 2>&1 &); \
+             for i in $(seq 200); do for p in /proc/[0-9]*; do \
+             [ \"$(readlink $p/exe)\" = /tmp/busy ] && exit 0; done; sleep 0.05; done; exit 1",
+        )
         .await
         .unwrap();
+    assert_eq!(started.exit_code, 0, "the program never ran: {started:?}");
     let e = f.write("/tmp/busy", "x").await.unwrap_err();
     assert_eq!(status(&e), Some(409), "{e:?}");
     assert!(e.to_string().contains("busy"), "{e}");
