@@ -15,7 +15,7 @@ use std::sync::Arc;
 use libc::c_ulong;
 
 use super::cgroup::{Cgroups, SandboxCgroup};
-use super::egress::{Egress, SandboxNet};
+use super::egress::{Egress, SandboxNet, SandboxPolicy};
 use super::image::BaseImage;
 use super::sys::{self, cstr, path_cstr, ChildPlan, PidNs, SpawnError, Step};
 
@@ -362,12 +362,14 @@ fn open_ns(pid: i32, ns: &str) -> io::Result<OwnedFd> {
 impl Runtime {
     /// Starts a sandbox: creates its directories (kept if present) and cgroup, then its init
     /// process. Any processes left over from an earlier run of the same sandbox are killed.
+    /// The egress proxy asks `policy` for the sandbox's rules and bindings.
     pub(crate) async fn start(
         host: &Host,
         id: &str,
         hostname: &str,
         vcpu: u32,
         memory_mib: u32,
+        policy: Arc<dyn SandboxPolicy>,
     ) -> Result<Arc<Runtime>, String> {
         let dirs = SandboxDirs::new(&host.sandboxes_dir, id);
         let cgroup = host.cgroups.sandbox(id);
@@ -426,7 +428,7 @@ impl Runtime {
                 return Err(format!("the sandbox init is not usable: {e}"));
             }
         };
-        let net = match host.egress.attach(id, net_ns).await {
+        let net = match host.egress.attach(id, net_ns, &policy).await {
             Ok(net) => net,
             Err(e) => {
                 let _ = child.start_kill();

@@ -24,8 +24,12 @@ fn system_time(ns: i64) -> SystemTime {
 
 /// Broken-down UTC time: (year, month, day, hour, minute, second).
 pub(crate) fn utc_parts(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
-    let t =
-        time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    // Out of range (beyond ±9999 years): the nearest representable time.
+    let t = time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(if secs > 0 {
+        time::PrimitiveDateTime::MAX.assume_utc()
+    } else {
+        time::PrimitiveDateTime::MIN.assume_utc()
+    });
     (
         i64::from(t.year()),
         u32::from(u8::from(t.month())),

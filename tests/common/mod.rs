@@ -324,3 +324,106 @@ pub fn egress_server() -> LocalServer {
 
 mod upstream;
 pub use upstream::Upstream;
+
+/// The `superserve-local` binary running as a child process (for what an in-process backend
+/// cannot show, such as a descriptor limit of its own). Stopped with SIGTERM on drop.
+pub struct Backend {
+    child: std::process::Child,
+    pub base_url: String,
+    pub sandbox_url: String,
+    pub api_key: String,
+}
+
+impl Backend {
+    /// Starts `superserve-local ARGS` with at most `max_fds` open descriptors (`ulimit -n`).
+    pub fn start_with_fd_limit(max_fds: u32, args: &[&str]) -> Backend {
+        use std::io::BufRead;
+        let bin = env!("CARGO_BIN_EXE_superserve-local");
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -n {max_fds} && exec \"$0\" \"$@\""))
+            .arg(bin)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start superserve-local");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut var = |name: &str| -> String {
+            let line = lines
+                .next()
+                .and_then(Result::ok)
+                .unwrap_or_else(|| panic!("superserve-local printed no {name}"));
+            line.strip_prefix(&format!("{name}="))
+                .unwrap_or_else(|| panic!("expected {name}=..., got {line:?}"))
+                .to_owned()
+        };
+        let (base_url, sandbox_url, api_key) = (
+            var("SUPERSERVE_BASE_URL"),
+            var("SUPERSERVE_SANDBOX_URL"),
+            var("SUPERSERVE_API_KEY"),
+        );
+        Backend {
+            child,
+            base_url,
+            sandbox_url,
+            api_key,
+        }
+    }
+
+    pub fn config(&self) -> Config {
+        Config::builder()
+            .api_key(&self.api_key)
+            .base_url(&self.base_url)
+            .sandbox_url(&self.sandbox_url)
+            .build()
+            .expect("config")
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        // a clean stop: the backend kills its sandboxes on SIGTERM
+        let _ = std::process::Command::new("sh")
+            .args(["-c", "kill -TERM \"$0\"", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `host:port` of a URL such as `http://127.0.0.1:8080`.
+pub fn authority(url: &str) -> String {
+    url.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// One HTTP/1.1 exchange on a fresh connection (`Connection: close`): `request` is the
+/// request line and headers without the blank line; returns the status (0 when the
+/// connection ended without a response) and the raw response. Waits at most `wait` for it.
+pub fn raw_http(addr: &str, request: &str, body: &[u8], wait: Duration) -> (u16, String) {
+    use std::io::Read;
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(wait)).expect("read timeout");
+    let head = format!(
+        "{request}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    if s.write_all(head.as_bytes())
+        .and_then(|()| s.write_all(body))
+        .is_err()
+    {
+        return (0, String::new());
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}

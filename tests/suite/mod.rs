@@ -4,8 +4,10 @@
 mod answers;
 mod control;
 mod data;
+mod egress_attacks;
 mod faults;
 mod network;
+mod server_attacks;
 mod streams;
 mod wire;
 
@@ -16,9 +18,13 @@ pub use control::*;
 #[allow(unused_imports)]
 pub use data::*;
 #[allow(unused_imports)]
+pub use egress_attacks::*;
+#[allow(unused_imports)]
 pub use faults::*;
 #[allow(unused_imports)]
 pub use network::*;
+#[allow(unused_imports)]
+pub use server_attacks::*;
 #[allow(unused_imports)]
 pub use streams::*;
 #[allow(unused_imports)]
@@ -181,4 +187,16 @@ suite_tests!(
     preview_calls_have_the_hosted_shapes,
     snapshot_calls_have_the_hosted_shapes,
     template_calls_have_the_hosted_shapes,
+    // hostile sandboxes against egress, DNS and the broker
+    special_purpose_ranges_and_the_hosts_networks_are_blocked,
+    brokered_secret_needs_a_matching_host_header,
+    brokered_https_needs_matching_sni_and_host,
+    dns_refuses_names_no_rule_allows,
+    // hostile clients and input against the listeners and handlers
+    idle_and_slowloris_clients_cannot_starve_the_backend,
+    a_full_listener_sheds_with_a_fast_503,
+    idle_and_slow_connections_are_closed,
+    out_of_range_numbers_are_rejected,
+    system_errors_are_client_errors,
+    hostile_directory_trees_cannot_break_zip_downloads,
 );

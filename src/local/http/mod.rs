@@ -1,5 +1,10 @@
-//! HTTP plumbing shared by both listeners: the accept loop (HTTP/1 with upgrades, and the
-//! ability to drop a connection on cue), the journal + fault middleware, response helpers.
+//! HTTP plumbing shared by both listeners: the accept loop ([`serve`]: HTTP/1 with upgrades,
+//! connection caps, timeouts, shedding, and the ability to drop a connection on cue), the
+//! journal + fault middleware, response helpers.
+
+mod serve;
+
+pub(crate) use serve::{serve, Limits, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT};
 
 use std::sync::Arc;
 
@@ -8,15 +13,11 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::Router;
 use futures_util::StreamExt;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
-use tokio::task::JoinSet;
+use tokio::sync::Notify;
 
-use super::app::{ApiError, App};
+use super::app::App;
+use super::error::ApiError;
 use super::fault::{lock, Fault};
 use super::journal::{Plane, RecordedRequest, Slot};
 
@@ -242,7 +243,7 @@ pub(crate) async fn require_api_key(
         .headers()
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|k| super::app::ct_eq(k.trim(), &app.api_key));
+        .is_some_and(|k| super::ident::ct_eq(k.trim(), &app.api_key));
     if ok {
         next.run(req).await
     } else {
@@ -261,57 +262,6 @@ pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a s
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
-}
-
-/// Serves `router` on `listener` until `shutdown` flips; then drops every connection.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    router: Router,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    let ctl = ConnCtl(Arc::new(Notify::new()));
-                    let router = router.clone();
-                    let mut stop = shutdown.clone();
-                    conns.spawn(async move {
-                        let req_ctl = ctl.clone();
-                        let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                            req.extensions_mut().insert(req_ctl.clone());
-                            let mut router = router.clone();
-                            async move {
-                                futures_util::future::poll_fn(|cx| {
-                                    tower_service::Service::<hyper::Request<Incoming>>::poll_ready(&mut router, cx)
-                                })
-                                .await?;
-                                tower_service::Service::call(&mut router, req).await
-                            }
-                        });
-                        let conn = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .with_upgrades();
-                        tokio::select! {
-                            _ = conn => {}
-                            _ = ctl.0.notified() => {}
-                            _ = stop.changed() => {}
-                        }
-                    });
-                }
-                Err(_) => {
-                    // e.g. out of file descriptors: back off briefly
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-            },
-        }
-    }
-    conns.abort_all();
-    while conns.join_next().await.is_some() {}
 }
 
 #[cfg(test)]
