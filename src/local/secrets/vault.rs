@@ -69,50 +69,10 @@ impl SecretKey {
 
     /// Reads the key file, or creates it (32 random bytes, mode 0600) if missing.
     pub(crate) fn load_or_create(path: &Path) -> io::Result<SecretKey> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        match std::fs::read(path) {
-            Ok(b) if b.len() == 32 => SecretKey::from_bytes(&b),
-            Ok(b) => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{} holds {} bytes; a secrets key is 32 bytes",
-                    path.display(),
-                    b.len()
-                ),
-            )),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // Written in full under a private name, then linked into place: a backend
-                // starting at the same moment either wins the link or reads the winner's key,
-                // and never sees a half-written file.
-                let mut b = [0u8; 32];
-                rand::thread_rng().fill_bytes(&mut b);
-                let tmp = path.with_extension(format!(
-                    "key.{}.{:016x}",
-                    std::process::id(),
-                    rand::random::<u64>()
-                ));
-                let written = (|| {
-                    let mut f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .open(&tmp)?;
-                    f.write_all(&b)?;
-                    f.sync_all()?;
-                    std::fs::hard_link(&tmp, path)
-                })();
-                let _ = std::fs::remove_file(&tmp);
-                match written {
-                    Ok(()) => SecretKey::from_bytes(&b),
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                        SecretKey::load_or_create(path)
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
-        }
+        SecretKey::from_bytes(&super::super::ident::load_or_create_key(
+            path,
+            "a secrets key",
+        )?)
     }
 
     /// A random key (tests).
