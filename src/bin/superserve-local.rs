@@ -1,7 +1,7 @@
 //! `superserve-local`: the local Superserve backend as a standalone server.
 //!
 //! ```text
-//! eval "$(sudo superserve-local --port 8080 --data-dir /var/lib/superserve-local | head -3)"
+//! eval "$(sudo superserve-local --port 8080 --data-dir /var/lib/superserve-local | head -4)"
 //! ```
 
 use std::io::Write;
@@ -19,7 +19,8 @@ USAGE:
                      [--allow-private CIDR]... [--dns-host NAME=IP]... [--upstream-ca FILE]...
 
 OPTIONS:
-    --port N          control-plane port; the data plane listens on N+1 (default: random ports)
+    --port N          control-plane port; the data plane listens on N+1, the preview proxy
+                      on N+2 (default: random ports)
     --data-dir DIR    keep state and sandbox files in DIR across restarts
                       (default: a temporary directory removed on exit)
     --api-key KEY     the API key clients must send (default: a random ss_live_ key)
@@ -34,8 +35,8 @@ OPTIONS:
                       trust these PEM roots for brokered HTTPS upstreams (besides the host's)
     -h, --help        print this help
 
-On start it prints SUPERSERVE_BASE_URL, SUPERSERVE_SANDBOX_URL and SUPERSERVE_API_KEY lines
-(for `eval`), then serves until SIGINT or SIGTERM, then kills every sandbox process and exits.
+On start it prints SUPERSERVE_BASE_URL, SUPERSERVE_SANDBOX_URL, SUPERSERVE_API_KEY and
+SUPERSERVE_PREVIEW_URL lines (for `eval`), then serves until SIGINT or SIGTERM, then kills every sandbox process and exits.
 Sandboxes that were running are paused on the next start with the same --data-dir.
 Needs root on Linux (namespaces, overlayfs, cgroup v1 freezer); sandbox egress needs `ip`
 (iproute2) and `nft` (nftables).
@@ -194,6 +195,7 @@ fn main() -> ExitCode {
     let _ = writeln!(out, "SUPERSERVE_BASE_URL={}", server.base_url());
     let _ = writeln!(out, "SUPERSERVE_SANDBOX_URL={}", server.sandbox_url());
     let _ = writeln!(out, "SUPERSERVE_API_KEY={}", server.api_key());
+    let _ = writeln!(out, "SUPERSERVE_PREVIEW_URL={}", server.preview_url());
     let _ = out.flush();
     drop(out);
     eprintln!(

@@ -15,6 +15,7 @@ use super::model::{
     self, BindBody, Binding, CreateBody, Network, PatchBody, Record, Status, DEFAULT_MEMORY_MIB,
     DEFAULT_VCPU,
 };
+use super::preview::Previews;
 use super::runtime::{CommandSpec, Host, Runtime, SandboxDirs};
 use super::secrets::Secrets;
 use super::store::{self, Db};
@@ -108,6 +109,8 @@ pub(crate) struct App {
     pub tuning: Tuning,
     /// Team secrets (values sealed at rest).
     pub secrets: Secrets,
+    /// Published preview ports, their tokens, and the preview proxy's connections.
+    pub previews: Arc<Previews>,
     seq: AtomicI64,
 }
 
@@ -125,6 +128,7 @@ impl App {
         host: Host,
         db: Db,
         secrets: Secrets,
+        previews: Arc<Previews>,
         tuning: Tuning,
     ) -> Result<App, LocalError> {
         let db_err = |e: store::StoreError| LocalError::Database {
@@ -167,6 +171,7 @@ impl App {
             faults: FaultSet::default(),
             tuning,
             secrets,
+            previews,
             seq: AtomicI64::new(max_seq + 1),
         })
     }
@@ -548,6 +553,7 @@ impl App {
         .unwrap_or_default();
         problems.extend(cleanup);
         self.db.delete(id.to_owned()).await?;
+        self.previews.forget(id).await?;
         if problems.is_empty() {
             Ok(())
         } else {

@@ -42,6 +42,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/secrets/{name}/audit", get(secret_audit))
         .route("/secrets/{name}/sandboxes", get(secret_sandboxes))
         .route("/providers", get(providers))
+        .merge(super::preview::api::routes())
         .route("/_local/faults", post(add_fault).delete(clear_faults))
         .route("/_local/requests", get(requests).delete(clear_requests))
         .fallback(not_found)

@@ -117,6 +117,7 @@ mod ident;
 mod image;
 mod journal;
 mod model;
+mod preview;
 mod runtime;
 mod secrets;
 mod server;

@@ -458,6 +458,11 @@ impl Runtime {
         }))
     }
 
+    /// The sandbox's network namespace (the preview proxy connects to its ports in it).
+    pub(crate) fn net_ns(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.net.ns)
+    }
+
     /// Whether the init process has exited.
     pub(crate) fn is_dead(&self) -> bool {
         self.dead.load(Ordering::SeqCst)

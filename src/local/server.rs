@@ -19,6 +19,7 @@ use super::error::LocalError;
 use super::fault::FaultRule;
 use super::image;
 use super::journal::{Plane, RecordedRequest};
+use super::preview::{self, Previews};
 use super::runtime::Host;
 use super::secrets::{SecretKey, SecretLookup, Secrets, Vault};
 use super::store::Db;
@@ -45,6 +46,7 @@ pub struct LocalServerBuilder {
     data_dir: Option<PathBuf>,
     port: Option<u16>,
     sandbox_port: Option<u16>,
+    preview_port: Option<u16>,
     api_key: Option<String>,
     bind: IpAddr,
     keepalive: Duration,
@@ -62,6 +64,7 @@ impl fmt::Debug for LocalServerBuilder {
             .field("data_dir", &self.data_dir)
             .field("port", &self.port)
             .field("sandbox_port", &self.sandbox_port)
+            .field("preview_port", &self.preview_port)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("bind", &self.bind)
             .field("keepalive", &self.keepalive)
@@ -81,6 +84,7 @@ impl Default for LocalServerBuilder {
             data_dir: None,
             port: None,
             sandbox_port: None,
+            preview_port: None,
             api_key: None,
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             keepalive: DEFAULT_KEEPALIVE,
@@ -109,7 +113,8 @@ impl LocalServerBuilder {
     }
 
     /// The control-plane port (default: a random free port). Unless
-    /// [`sandbox_port`](Self::sandbox_port) is set, the data plane listens on `port + 1`.
+    /// [`sandbox_port`](Self::sandbox_port) is set, the data plane listens on `port + 1`;
+    /// unless [`preview_port`](Self::preview_port) is set, the preview proxy on `port + 2`.
     #[must_use]
     pub fn port(mut self, port: u16) -> Self {
         self.port = Some(port);
@@ -123,6 +128,14 @@ impl LocalServerBuilder {
         self
     }
 
+    /// The preview proxy's port (default: `port + 2` when [`port`](Self::port) is set, else
+    /// random). See [`LocalServer::preview_url`].
+    #[must_use]
+    pub fn preview_port(mut self, port: u16) -> Self {
+        self.preview_port = Some(port);
+        self
+    }
+
     /// The API key clients must send (default: a random `ss_live_…` key).
     #[must_use]
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
@@ -130,7 +143,7 @@ impl LocalServerBuilder {
         self
     }
 
-    /// The address both listeners bind (default `127.0.0.1`).
+    /// The address the listeners bind (default `127.0.0.1`).
     #[must_use]
     pub fn bind(mut self, ip: IpAddr) -> Self {
         self.bind = ip;
@@ -212,8 +225,8 @@ impl LocalServerBuilder {
         self
     }
 
-    /// Checks the machine, prepares the data directory and base image, binds both listeners
-    /// and starts serving on a background thread. Returns once both listeners accept
+    /// Checks the machine, prepares the data directory and base image, binds the listeners
+    /// and starts serving on a background thread. Returns once the listeners accept
     /// connections. Works from plain threads and from inside an async runtime.
     pub fn start(self) -> Result<LocalServer, LocalError> {
         LocalServer::start_with(self)
@@ -247,6 +260,7 @@ pub struct LocalServer {
     app: Arc<App>,
     base_url: String,
     sandbox_url: String,
+    preview_url: String,
     data_dir: PathBuf,
     temporary: bool,
     config: crate::Config,
@@ -260,6 +274,7 @@ impl fmt::Debug for LocalServer {
         f.debug_struct("LocalServer")
             .field("base_url", &self.base_url)
             .field("sandbox_url", &self.sandbox_url)
+            .field("preview_url", &self.preview_url)
             .field("data_dir", &self.data_dir)
             .field("api_key", &"<redacted>")
             .finish()
@@ -348,6 +363,16 @@ fn bind(ip: IpAddr, port: u16) -> Result<std::net::TcpListener, LocalError> {
     l.set_nonblocking(true)
         .map_err(|source| LocalError::Bind { addr, source })?;
     Ok(l)
+}
+
+/// The preview proxy's address: `localhost` (whose subdomains resolve to this machine) with
+/// the listener's port.
+fn preview_url_of(l: &std::net::TcpListener, ip: IpAddr) -> Result<String, LocalError> {
+    let addr = l.local_addr().map_err(|source| LocalError::Bind {
+        addr: SocketAddr::new(ip, 0),
+        source,
+    })?;
+    Ok(format!("http://localhost:{}", addr.port()))
 }
 
 fn url_of(l: &std::net::TcpListener, ip: IpAddr) -> Result<String, LocalError> {
@@ -477,6 +502,15 @@ impl LocalServer {
                 ))
             })?,
         };
+        let preview_port = match (b.preview_port, b.port) {
+            (Some(p), _) => p,
+            (None, Some(0)) | (None, None) => 0,
+            (None, Some(p)) => p.checked_add(2).ok_or_else(|| {
+                LocalError::InvalidOption(format!(
+                    "port {p} leaves no room for the preview proxy on port + 2; set preview_port"
+                ))
+            })?,
+        };
         let max_fds = open_files_limit();
         let mut limits = http::Limits::for_descriptors(max_fds);
         match b.max_connections {
@@ -497,8 +531,10 @@ impl LocalServer {
         limits.idle_timeout = b.idle_timeout;
         let control_listener = bind(b.bind, control_port)?;
         let data_listener = bind(b.bind, data_port)?;
+        let preview_listener = bind(b.bind, preview_port)?;
         let base_url = url_of(&control_listener, b.bind)?;
         let sandbox_url = url_of(&data_listener, b.bind)?;
+        let preview_url = preview_url_of(&preview_listener, b.bind)?;
 
         let api_key = match b.api_key {
             Some(k) if !k.trim().is_empty() => k.trim().to_owned(),
@@ -509,6 +545,7 @@ impl LocalServer {
             .api_key(api_key.clone())
             .base_url(base_url.clone())
             .sandbox_url(sandbox_url.clone())
+            .preview_url(preview_url.clone())
             .build()
             .map_err(|e| LocalError::InvalidOption(format!("SDK configuration: {e}")))?;
 
@@ -548,6 +585,17 @@ impl LocalServer {
                 source: Box::new(e),
             })?,
         );
+        let preview_key = data_dir.join("preview.key");
+        let previews = Previews::open(db.clone(), &preview_key).map_err(|e| match e {
+            preview::OpenError::Key(source) => LocalError::DataDir {
+                path: preview_key.clone(),
+                source,
+            },
+            preview::OpenError::Store(e) => LocalError::Database {
+                path: db_path.clone(),
+                source: Box::new(e),
+            },
+        })?;
         let egress = Arc::new(Egress::new(
             settings,
             db.clone(),
@@ -570,6 +618,7 @@ impl LocalServer {
             host,
             db,
             Secrets::new(vault),
+            Arc::new(previews),
             Tuning {
                 keepalive: if b.keepalive.is_zero() {
                     DEFAULT_KEEPALIVE
@@ -592,7 +641,7 @@ impl LocalServer {
                 run(
                     runtime,
                     thread_app,
-                    (control_listener, data_listener),
+                    [control_listener, data_listener, preview_listener],
                     limits,
                     stop_rx,
                     ready_tx,
@@ -614,6 +663,7 @@ impl LocalServer {
             app,
             base_url,
             sandbox_url,
+            preview_url,
             data_dir,
             temporary,
             config,
@@ -634,6 +684,35 @@ impl LocalServer {
         &self.sandbox_url
     }
 
+    /// The preview proxy's address, e.g. `http://localhost:41236` (use as
+    /// `SUPERSERVE_PREVIEW_URL`; [`config`](Self::config) carries it). Port `3000` of sandbox
+    /// `<id>` is at `http://3000-<id>.localhost:41236/`: browsers and curl resolve every
+    /// `*.localhost` name to this machine. For clients that cannot resolve such names, the
+    /// same preview is at `http://127.0.0.1:41236/_preview/3000-<id>/` (apps see the path
+    /// without the prefix and the prefix in `X-Forwarded-Prefix`; previews share one origin
+    /// there, so no cookie is set: private ports need the token header or query parameter).
+    /// See the [module docs](crate::local) for the access rules.
+    pub fn preview_url(&self) -> &str {
+        &self.preview_url
+    }
+
+    /// A TCP connection to `port` inside a running sandbox's network namespace, made the way
+    /// the preview proxy makes its own (loopback inside the sandbox, so apps bound to
+    /// `127.0.0.1` are reached too), but without the proxy: for measurements and tests. Does
+    /// not resume a paused sandbox. Blocks; do not call it on an async runtime's thread.
+    pub fn connect_to_sandbox_port(
+        &self,
+        sandbox_id: &str,
+        port: u16,
+    ) -> std::io::Result<std::net::TcpStream> {
+        let app = self.app.clone();
+        let handle = self.app.host.handle.clone();
+        let id = sandbox_id.to_owned();
+        std::thread::spawn(move || handle.block_on(preview::proxy::connect_direct(&app, &id, port)))
+            .join()
+            .map_err(|_| std::io::Error::other("the connecting thread panicked"))?
+    }
+
     /// The API key the control plane accepts.
     pub fn api_key(&self) -> &str {
         &self.app.api_key
@@ -644,7 +723,8 @@ impl LocalServer {
         &self.data_dir
     }
 
-    /// An SDK configuration for this backend (API key, base URL and data-plane URL set).
+    /// An SDK configuration for this backend (API key, base URL, data-plane URL and preview
+    /// address set).
     pub fn config(&self) -> crate::Config {
         self.config.clone()
     }
@@ -659,7 +739,7 @@ impl LocalServer {
         self.app.faults.clear();
     }
 
-    /// Every request received so far (both listeners, oldest first; at most the last 10 000),
+    /// Every request received so far (the control and data planes, oldest first; at most the last 10 000),
     /// except the `/_local/*` admin routes.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.app.journal.snapshot()
@@ -731,19 +811,21 @@ impl Drop for LocalServer {
 fn run(
     runtime: tokio::runtime::Runtime,
     app: Arc<App>,
-    (control_listener, data_listener): (std::net::TcpListener, std::net::TcpListener),
+    listeners: [std::net::TcpListener; 3],
     limits: http::Limits,
     mut stop: watch::Receiver<bool>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     runtime.block_on(async {
         let listeners = (|| -> std::io::Result<_> {
+            let [c, d, p] = listeners;
             Ok((
-                tokio::net::TcpListener::from_std(control_listener)?,
-                tokio::net::TcpListener::from_std(data_listener)?,
+                tokio::net::TcpListener::from_std(c)?,
+                tokio::net::TcpListener::from_std(d)?,
+                tokio::net::TcpListener::from_std(p)?,
             ))
         })();
-        let (cl, dl) = match listeners {
+        let (cl, dl, pl) = match listeners {
             Ok(l) => l,
             Err(e) => {
                 let _ = ready.send(Err(format!("cannot register the listeners: {e}")));
@@ -759,6 +841,12 @@ fn run(
         let data = tokio::spawn(http::serve(
             dl,
             data::router(app.clone()),
+            stop.clone(),
+            limits,
+        ));
+        let previews = tokio::spawn(http::serve(
+            pl,
+            preview::proxy::router(app.clone()),
             stop.clone(),
             limits,
         ));
@@ -781,6 +869,7 @@ fn run(
         }
         let _ = control.await;
         let _ = data.await;
+        let _ = previews.await;
         let _ = reaper.await;
         app.shutdown().await;
     });

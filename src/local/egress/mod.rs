@@ -19,7 +19,7 @@ pub(crate) mod broker;
 pub(crate) mod dns;
 pub(crate) mod policy;
 mod splice;
-mod sys;
+pub(crate) mod sys;
 pub(crate) mod tls;
 
 use std::collections::HashMap;

@@ -1,4 +1,4 @@
-//! HTTP plumbing shared by both listeners: the accept loop ([`serve`]: HTTP/1 with upgrades,
+//! HTTP plumbing shared by the listeners (control plane, data plane, preview proxy): the accept loop ([`serve`]: HTTP/1 with upgrades,
 //! connection caps, timeouts, shedding, and the ability to drop a connection on cue), the
 //! journal + fault middleware, response helpers.
 

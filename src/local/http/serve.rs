@@ -59,8 +59,8 @@ const MAX_SHEDDING: usize = 64;
 const SHED_LINGER: Duration = Duration::from_secs(1);
 
 impl Limits {
-    /// The defaults for a process that may open `max_fds` descriptors: each of the two
-    /// listeners takes an eighth of them (between 32 and 4096 connections), the rest is left
+    /// The defaults for a process that may open `max_fds` descriptors: each listener
+    /// (control plane, data plane, preview proxy) takes an eighth of them (between 32 and 4096 connections), the rest is left
     /// to sandboxes, their egress and the state database.
     pub(crate) fn for_descriptors(max_fds: u64) -> Limits {
         let share = usize::try_from(max_fds / 8).unwrap_or(usize::MAX);
