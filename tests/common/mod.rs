@@ -322,6 +322,7 @@ pub fn egress_server() -> LocalServer {
     server
 }
 
+pub mod preview;
 mod upstream;
 pub use upstream::Upstream;
 

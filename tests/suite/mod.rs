@@ -7,6 +7,7 @@ mod data;
 mod egress_attacks;
 mod faults;
 mod network;
+mod preview;
 mod server_attacks;
 mod streams;
 mod wire;
@@ -23,6 +24,8 @@ pub use egress_attacks::*;
 pub use faults::*;
 #[allow(unused_imports)]
 pub use network::*;
+#[allow(unused_imports)]
+pub use preview::*;
 #[allow(unused_imports)]
 pub use server_attacks::*;
 #[allow(unused_imports)]
@@ -199,4 +202,14 @@ suite_tests!(
     out_of_range_numbers_are_rejected,
     system_errors_are_client_errors,
     hostile_directory_trees_cannot_break_zip_downloads,
+    // preview ports through the local preview proxy (raw HTTP, curl, WebSocket, Chromium)
+    private_preview_with_header_token_and_signed_url,
+    preview_tokens_open_only_their_own_port_and_sandbox,
+    preview_access_policies,
+    preview_error_pages_and_control_plane_answers,
+    preview_websocket_echo,
+    preview_streams_bodies_both_ways,
+    wait_for_port_waits_for_a_late_server,
+    preview_ports_survive_a_restart,
+    preview_in_a_real_browser,
 );
