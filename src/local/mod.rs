@@ -1,7 +1,8 @@
 //! The local backend (feature `local`): a Superserve-compatible server on this machine.
 //!
 //! [`LocalServer`] answers the Superserve control plane (sandbox lifecycle, list, update,
-//! secret bindings, network log, secrets, providers) and data plane (`/exec`, `/exec/stream`, the
+//! secret bindings, network log, preview ports and tokens, secrets, providers), serves
+//! previews of sandboxes' ports (below), and answers the data plane (`/exec`, `/exec/stream`, the
 //! `/exec/connect` WebSocket, `/files`, whose reads honour single byte ranges) with the same
 //! JSON bodies, status codes and error shapes as the hosted service, and runs every sandbox as
 //! an isolated process tree:
@@ -67,7 +68,45 @@
 //! | 502 | `secret_unavailable` | the stored value cannot be read (e.g. the key file was replaced) |
 //! | 502 | `upstream_tls_error` | the upstream's certificate could not be verified |
 //!
-//! Both listeners survive hostile clients: a request head must arrive within 10 s, an idle
+//! Previews: a third listener, the preview proxy ([`LocalServer::preview_url`], e.g.
+//! `http://localhost:41236`, which [`LocalServer::config`] carries), serves port `3000` of
+//! sandbox `<id>` at `http://3000-<id>.localhost:41236/` (browsers and curl resolve every
+//! `*.localhost` name to this machine, no DNS needed) and, for clients that cannot resolve
+//! such names, at `http://127.0.0.1:41236/_preview/3000-<id>/` (the app sees the path without
+//! the prefix and gets it in `X-Forwarded-Prefix`; a `Location: /…` it answers is put
+//! back under the prefix; previews share one origin in this form, so no cookie is ever set or
+//! read there). Either form can also be reached by naming the preview host in `Host` on a
+//! connection to the listener. The proxy connects to the port on loopback inside the
+//! sandbox's network namespace (so apps bound to `127.0.0.1` are reached too), speaks
+//! HTTP/1.1 with bodies streamed both ways, keeps connections to apps alive, and tunnels
+//! WebSocket (any `Upgrade`) connections. Access follows the sandbox's `preview_access`, as
+//! on the hosted service:
+//!
+//! * `legacy_public` (sandboxes created without a policy): every port, no publishing needed
+//!   (a port published `private` still needs a token);
+//! * `public` and `private`: only published ports (`404` otherwise); the policy is the
+//!   default access of newly published ports, each port keeps its own;
+//! * a private port needs a token of `get_preview_token` (`spv1.…`, HMAC-signed under a key
+//!   kept in the data directory with mode 0600, carrying the port's token version and an
+//!   optional expiry) in the `X-Superserve-Preview-Token` header, or in the
+//!   `superserve_preview_token` query parameter of a signed link: a `GET` with a valid one is
+//!   answered `302` to the same URL without it, and the token moves into a host-only
+//!   `HttpOnly` cookie (`superserve_preview_token`, `SameSite=Lax`, no `Secure`: the proxy
+//!   speaks plain HTTP). Missing or refused: `401`. Rotating a port's tokens or unpublishing
+//!   it bumps its version, which revokes every earlier header token, link and cookie (also
+//!   once the port is published again). Tokens are never listed, stored or logged, and the
+//!   header, cookie and parameter are removed before a request reaches the app.
+//!
+//! Only after these checks does a preview reveal the sandbox's state, on an HTML page with
+//! its code in `X-Superserve-Preview-Error`: `404 sandbox_not_found` (unknown or deleted),
+//! `503 sandbox_paused` (paused or pausing; with `Retry-After`), `503 sandbox_unavailable`
+//! (not running), `502 port_not_listening`, `504 port_not_accepting`, `400
+//! invalid_preview_port` (below 1024, above 65535, or the daemon's 49983). Nothing a preview
+//! does resumes a sandbox; a request, download or tunnel in progress ends when its sandbox is
+//! paused or deleted. Published ports and token versions are in the state database and
+//! survive a restart.
+//!
+//! The listeners survive hostile clients: a request head must arrive within 10 s, an idle
 //! keep-alive connection is closed after 120 s, and each listener keeps at most a share of the
 //! process's descriptors open (at the cap the longest-waiting idle connection makes room;
 //! when every connection has a request in progress, the new one gets a `503` with
@@ -94,6 +133,7 @@
 //! let server = LocalServer::start()?;
 //! println!("SUPERSERVE_BASE_URL={}", server.base_url());
 //! println!("SUPERSERVE_SANDBOX_URL={}", server.sandbox_url());
+//! println!("SUPERSERVE_PREVIEW_URL={}", server.preview_url());
 //! server.inject(FaultRule::new("GET", "/sandboxes/*").fault(Fault::RateLimited { retry_after_secs: 1 }));
 //! let config = server.config(); // for Sandbox::create_with(&config, ...)
 //! # let _ = config;
