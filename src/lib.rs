@@ -122,13 +122,14 @@ mod wire;
 pub use config::{Config, ConfigBuilder, Timeouts, DEFAULT_BASE_URL, DEFAULT_SANDBOX_HOST};
 pub use error::{ApiError, Error, Result, TimeoutKind};
 pub use models::{
-    BuildLogEvent, BuildLogStream, BuildStep, CommandResult, ExecEvent, NetworkConfig,
-    NetworkEvent, NetworkEventKind, NetworkLogPage, NetworkVerdict, PreviewAccess,
-    PreviewAccessPolicy, PreviewPortList, PreviewToken, ProviderShortcut, ProxyAuditEvent,
-    PublishedPreviewPort, SandboxInfo, SandboxSecretBinding, SandboxStatus, SecretAuthType,
-    SecretInfo, SecretSandboxBinding, Signal, SnapshotInfo, SnapshotKind, SnapshotResources,
-    SnapshotStatus, TemplateBuildInfo, TemplateBuildStatus, TemplateInfo, TemplateStatus,
-    Timestamp, DESKTOP_STREAM_PORT, MAX_PREVIEW_PORT, MIN_PREVIEW_PORT, RESERVED_PREVIEW_PORT,
+    BuildLogEvent, BuildLogStream, BuildStep, CommandResult, DesktopAction, ExecEvent, ImageFormat,
+    KeyChord, MouseButton, NetworkConfig, NetworkEvent, NetworkEventKind, NetworkLogPage,
+    NetworkVerdict, PreviewAccess, PreviewAccessPolicy, PreviewPortList, PreviewToken,
+    ProviderShortcut, ProxyAuditEvent, PublishedPreviewPort, SandboxInfo, SandboxSecretBinding,
+    SandboxStatus, Screenshot, SecretAuthType, SecretInfo, SecretSandboxBinding, Signal,
+    SnapshotInfo, SnapshotKind, SnapshotResources, SnapshotStatus, StepOptions, StepResult,
+    StepTimings, TemplateBuildInfo, TemplateBuildStatus, TemplateInfo, TemplateStatus, Timestamp,
+    DESKTOP_STREAM_PORT, MAX_PREVIEW_PORT, MIN_PREVIEW_PORT, RESERVED_PREVIEW_PORT,
 };
 pub use options::{
     AuditOptions, AuditStatus, CreateOptions, ListOptions, NetworkLogOptions, PauseOptions,
@@ -157,7 +158,8 @@ pub mod blocking {
     mod flavor;
 
     pub use api::{
-        CommandSession, Commands, Files, KillOnDrop, Provider, Sandbox, Secret, Snapshot, Template,
+        CommandSession, Commands, Desktop, Files, KillOnDrop, Provider, Sandbox, Secret, Snapshot,
+        Template,
     };
     pub use flavor::{BuildLogEvents, ExecEvents, FileReader, NetworkLogEvents, SessionStdin};
 }
@@ -177,7 +179,8 @@ pub mod nonblocking {
     mod flavor;
 
     pub use api::{
-        CommandSession, Commands, Files, KillOnDrop, Provider, Sandbox, Secret, Snapshot, Template,
+        CommandSession, Commands, Desktop, Files, KillOnDrop, Provider, Sandbox, Secret, Snapshot,
+        Template,
     };
     pub use flavor::{BuildLogEvents, ExecEvents, FileReader, NetworkLogEvents, SessionStdin};
 }
@@ -185,17 +188,18 @@ pub mod nonblocking {
 #[cfg(feature = "blocking")]
 #[cfg_attr(docsrs, doc(cfg(feature = "blocking")))]
 pub use blocking::{
-    BuildLogEvents, CommandSession, Commands, ExecEvents, FileReader, Files, KillOnDrop,
+    BuildLogEvents, CommandSession, Commands, Desktop, ExecEvents, FileReader, Files, KillOnDrop,
     NetworkLogEvents, Provider, Sandbox, Secret, SessionStdin, Snapshot, Template,
 };
 #[cfg(feature = "async")]
 #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
 pub use nonblocking::{
     BuildLogEvents as AsyncBuildLogEvents, CommandSession as AsyncCommandSession,
-    Commands as AsyncCommands, ExecEvents as AsyncExecEvents, FileReader as AsyncFileReader,
-    Files as AsyncFiles, KillOnDrop as AsyncKillOnDrop, NetworkLogEvents as AsyncNetworkLogEvents,
-    Provider as AsyncProvider, Sandbox as AsyncSandbox, Secret as AsyncSecret,
-    SessionStdin as AsyncSessionStdin, Snapshot as AsyncSnapshot, Template as AsyncTemplate,
+    Commands as AsyncCommands, Desktop as AsyncDesktop, ExecEvents as AsyncExecEvents,
+    FileReader as AsyncFileReader, Files as AsyncFiles, KillOnDrop as AsyncKillOnDrop,
+    NetworkLogEvents as AsyncNetworkLogEvents, Provider as AsyncProvider, Sandbox as AsyncSandbox,
+    Secret as AsyncSecret, SessionStdin as AsyncSessionStdin, Snapshot as AsyncSnapshot,
+    Template as AsyncTemplate,
 };
 
 #[cfg(feature = "local")]

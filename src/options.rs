@@ -247,50 +247,44 @@ impl CreateOptions {
     }
 }
 
-/// A template to start from: a name or an id (`&str`, `String`), or a `Template` handle of
-/// either flavour (its name, falling back to its id).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TemplateRef(pub(crate) String);
+/// Declares a reference type built from `&str`, `String` and `&String` (and from a handle, in
+/// the api modules).
+macro_rules! string_ref {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $name(pub(crate) String);
 
-impl From<&str> for TemplateRef {
-    fn from(s: &str) -> Self {
-        TemplateRef(s.to_owned())
-    }
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                $name(s.to_owned())
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                $name(s)
+            }
+        }
+
+        impl From<&String> for $name {
+            fn from(s: &String) -> Self {
+                $name(s.clone())
+            }
+        }
+    };
 }
 
-impl From<String> for TemplateRef {
-    fn from(s: String) -> Self {
-        TemplateRef(s)
-    }
+string_ref! {
+    /// A template to start from: a name or an id (`&str`, `String`), or a `Template` handle of
+    /// either flavour (its name, falling back to its id).
+    TemplateRef
 }
 
-impl From<&String> for TemplateRef {
-    fn from(s: &String) -> Self {
-        TemplateRef(s.clone())
-    }
-}
-
-/// A snapshot to start from: an id (`&str`, `String`) or a `Snapshot` handle of either
-/// flavour.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotRef(pub(crate) String);
-
-impl From<&str> for SnapshotRef {
-    fn from(s: &str) -> Self {
-        SnapshotRef(s.to_owned())
-    }
-}
-
-impl From<String> for SnapshotRef {
-    fn from(s: String) -> Self {
-        SnapshotRef(s)
-    }
-}
-
-impl From<&String> for SnapshotRef {
-    fn from(s: &String) -> Self {
-        SnapshotRef(s.clone())
-    }
+string_ref! {
+    /// A snapshot to start from: an id (`&str`, `String`) or a `Snapshot` handle of either
+    /// flavour.
+    SnapshotRef
 }
 
 /// Filters of `Sandbox::list`.

@@ -8,7 +8,7 @@ use crate::retry::{Attempt, RetryState};
 use crate::wire::{self, Req, Resp};
 
 /// Largest JSON body accepted from the control plane.
-const MAX_JSON_BYTES: u64 = 64 * 1024 * 1024;
+pub(crate) const MAX_JSON_BYTES: u64 = 64 * 1024 * 1024;
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 

@@ -8,6 +8,7 @@ use super::{dual, flavor, rt};
 
 mod client;
 mod commands;
+mod desktop;
 mod files;
 mod preview;
 pub(crate) use files::{check_cap, check_path};
@@ -19,6 +20,7 @@ mod template;
 pub(crate) use client::Api;
 pub(crate) use commands::SseEvents;
 pub use commands::{CommandSession, Commands};
+pub use desktop::Desktop;
 pub use files::Files;
 pub use sandbox::{KillOnDrop, Sandbox};
 pub use secret::{Provider, Secret};

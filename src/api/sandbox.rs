@@ -742,13 +742,22 @@ impl Sandbox {
     /// Sends a buffered data-plane request; on a resumable failure re-activates once and
     /// retries once.
     pub(crate) async fn dp_send(&self, build: BuildReq<'_>) -> Result<Resp> {
+        self.dp_send_capped(build, super::client::MAX_JSON_BYTES)
+            .await
+    }
+
+    /// [`dp_send`](Self::dp_send) with another cap on the answer's size.
+    pub(crate) async fn dp_send_capped(&self, build: BuildReq<'_>, cap: u64) -> Result<Resp> {
         let tokens = self.fresh_tokens().await?;
         let hinted = tokens.routing_hint.is_some();
-        match self.inner.api.send(&build(&tokens)).await {
+        match self.inner.api.send_capped(&build(&tokens), cap).await {
             Err(e) if resumable(&e, hinted) => {
                 tracing::info!(sandbox_id = self.id(), error = %e, "superserve: re-activating the sandbox and retrying once");
                 self.refresh(tokens.revision).await?;
-                self.inner.api.send(&build(&self.tokens())).await
+                self.inner
+                    .api
+                    .send_capped(&build(&self.tokens()), cap)
+                    .await
             }
             other => other,
         }

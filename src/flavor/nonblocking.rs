@@ -18,7 +18,8 @@ use crate::error::{Error, Result};
 use crate::models::{BuildLogEvent, ExecEvent, NetworkEvent};
 use crate::options::NetworkLogOptions;
 use crate::rt::nonblocking::{self as rt, EventItem, StdinSender, StreamResponse, Upload};
-use crate::wire::exec::{stdin_close_frame, stdin_frame, Failure, STDIN_CHUNK};
+use crate::rt::transport::session_item;
+use crate::wire::exec::{stdin_close_frame, stdin_frame, STDIN_CHUNK};
 
 /// Every event of a sandbox's network log, newest first, fetched page by page as the stream is
 /// polled. Made by [`Sandbox::network_log_events`]. After an error the stream ends.
@@ -137,30 +138,6 @@ impl ExecEvents {
     pub(crate) fn from_session(rx: mpsc::Receiver<EventItem>) -> ExecEvents {
         ExecEvents {
             source: Source::Session { rx, done: false },
-        }
-    }
-}
-
-/// The next item of a session's event channel; the channel closing early is an error.
-fn session_item(item: Option<EventItem>, done: &mut bool) -> Option<Result<ExecEvent>> {
-    if *done {
-        return None;
-    }
-    match item {
-        Some(Ok(ev)) => {
-            *done = matches!(ev, ExecEvent::Exit(_));
-            Some(Ok(ev))
-        }
-        Some(Err(f)) => {
-            *done = true;
-            Some(Err(f.into_error()))
-        }
-        None => {
-            *done = true;
-            Some(Err(Failure::Stream(
-                "exec/connect: the session ended before the command finished".to_owned(),
-            )
-            .into_error()))
         }
     }
 }

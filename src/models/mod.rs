@@ -4,6 +4,7 @@
 //! decode error. Optional fields the server may send as `null` are treated like absent ones.
 
 mod command;
+mod desktop;
 mod network;
 mod preview;
 mod sandbox;
@@ -12,6 +13,11 @@ mod snapshot;
 mod template;
 
 pub use command::{CommandResult, ExecEvent, Signal};
+pub(crate) use desktop::{check_resize, decode_screenshot, decode_step};
+pub use desktop::{
+    DesktopAction, ImageFormat, KeyChord, MouseButton, Screenshot, StepOptions, StepResult,
+    StepTimings,
+};
 pub use network::{NetworkConfig, NetworkEvent, NetworkEventKind, NetworkLogPage, NetworkVerdict};
 pub(crate) use preview::check_preview_port;
 pub use preview::{

@@ -288,6 +288,31 @@ pub(crate) type Outcome = std::result::Result<CommandResult, Failure>;
 /// An item of a session's event stream.
 pub(crate) type EventItem = std::result::Result<ExecEvent, Failure>;
 
+/// The next item of a session's event channel for the flavours' `ExecEvents`: after `Exit`
+/// or an error, `None`; the channel closing before either is an error.
+pub(crate) fn session_item(item: Option<EventItem>, done: &mut bool) -> Option<Result<ExecEvent>> {
+    if *done {
+        return None;
+    }
+    match item {
+        Some(Ok(ev)) => {
+            *done = matches!(ev, ExecEvent::Exit(_));
+            Some(Ok(ev))
+        }
+        Some(Err(f)) => {
+            *done = true;
+            Some(Err(f.into_error()))
+        }
+        None => {
+            *done = true;
+            Some(Err(Failure::Stream(
+                "exec/connect: the session ended before the command finished".to_owned(),
+            )
+            .into_error()))
+        }
+    }
+}
+
 /// State shared by a session's handle, its stdin writers and its I/O tasks.
 struct Shared {
     outcome: watch::Sender<Option<Outcome>>,

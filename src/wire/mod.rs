@@ -217,8 +217,9 @@ pub(crate) fn error_from(status: u16, headers: &HeaderMap, body: &[u8], data_pla
     }
 }
 
-/// The code a data-plane error without one gets from its status.
-fn status_code_name(status: u16) -> Option<&'static str> {
+/// The code a data-plane error without one gets from its status (the local backend sends the
+/// same ones).
+pub(crate) fn status_code_name(status: u16) -> Option<&'static str> {
     Some(match status {
         400 => "bad_request",
         401 => "unauthorized",
@@ -226,6 +227,7 @@ fn status_code_name(status: u16) -> Option<&'static str> {
         404 => "not_found",
         409 => "conflict",
         413 => "too_large",
+        416 => "range_not_satisfiable",
         429 => "rate_limited",
         500 => "internal_error",
         502 => "bad_gateway",

@@ -190,6 +190,7 @@ suite_tests!(
     preview_calls_have_the_hosted_shapes,
     snapshot_calls_have_the_hosted_shapes,
     template_calls_have_the_hosted_shapes,
+    desktop_calls_have_the_hosted_shapes,
     // hostile sandboxes against egress, DNS and the broker
     special_purpose_ranges_and_the_hosts_networks_are_blocked,
     brokered_secret_needs_a_matching_host_header,

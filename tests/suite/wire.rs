@@ -309,3 +309,117 @@ pub async fn template_calls_have_the_hosted_shapes() {
     let opts = superserve::CreateOptions::new("x").from_template(&t);
     assert!(format!("{opts:?}").contains("py-app"));
 }
+
+#[dual]
+pub async fn desktop_calls_have_the_hosted_shapes() {
+    use superserve::{DesktopAction, ImageFormat, KeyChord, MouseButton, StepOptions};
+    let s = common::Scripted::start(vec![
+        Reply::sandbox(201, "sb-1", "tok", None),
+        Reply::json(
+            200,
+            r#"{"image":"iVBORw0KGgo=","width":1280,"height":800,"format":"FRAME_FORMAT_JPEG"}"#,
+        ),
+        Reply::json(200, "{}"),
+        Reply::json(200, "{}"),
+        Reply::json(200, "{}"),
+        Reply::json(
+            200,
+            r#"{"executed":1,"changed":true,"screenshot":{"image":"iVBO","width":8,"height":8},"settleMs":12}"#,
+        ),
+        Reply::json(200, "{}"),
+        // get_stream_url: activate, publish (private), token
+        Reply::sandbox(200, "sb-1", "tok2", None),
+        Reply::json(200, r#"{"port":6080,"token_version":1,"access":"private"}"#),
+        Reply::json(200, TOKEN_JSON),
+    ]);
+    let config = s
+        .config()
+        .to_builder()
+        .preview_url("http://localhost:7070")
+        .build()
+        .unwrap();
+    let sb = Sandbox::create_with_config(&config, superserve::CreateOptions::new("d"))
+        .await
+        .unwrap();
+    let d = sb.desktop();
+    // checked before sending
+    let bad_size = d.resize(1281, 800).await;
+    assert!(
+        matches!(bad_size, Err(Error::InvalidInput { .. })),
+        "{bad_size:?}"
+    );
+    let bad_key = d.press("ctrl+").await;
+    assert!(
+        matches!(bad_key, Err(Error::InvalidInput { .. })),
+        "{bad_key:?}"
+    );
+    let empty = d.step(StepOptions::new([])).await;
+    assert!(matches!(empty, Err(Error::InvalidInput { .. })));
+    d.actions(&[]).await.unwrap();
+    d.write("").await.unwrap();
+    assert_eq!(s.calls().len(), 1, "nothing sent for bad or empty input");
+
+    let shot = d.screenshot(ImageFormat::Jpeg).await.unwrap();
+    assert_eq!(
+        (shot.width, shot.height, shot.format),
+        (1280, 800, ImageFormat::Jpeg)
+    );
+    assert_eq!(&shot.bytes[..4], b"\x89PNG");
+    d.click(0, 5, MouseButton::Right).await.unwrap();
+    d.press("ctrl+c").await.unwrap();
+    d.drag((1, 2), (3, 4), MouseButton::Left).await.unwrap();
+    let r = d
+        .step(
+            StepOptions::new([DesktopAction::Press(KeyChord::new("enter").with("shift"))])
+                .wait_for_change(true)
+                .quiet_ms(100),
+        )
+        .await
+        .unwrap();
+    assert!(r.changed);
+    assert_eq!(r.timings.unwrap().settle_ms, 12);
+    d.resize(1024, 768).await.unwrap();
+    let url = d.get_stream_url(true).await.unwrap();
+    assert_eq!(
+        url,
+        "http://6080-sb-1.localhost:7070/vnc.html?autoconnect=1&resize=scale&view_only=1&superserve_preview_token=spv1.abc%2B%2F%3D"
+    );
+    let calls = s.calls();
+    let rpc = "/superserve.boxd.v1.DesktopService";
+    assert_eq!(
+        calls[1..],
+        [
+            format!("POST {rpc}/Screenshot"),
+            format!("POST {rpc}/SendPointer"),
+            format!("POST {rpc}/SendKey"),
+            format!("POST {rpc}/SendActions"),
+            format!("POST {rpc}/Step"),
+            format!("POST {rpc}/Resize"),
+            "POST /sandboxes/sb-1/activate".to_owned(),
+            "POST /sandboxes/sb-1/preview-ports".to_owned(),
+            "POST /sandboxes/sb-1/preview-ports/6080/token".to_owned(),
+        ]
+    );
+    let body =
+        |i: usize| -> serde_json::Value { serde_json::from_slice(&s.requests()[i].body).unwrap() };
+    assert_eq!(body(1), serde_json::json!({"format": "FRAME_FORMAT_JPEG"}));
+    assert_eq!(
+        body(2),
+        serde_json::json!({"x": 0, "y": 5, "button": "POINTER_BUTTON_RIGHT", "action": "POINTER_ACTION_CLICK"})
+    );
+    assert_eq!(
+        body(3),
+        serde_json::json!({"key": "c", "modifiers": ["ctrl"]})
+    );
+    assert_eq!(body(4)["actions"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        body(5),
+        serde_json::json!({"actions": [{"key": {"key": "Return", "modifiers": ["shift"]}}],
+            "settleMs": 0, "waitForChange": true, "quietMs": 100})
+    );
+    assert_eq!(body(6), serde_json::json!({"width": 1024, "height": 768}));
+    // RPCs go to the data plane with the access token, never the API key
+    let screenshot = &s.requests()[1];
+    assert_eq!(screenshot.header("x-access-token"), Some("tok"));
+    assert!(screenshot.header("x-api-key").is_none());
+}

@@ -76,21 +76,10 @@ pub(crate) fn boxd_error_code(status: StatusCode, code: &str, message: &str) -> 
     )
 }
 
-/// The code of a data-plane error that has no more specific one.
+/// The code of a data-plane error that has no more specific one: the one the SDK gives
+/// such an error.
 fn status_code_name(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        400 => "bad_request",
-        401 => "unauthorized",
-        403 => "forbidden",
-        404 => "not_found",
-        409 => "conflict",
-        413 => "too_large",
-        416 => "range_not_satisfiable",
-        429 => "rate_limited",
-        503 => "service_unavailable",
-        507 => "sandbox_storage_full",
-        _ => "internal_error",
-    }
+    crate::wire::status_code_name(status.as_u16()).unwrap_or("internal_error")
 }
 
 /// Decodes a form-encoded query string (`+` is a space) into pairs, in order.
