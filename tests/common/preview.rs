@@ -218,6 +218,7 @@ PATTERN = bytes(range(256)) * 256
 
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
 
     def log_message(self, *a):
         pass

@@ -17,8 +17,8 @@ use super::super::runtime::Runtime;
 
 /// How long an unused connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Most unused connections kept per sandbox port.
-const MAX_IDLE_PER_PORT: usize = 32;
+/// Most unused connections kept per sandbox port (each may hold a read buffer of 512 KiB).
+const MAX_IDLE_PER_PORT: usize = 8;
 
 struct Idle {
     tx: SendRequest<Body>,
