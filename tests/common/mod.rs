@@ -333,6 +333,7 @@ pub struct Backend {
     pub base_url: String,
     pub sandbox_url: String,
     pub api_key: String,
+    pub preview_url: String,
 }
 
 impl Backend {
@@ -359,16 +360,18 @@ impl Backend {
                 .unwrap_or_else(|| panic!("expected {name}=..., got {line:?}"))
                 .to_owned()
         };
-        let (base_url, sandbox_url, api_key) = (
+        let (base_url, sandbox_url, api_key, preview_url) = (
             var("SUPERSERVE_BASE_URL"),
             var("SUPERSERVE_SANDBOX_URL"),
             var("SUPERSERVE_API_KEY"),
+            var("SUPERSERVE_PREVIEW_URL"),
         );
         Backend {
             child,
             base_url,
             sandbox_url,
             api_key,
+            preview_url,
         }
     }
 
@@ -377,6 +380,7 @@ impl Backend {
             .api_key(&self.api_key)
             .base_url(&self.base_url)
             .sandbox_url(&self.sandbox_url)
+            .preview_url(&self.preview_url)
             .build()
             .expect("config")
     }

@@ -213,4 +213,5 @@ suite_tests!(
     wait_for_port_waits_for_a_late_server,
     preview_ports_survive_a_restart,
     preview_in_a_real_browser,
+    superserve_local_prints_the_preview_address,
 );

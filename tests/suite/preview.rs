@@ -845,6 +845,29 @@ pub async fn preview_ports_survive_a_restart() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `superserve-local` prints `SUPERSERVE_PREVIEW_URL` with its other lines; a configuration
+/// made of them gives preview URLs that work (curl resolves `*.localhost` by itself).
+#[dual]
+pub async fn superserve_local_prints_the_preview_address() {
+    local_only!("the superserve-local binary");
+    let backend = common::Backend::start_with_fd_limit(4096, &[]);
+    assert!(
+        backend.preview_url.starts_with("http://localhost:"),
+        "{}",
+        backend.preview_url
+    );
+    let config = backend.config();
+    let sb = Sandbox::create_with_config(&config, CreateOptions::new("printed"))
+        .await
+        .unwrap();
+    start_app(&sb, 3000).await;
+    let url = sb.get_preview_url(3000).unwrap();
+    let port = backend.preview_url.rsplit(':').next().unwrap();
+    assert_eq!(url, format!("http://3000-{}.localhost:{port}", sb.id()));
+    assert_eq!(curl(&[&format!("{url}/")]), "app-root");
+    sb.kill().await.unwrap();
+}
+
 /// Headless Chromium (Debian's `chromium`) opens a signed URL of a page served inside a
 /// sandbox: the rendered DOM has the page's content and the page's own `location.href` has
 /// no token (the proxy moved it into a cookie and redirected). Without the token Chromium
