@@ -484,6 +484,9 @@ pub async fn preview_error_pages_and_control_plane_answers() {
         "{}",
         r.text()
     );
+    // the backend's own egress listener inside the sandbox is no app to preview
+    let r = proxy.get(15001, &id, "/", &[]);
+    assert_eq!(r.error_code(), Some("port_not_listening"));
 
     for host in [
         format!("80-{id}.localhost"),

@@ -48,7 +48,7 @@ use policy::{Cidr4, HostNetworks, Verdict};
 /// The sandbox's own (non-loopback) address, on its loopback device.
 pub(crate) const SANDBOX_ADDR: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
 /// The proxy's port inside each sandbox namespace (on 127.0.0.1).
-const PROXY_PORT: u16 = 15001;
+pub(crate) const PROXY_PORT: u16 = 15001;
 /// Upstream connect timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// DNS answers' TTL.

@@ -17,6 +17,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 
 use super::super::egress::sys::enter_net_namespace;
+use super::super::egress::PROXY_PORT as EGRESS_PROXY_PORT;
 use super::super::fault::lock;
 use super::sys;
 
@@ -83,12 +84,17 @@ impl Dialer {
     }
 
     /// Connects to `port` on the loopback address inside the network namespace `ns`: IPv4
-    /// first, then IPv6 when nothing listens on IPv4.
+    /// first, then IPv6 when nothing listens on IPv4. The port of the backend's egress
+    /// listener in the namespace counts as one nobody listens on.
     pub(crate) async fn connect(
         &self,
         ns: BorrowedFd<'_>,
         port: u16,
     ) -> Result<TcpStream, DialError> {
+        // the backend's own egress listener lives there, never an app of the sandbox
+        if port == EGRESS_PROXY_PORT {
+            return Err(DialError::Refused);
+        }
         let mut last = DialError::Refused;
         for v6 in [false, true] {
             let fd = self.socket(ns, v6).await.map_err(DialError::Io)?;
