@@ -691,7 +691,9 @@ impl LocalServer {
     /// same preview is at `http://127.0.0.1:41236/_preview/3000-<id>/` (apps see the path
     /// without the prefix and the prefix in `X-Forwarded-Prefix`; previews share one origin
     /// there, so no cookie is set: private ports need the token header or query parameter).
-    /// See the [module docs](crate::local) for the access rules.
+    /// The address is always `localhost`: with [`bind`](LocalServerBuilder::bind) set to
+    /// another address, clients on other machines use the second form on that address. See
+    /// the [module docs](crate::local) for the access rules.
     pub fn preview_url(&self) -> &str {
         &self.preview_url
     }
