@@ -214,4 +214,5 @@ suite_tests!(
     preview_ports_survive_a_restart,
     preview_in_a_real_browser,
     superserve_local_prints_the_preview_address,
+    the_preview_listener_survives_hostile_clients,
 );

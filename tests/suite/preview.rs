@@ -848,6 +848,64 @@ pub async fn preview_ports_survive_a_restart() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The preview listener shares the backend's HTTP layer: with every slot held by a WebSocket
+/// tunnel, a new client gets a fast `503` with `Retry-After` (the control plane keeps its own
+/// slots), a client that never finishes its request head is closed, and once the tunnels end
+/// previews are served again.
+#[dual]
+pub async fn the_preview_listener_survives_hostile_clients() {
+    local_only!("the local backend's preview proxy");
+    use std::io::{Read, Write};
+    let server = LocalServer::builder()
+        .max_connections(3)
+        .header_read_timeout(Duration::from_secs(1))
+        .start()
+        .unwrap();
+    let proxy = Proxy::of(&server);
+    let sb = sandbox(&server, "preview-hostile", None).await;
+    sb.files().write("/srv/ws.py", WS_ECHO).await.unwrap();
+    sh(&sb, "nohup python3 /srv/ws.py 8765 >/tmp/ws.log 2>&1 &").await;
+    sb.wait_for_port(8765, WaitOptions::new()).await.unwrap();
+    let tunnels: Vec<_> = (0..3)
+        .map(|_| {
+            let mut ws = websocket(&proxy, 8765, sb.id(), "/", &[]).unwrap();
+            ws.read().unwrap();
+            ws
+        })
+        .collect();
+    let r = proxy.get(8765, sb.id(), "/", &[]);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    let (status, _) = raw_http(
+        &common::authority(server.base_url()),
+        "GET /health HTTP/1.1\r\nhost: x",
+        b"",
+        Duration::from_secs(30),
+    );
+    assert_eq!(status, 200, "the control plane has slots of its own");
+    drop(tunnels);
+
+    // a request head that never ends is cut off
+    let mut slow = std::net::TcpStream::connect(&proxy.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: x").unwrap();
+    let mut sink = Vec::new();
+    let closed = slow.read_to_end(&mut sink).is_ok();
+    assert!(closed, "the slow client was not closed");
+
+    let mut served = false;
+    for _ in 0..200 {
+        if proxy.get(8765, sb.id(), "/", &[]).status != 503 {
+            served = true;
+            break;
+        }
+        crate::flavor::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "the preview listener never served again");
+    sb.kill().await.unwrap();
+}
+
 /// `superserve-local` prints `SUPERSERVE_PREVIEW_URL` with its other lines; a configuration
 /// made of them gives preview URLs that work (curl resolves `*.localhost` by itself).
 #[dual]
