@@ -92,10 +92,12 @@
 //!   `superserve_preview_token` query parameter of a signed link: a `GET` with a valid one is
 //!   answered `302` to the same URL without it, and the token moves into a host-only
 //!   `HttpOnly` cookie (`superserve_preview_token`, `SameSite=Lax`, no `Secure`: the proxy
-//!   speaks plain HTTP). Missing or refused: `401`. Rotating a port's tokens or unpublishing
-//!   it bumps its version, which revokes every earlier header token, link and cookie (also
-//!   once the port is published again). Tokens are never listed, stored or logged, and the
-//!   header, cookie and parameter are removed before a request reaches the app.
+//!   speaks plain HTTP). Missing or refused: `401` (a CORS preflight, `OPTIONS`, carries
+//!   no credentials and passes to the app, as on the hosted service). Rotating a port's
+//!   tokens or unpublishing it bumps its version, which revokes every earlier header token,
+//!   link and cookie (also once the port is published again). Tokens are never listed,
+//!   stored or logged, and the header, cookie and parameter are removed before a request
+//!   reaches the app.
 //!
 //! Only after these checks does a preview reveal the sandbox's state, on an HTML page with
 //! its code in `X-Superserve-Preview-Error`: `404 sandbox_not_found` (unknown or deleted),
