@@ -1,5 +1,6 @@
 //! The system call of the preview proxy that neither the standard library nor tokio wrap,
 //! behind a safe function. This is the only place in `preview` with `unsafe`.
+#![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
