@@ -766,13 +766,16 @@ pub async fn wait_for_port_waits_for_a_late_server() {
     let proxy = Proxy::of(&server);
     let sb = sandbox(&server, "preview-late", None).await;
     sb.files().write("/srv/app.py", APP).await.unwrap();
+    // the server starts a second after /tmp/start appears
     sh(
         &sb,
-        "(sleep 2; exec python3 /srv/app.py 3000) >/tmp/late.log 2>&1 </dev/null &",
+        "(while [ ! -e /tmp/start ]; do sleep 0.1; done; sleep 1; exec python3 /srv/app.py 3000) \
+         >/tmp/late.log 2>&1 </dev/null &",
     )
     .await;
     // nothing listens yet
     assert_eq!(proxy.get(3000, sb.id(), "/", &[]).status, 502);
+    sh(&sb, "touch /tmp/start").await;
     sb.wait_for_port(
         3000,
         WaitOptions::new()
