@@ -744,7 +744,29 @@ pub async fn preview_streams_bodies_both_ways() {
         "{}",
         r.text()
     );
+
+    // the proxy's own connection into the sandbox, without the proxy (the benchmark's
+    // baseline): the same app, no forwarding headers; nothing listening is refused
+    let mut direct = server.connect_to_sandbox_port(sb.id(), 3000).unwrap();
+    direct
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    direct
+        .write_all(b"GET /echo HTTP/1.1\r\nhost: direct\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let r = crate::common::preview::read_response(&mut BufReader::new(direct));
+    assert_eq!(r.status, 200);
+    assert!(r.text().starts_with("GET /echo HTTP/1.1"), "{}", r.text());
+    assert!(
+        !r.text().to_ascii_lowercase().contains("x-forwarded"),
+        "{}",
+        r.text()
+    );
+    let err = server.connect_to_sandbox_port(sb.id(), 3999).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
     sb.kill().await.unwrap();
+    let err = server.connect_to_sandbox_port(sb.id(), 3000).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
 }
 
 /// The SHA-256 of `data` as the sandbox computes it (the reference for the upload).
