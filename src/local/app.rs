@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use rand::RngCore;
 
+use super::agent::{Process, SpawnError};
 use super::error::LocalError;
 use super::fault::{lock, FaultSet};
 use super::journal::Journal;
@@ -16,10 +17,9 @@ use super::model::{
     self, BindBody, Binding, CreateBody, PatchBody, Record, Status, DEFAULT_MEMORY_MIB,
     DEFAULT_VCPU,
 };
-use super::runtime::{CommandSpec, Host, Runtime, SandboxDirs};
+use super::runtime::{CommandSpec, Host, Runtime, SandboxDirs, SandboxSpec};
 use super::secrets::{SecretKey, Secrets};
 use super::store::{self, Db};
-use super::sys::SpawnError;
 use super::time::now_ns;
 
 /// A control-plane error: status + `{"error":{"code","message"}}`.
@@ -125,6 +125,8 @@ pub(crate) enum SpawnFailure {
 #[derive(Clone, Debug)]
 pub(crate) struct Tuning {
     pub keepalive: Duration,
+    /// Disk size of new sandboxes, MiB.
+    pub disk_mib: u32,
 }
 
 /// The backend.
@@ -194,17 +196,44 @@ impl App {
         })?;
         let secrets = Secrets::new(db.clone(), key).map_err(db_err)?;
         let records = db.call_sync(store::load_all).map_err(db_err)?;
+        // Nothing of a previous backend on this data directory survives: every cgroup of this
+        // instance is emptied (its processes killed, frozen ones included) and removed,
+        // whatever the records say; processes never survive a restart.
+        for name in host.cgroups.sandbox_names() {
+            let _ = host.cgroups.sandbox(&name).destroy();
+        }
         let now = now_ns();
         let mut map = HashMap::new();
         let mut max_seq = 0;
         for mut rec in records {
-            // processes never survive a restart: kill leftovers of a crashed backend
-            let _ = host.cgroups.sandbox(&rec.id).destroy();
+            let mut changed = false;
             if rec.status != Status::Paused {
                 rec.status = Status::Paused;
                 rec.paused_at_ns = Some(now);
                 rec.active_since_ns = None;
                 rec.arm_auto_delete(now);
+                changed = true;
+            }
+            // the sandbox's files are owned by its id range: keep the claim
+            match rec.id_slot {
+                Some(slot) => {
+                    if let Err(e) = host.ids.reclaim(slot, &rec.id) {
+                        eprintln!("superserve-local: sandbox {}: {e}", rec.id);
+                    }
+                }
+                None => {
+                    let slot = host
+                        .ids
+                        .claim(&rec.id)
+                        .map_err(|source| LocalError::DataDir {
+                            path: host.sandboxes_dir.clone(),
+                            source,
+                        })?;
+                    rec.id_slot = Some(slot);
+                    changed = true;
+                }
+            }
+            if changed {
                 db.call_sync(|c| store::upsert(c, &rec)).map_err(db_err)?;
             }
             max_seq = max_seq.max(rec.seq);
@@ -215,11 +244,12 @@ impl App {
             for d in dirs.flatten() {
                 let name = d.file_name().to_string_lossy().into_owned();
                 if !map.contains_key(&name) {
-                    let _ = host.cgroups.sandbox(&name).destroy();
                     let _ = std::fs::remove_dir_all(d.path());
                 }
             }
         }
+        let keep: Vec<String> = map.keys().cloned().collect();
+        host.ids.release_all_except(&keep);
         Ok(App {
             api_key,
             host,
@@ -281,15 +311,22 @@ impl App {
     }
 
     async fn start_runtime(&self, rec: &Record) -> Result<Arc<Runtime>, ApiError> {
-        Runtime::start(
-            &self.host,
-            &rec.id,
-            &rec.hostname,
-            rec.vcpu_count,
-            rec.memory_mib,
-        )
-        .await
-        .map_err(|e| ApiError::internal(format!("cannot start the sandbox: {e}")))
+        let Some(id_slot) = rec.id_slot else {
+            return Err(ApiError::internal(
+                "cannot start the sandbox: it has no id range",
+            ));
+        };
+        let spec = SandboxSpec {
+            id: &rec.id,
+            hostname: &rec.hostname,
+            vcpu: rec.vcpu_count,
+            memory_mib: rec.memory_mib,
+            disk_mib: rec.disk_mib,
+            id_slot,
+        };
+        Runtime::start(&self.host, spec)
+            .await
+            .map_err(|e| ApiError::internal(format!("cannot start the sandbox: {e}")))
     }
 
     /// `POST /sandboxes`.
@@ -353,6 +390,14 @@ impl App {
 
         let id = uuid_v4();
         let now = now_ns();
+        let id_slot = {
+            let ids = self.host.ids.clone();
+            let id = id.clone();
+            tokio::task::spawn_blocking(move || ids.claim(&id))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .map_err(|e| ApiError::internal(format!("cannot claim an id range: {e}")))?
+        };
         let rec = Record {
             hostname: id.chars().take(8).collect(),
             id: id.clone(),
@@ -361,6 +406,8 @@ impl App {
             status: Status::Starting,
             vcpu_count: DEFAULT_VCPU,
             memory_mib: DEFAULT_MEMORY_MIB,
+            disk_mib: self.tuning.disk_mib,
+            id_slot: Some(id_slot),
             created_ns: now,
             timeout_seconds: body.timeout_seconds,
             auto_delete_seconds: body.auto_delete_seconds,
@@ -414,9 +461,13 @@ impl App {
         *entry.rt.write().await = None;
         let cgroup = self.host.cgroups.sandbox(&entry.id);
         let dirs = SandboxDirs::new(&self.host.sandboxes_dir, &entry.id);
+        let (ids, id, slot) = (self.host.ids.clone(), entry.id.clone(), entry.rec().id_slot);
         let _ = tokio::task::spawn_blocking(move || {
             let _ = cgroup.destroy();
             let _ = dirs.remove();
+            if let Some(slot) = slot {
+                ids.release(slot, &id);
+            }
         })
         .await;
     }
@@ -594,6 +645,7 @@ impl App {
         }
         let cgroup = self.host.cgroups.sandbox(id);
         let dirs = SandboxDirs::new(&self.host.sandboxes_dir, id);
+        let (ids, sid, slot) = (self.host.ids.clone(), id.to_owned(), entry.rec().id_slot);
         let cleanup = tokio::task::spawn_blocking(move || {
             let mut p = Vec::new();
             if let Err(e) = cgroup.destroy() {
@@ -601,6 +653,9 @@ impl App {
             }
             if let Err(e) = dirs.remove() {
                 p.push(format!("removing files: {e}"));
+            }
+            if let Some(slot) = slot {
+                ids.release(slot, &sid);
             }
             p
         })
@@ -854,7 +909,7 @@ impl App {
         &self,
         entry: &Arc<Entry>,
         spec: CommandSpec,
-    ) -> Result<tokio::process::Child, SpawnFailure> {
+    ) -> Result<Process, SpawnFailure> {
         for _ in 0..2 {
             {
                 let guard = entry.rt.read().await;

@@ -661,7 +661,7 @@ fn content_disposition(kind: &str, name: &str) -> Option<HeaderValue> {
 async fn open_in_root<T: Send + 'static>(
     rt: &Arc<super::runtime::Runtime>,
     path: &str,
-    open: fn(&std::os::fd::OwnedFd, &str) -> Result<T, FileError>,
+    open: impl FnOnce(&std::os::fd::OwnedFd, &str) -> Result<T, FileError> + Send + 'static,
 ) -> Result<T, Box<Response>> {
     let rt = rt.clone();
     let path = path.to_owned();
@@ -801,7 +801,9 @@ async fn files_post(
         Ok(t) => t,
         Err(r) => return *r,
     };
-    let file = match open_in_root(&rt, &path, files::open_write).await {
+    let owner = rt.root_id;
+    let open = move |root: &std::os::fd::OwnedFd, p: &str| files::open_write(root, p, owner);
+    let file = match open_in_root(&rt, &path, open).await {
         Ok(f) => f,
         Err(r) => return *r,
     };

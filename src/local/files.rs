@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use bytes::Bytes;
 use libc::c_int;
 
-use super::sys::cstr;
+use super::sys::{self, cstr};
 use super::zip::ZipWriter;
 
 /// Why a file operation failed (mapped to HTTP by the handlers).
@@ -185,8 +185,9 @@ pub(crate) fn open_read(root: &OwnedFd, path: &str) -> Result<ReadTarget, FileEr
 }
 
 /// Opens `path` inside the sandbox for writing: parents are created (0755), the file is
-/// created (0644) or truncated.
-pub(crate) fn open_write(root: &OwnedFd, path: &str) -> Result<File, FileError> {
+/// created (0644) or truncated. What is created is owned by `owner` (the host id of the
+/// sandbox's root), as if the sandbox's root had written it.
+pub(crate) fn open_write(root: &OwnedFd, path: &str, owner: u32) -> Result<File, FileError> {
     let trimmed = path.trim_matches('/');
     if trimmed.is_empty() {
         return Err(FileError::IsDirectory);
@@ -215,11 +216,16 @@ pub(crate) fn open_write(root: &OwnedFd, path: &str) -> Result<File, FileError> 
                 let name = cstr(*comp)?;
                 // SAFETY: mkdirat with a directory fd we own and a valid name.
                 let r = unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), 0o755) };
-                if r != 0 {
+                let created = r == 0;
+                if !created {
                     let e = io::Error::last_os_error();
                     if e.raw_os_error() != Some(libc::EEXIST) {
                         return Err(e.into());
                     }
+                }
+                if created {
+                    let dir = openat2(root.as_raw_fd(), &p, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+                    sys::fchown(&dir, owner, owner)?;
                 }
                 openat2(root.as_raw_fd(), &p, libc::O_PATH | libc::O_DIRECTORY, 0)?
             }
@@ -230,18 +236,29 @@ pub(crate) fn open_write(root: &OwnedFd, path: &str) -> Result<File, FileError> 
         };
     }
     drop(parent);
-    let fd = openat2(
+    let rel = relative(path)?;
+    let flags = libc::O_WRONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
+    let (fd, created) = match openat2(
         root.as_raw_fd(),
-        &relative(path)?,
-        libc::O_WRONLY | libc::O_CREAT | libc::O_NONBLOCK | libc::O_NOCTTY,
+        &rel,
+        flags | libc::O_CREAT | libc::O_EXCL,
         0o644,
-    )?;
+    ) {
+        Ok(fd) => (fd, true),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            (openat2(root.as_raw_fd(), &rel, flags, 0)?, false)
+        }
+        Err(e) => return Err(e.into()),
+    };
     if is_virtual(fd.as_raw_fd())? {
         return Err(FileError::Virtual);
     }
     let st = fstat(fd.as_raw_fd())?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(FileError::NotRegular);
+    }
+    if created {
+        sys::fchown(&fd, owner, owner)?;
     }
     // SAFETY: ftruncate on a regular file we own.
     if unsafe { libc::ftruncate(fd.as_raw_fd(), 0) } != 0 {

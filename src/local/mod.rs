@@ -79,16 +79,19 @@
 //! # }
 //! ```
 
+mod agent;
 mod app;
 mod cgroup;
 mod control;
 mod data;
+mod disk;
 mod egress;
 mod error;
 mod exec;
 mod fault;
 mod files;
 mod http;
+mod idmap;
 mod image;
 mod journal;
 mod model;

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -13,16 +13,21 @@ use tokio::sync::watch;
 
 use super::app::{App, Tuning};
 use super::cgroup::Cgroups;
+use super::disk::Disks;
 use super::egress::policy::Cidr4;
 use super::egress::{Egress, EgressSettings};
 use super::error::LocalError;
 use super::fault::FaultRule;
+use super::idmap::IdRanges;
 use super::image;
 use super::journal::{Plane, RecordedRequest};
 use super::runtime::Host;
 use super::store::Db;
 use super::sys;
 use super::{control, data, http};
+
+/// Smallest sandbox disk, MiB (ext4 needs room for its own metadata).
+const MIN_DISK_MIB: u32 = 64;
 
 /// Default interval of `: keepalive` comments on `/exec/stream`.
 const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
@@ -50,6 +55,7 @@ pub struct LocalServerBuilder {
     allow_private: Vec<String>,
     dns_hosts: Vec<(String, Ipv4Addr)>,
     upstream_roots: Vec<Vec<u8>>,
+    disk_mib: u32,
 }
 
 impl fmt::Debug for LocalServerBuilder {
@@ -64,6 +70,7 @@ impl fmt::Debug for LocalServerBuilder {
             .field("allow_private", &self.allow_private)
             .field("dns_hosts", &self.dns_hosts)
             .field("upstream_roots", &self.upstream_roots.len())
+            .field("disk_mib", &self.disk_mib)
             .finish()
     }
 }
@@ -80,6 +87,7 @@ impl Default for LocalServerBuilder {
             allow_private: Vec::new(),
             dns_hosts: Vec::new(),
             upstream_roots: Vec::new(),
+            disk_mib: super::model::DEFAULT_DISK_MIB,
         }
     }
 }
@@ -173,6 +181,17 @@ impl LocalServerBuilder {
         self
     }
 
+    /// The disk size of new sandboxes, in MiB (default 4096, as the hosted base template):
+    /// the sandbox's writable layer, its own file system. Writing past it fails with
+    /// `ENOSPC` inside the sandbox (and `507 sandbox_storage_full` for uploads); the host and
+    /// other sandboxes are unaffected. Disks are sparse: only what is written takes room.
+    /// Values below 64 MiB are raised to 64.
+    #[must_use]
+    pub fn sandbox_disk_mib(mut self, mib: u32) -> Self {
+        self.disk_mib = mib.max(MIN_DISK_MIB);
+        self
+    }
+
     /// Checks the machine, prepares the data directory and base image, binds both listeners
     /// and starts serving on a background thread. Returns once both listeners accept
     /// connections. Works from plain threads and from inside an async runtime.
@@ -244,7 +263,7 @@ fn preflight() -> Result<(), LocalError> {
     if uid != 0 {
         return Err(LocalError::NotRoot { uid });
     }
-    for ns in ["pid", "mnt", "uts"] {
+    for ns in ["pid", "mnt", "uts", "ipc", "net", "user"] {
         let p = format!("/proc/self/ns/{ns}");
         if !Path::new(&p).exists() {
             return Err(LocalError::Unsupported {
@@ -282,6 +301,23 @@ fn preflight() -> Result<(), LocalError> {
             detail: e.to_string(),
         });
     }
+    // overlay layers given as descriptors (`lowerdir+` with FSCONFIG_SET_FD): Linux 6.13
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    if (major, minor) < (6, 13) {
+        return Err(LocalError::Unsupported {
+            what: "Linux 6.13 or later",
+            detail: format!(
+                "this kernel is {}; sandboxes need idmapped mounts and overlayfs layers \
+                 given as file descriptors (6.13)",
+                release.trim()
+            ),
+        });
+    }
     if let Err(e) = sys::pidfd_open(std::process::id() as i32) {
         return Err(LocalError::Unsupported {
             what: "pidfd_open (Linux 5.3+)",
@@ -289,6 +325,25 @@ fn preflight() -> Result<(), LocalError> {
         });
     }
     Ok(())
+}
+
+/// The name of this data directory's cgroups: a random id kept in `data_dir/.instance`.
+fn instance_id(data_dir: &Path) -> Result<String, LocalError> {
+    let path = data_dir.join(".instance");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim();
+        if s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(s.to_owned());
+        }
+    }
+    let mut r = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut r);
+    let id: String = r.iter().map(|x| format!("{x:02x}")).collect();
+    std::fs::write(&path, format!("{id}\n")).map_err(|source| LocalError::DataDir {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(id)
 }
 
 fn bind(ip: IpAddr, port: u16) -> Result<std::net::TcpListener, LocalError> {
@@ -326,14 +381,17 @@ impl LocalServer {
 
     fn start_with(b: LocalServerBuilder) -> Result<LocalServer, LocalError> {
         preflight()?;
-        let cgroups = Cgroups::discover()?;
 
         let (data_dir, temporary) = match &b.data_dir {
             Some(d) => {
-                std::fs::create_dir_all(d).map_err(|source| LocalError::DataDir {
-                    path: d.clone(),
-                    source,
-                })?;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(d)
+                    .map_err(|source| LocalError::DataDir {
+                        path: d.clone(),
+                        source,
+                    })?;
                 (d.clone(), false)
             }
             None => {
@@ -391,13 +449,19 @@ impl LocalServer {
                     .into(),
             }));
         }
-        let server = Self::start_in(b, cgroups, data_dir.clone(), temporary);
+        // private to root: it holds every sandbox's files, the state and the secrets key
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|source| LocalError::DataDir {
+                path: data_dir.clone(),
+                source,
+            })
+            .map_err(cleanup_temp)?;
+        let server = Self::start_in(b, data_dir.clone(), temporary);
         server.map_err(cleanup_temp)
     }
 
     fn start_in(
         b: LocalServerBuilder,
-        cgroups: Cgroups,
         data_dir: PathBuf,
         temporary: bool,
     ) -> Result<LocalServer, LocalError> {
@@ -408,10 +472,20 @@ impl LocalServer {
         else {
             return Err(LocalError::DataDirInUse { path: data_dir });
         };
+        let cgroups = Cgroups::discover(&instance_id(&data_dir)?)?;
         let sandboxes_dir = data_dir.join("sandboxes");
         std::fs::create_dir_all(&sandboxes_dir).map_err(dd_err(sandboxes_dir.clone()))?;
         let base = image::prepare(&data_dir)?;
         let db_path = data_dir.join("state.db");
+        // the database holds access tokens: 0600 (SQLite gives its -wal/-shm files the same)
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&db_path)
+            .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
+            .map_err(dd_err(db_path.clone()))?;
         let db = Db::open(&db_path).map_err(|e| LocalError::Database {
             path: db_path.clone(),
             source: Box::new(e),
@@ -449,8 +523,6 @@ impl LocalServer {
             .thread_name("superserve-local")
             .build()
             .map_err(LocalError::Runtime)?;
-        let spawner =
-            Arc::new(sys::Spawner::start(runtime.handle().clone()).map_err(LocalError::Runtime)?);
         let mut settings = EgressSettings::default();
         for c in &b.allow_private {
             let cidr = Cidr4::parse(c.trim()).ok_or_else(|| {
@@ -472,14 +544,20 @@ impl LocalServer {
         if let Some(pem) = egress.ca_pem() {
             image::install_ca(&base, pem)?;
         }
+        let disks = Disks::new(data_dir.join("images"))?;
+        let ids = IdRanges::open(&data_dir).map_err(|e| LocalError::Unsupported {
+            what: "sandbox user id ranges",
+            detail: format!("cannot open the registry of id ranges: {e}"),
+        })?;
         let host = Host {
             base,
             cgroups,
             sandboxes_dir,
             last_cap: sys::last_cap(),
-            handle: runtime.handle().clone(),
-            spawner: spawner.clone(),
             egress: egress.clone(),
+            disks,
+            ids,
+            seccomp: sys::seccomp::program(),
         };
         let app = Arc::new(App::new(
             api_key,
@@ -491,6 +569,7 @@ impl LocalServer {
                 } else {
                     b.keepalive
                 },
+                disk_mib: b.disk_mib,
             },
         )?);
 
@@ -632,6 +711,8 @@ impl LocalServer {
         self.lock_file.take();
         if self.temporary {
             self.temporary = false;
+            // its sandboxes' id ranges are free again
+            self.app.host.ids.release_all_except(&[]);
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }
     }
@@ -690,7 +771,6 @@ fn run(
         let _ = reaper.await;
         app.shutdown().await;
     });
-    app.host.spawner.stop();
     runtime.shutdown_timeout(Duration::from_secs(2));
 }
 

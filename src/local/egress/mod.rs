@@ -107,6 +107,7 @@ impl std::fmt::Debug for Egress {
 
 /// A sandbox's network: the namespace plus the proxy and DNS tasks serving it (aborted on drop).
 pub(crate) struct SandboxNet {
+    #[allow(dead_code)] // held: the namespace lives as long as its proxy
     pub ns: OwnedFd,
     tasks: Mutex<Vec<AbortHandle>>,
 }
