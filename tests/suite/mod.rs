@@ -4,6 +4,7 @@
 mod control;
 mod data;
 mod faults;
+mod isolation;
 mod network;
 
 #[allow(unused_imports)]
@@ -12,6 +13,8 @@ pub use control::*;
 pub use data::*;
 #[allow(unused_imports)]
 pub use faults::*;
+#[allow(unused_imports)]
+pub use isolation::*;
 #[allow(unused_imports)]
 pub use network::*;
 
@@ -136,4 +139,14 @@ suite_tests!(
     network_log_pages_through_hundreds_of_events,
     brokered_secret_after_restart_and_with_a_replaced_key,
     standin_sent_to_another_secrets_host_is_refused,
+    // isolation: hostile processes inside sandboxes
+    agent_is_out_of_reach_from_inside,
+    stopped_children_in_one_sandbox_stall_nobody_else,
+    sandbox_root_is_not_host_root,
+    data_directory_and_database_are_private,
+    ipc_is_not_shared,
+    dangerous_syscalls_are_blocked,
+    fork_bomb_hits_the_sandbox_pids_limit,
+    disk_quota_is_enforced,
+    kill_9_in_the_middle_of_creates_then_restart,
 );
