@@ -40,9 +40,12 @@ fn gone() -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, "the sandbox agent is gone")
 }
 
+/// The outcome of a setup or a start: `Err((step, errno))`.
+type Outcome<T> = Result<T, (u8, i32)>;
+
 /// What a command is waiting for.
 struct Waiter {
-    started: Option<oneshot::Sender<Result<i32, (u8, i32)>>>,
+    started: Option<oneshot::Sender<Outcome<i32>>>,
     exited: Option<oneshot::Sender<i32>>,
 }
 
@@ -50,7 +53,7 @@ struct Waiter {
 pub(crate) struct AgentConn {
     fd: AsyncFd<OwnedFd>,
     waiters: Mutex<HashMap<u32, Waiter>>,
-    ready: Mutex<Option<oneshot::Sender<Result<(), (u8, i32)>>>>,
+    ready: Mutex<Option<oneshot::Sender<Outcome<()>>>>,
     next_id: AtomicU32,
     closed: AtomicBool,
 }

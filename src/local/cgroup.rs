@@ -232,14 +232,12 @@ impl SandboxCgroup {
         Ok(())
     }
 
-    /// Moves process `pid` into every group of the sandbox.
-    pub(crate) fn add(&self, pid: i32) -> io::Result<()> {
-        for dir in self.dirs() {
-            if dir.is_dir() {
-                write(dir, "cgroup.procs", &pid.to_string())?;
-            }
-        }
-        Ok(())
+    /// The `tasks` file of every group of the sandbox (a task writes `0` there to join).
+    pub(crate) fn task_files(&self) -> Vec<PathBuf> {
+        self.dirs()
+            .filter(|d| d.is_dir())
+            .map(|d| d.join("tasks"))
+            .collect()
     }
 
     /// Host PIDs of every process in the sandbox.
@@ -295,7 +293,7 @@ impl SandboxCgroup {
                         "sandbox processes did not exit after SIGKILL",
                     ));
                 }
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
         let mut last = Ok(());
@@ -308,10 +306,10 @@ impl SandboxCgroup {
                 match std::fs::remove_dir(dir) {
                     Ok(()) => break,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                    Err(_) if tries < 200 => {
+                    Err(_) if tries < 1000 => {
                         // A task that just died may still be accounted for a moment.
                         tries += 1;
-                        std::thread::sleep(Duration::from_millis(5));
+                        std::thread::sleep(Duration::from_millis(1));
                     }
                     Err(e) => {
                         last = Err(e);

@@ -665,7 +665,7 @@ async fn open_in_root<T: Send + 'static>(
 ) -> Result<T, Box<Response>> {
     let rt = rt.clone();
     let path = path.to_owned();
-    match tokio::task::spawn_blocking(move || open(&rt.root, &path)).await {
+    match tokio::task::spawn_blocking(move || open(rt.root(), &path)).await {
         Ok(Ok(t)) => Ok(t),
         Ok(Err(e)) => Err(Box::new(file_error(e))),
         Err(e) => Err(Box::new(boxd_error(

@@ -73,7 +73,8 @@ impl Disks {
             .truncate(true)
             .open(&tmp)?;
         sys::sparse_copy(&src, &dst)?;
-        dst.sync_all()?;
+        // no fsync: a fresh disk holds nothing yet, and one lost to a power cut is remade
+        // empty from the template (the rename below is what makes it count)
         std::fs::rename(&tmp, image)
     }
 

@@ -112,8 +112,8 @@ pub(crate) struct Runtime {
     agent: Arc<AgentConn>,
     /// The network namespace and the proxy tasks serving it.
     _net: SandboxNet,
-    /// The sandbox's root directory (an `O_PATH` fd), for the files API.
-    pub root: OwnedFd,
+    /// The sandbox's root directory (an `O_PATH` fd), for the files API (taken on drop).
+    root: Option<OwnedFd>,
     /// Host uid/gid of the sandbox's root (owner of what the files API writes).
     pub root_id: u32,
     pub cgroup: SandboxCgroup,
@@ -152,11 +152,6 @@ impl Runtime {
         let kill = |pidfd: &OwnedFd| {
             let _ = sys::pidfd_kill(pidfd, libc::SIGKILL);
         };
-        if let Err(e) = cgroup.add(pid) {
-            kill(&agent.pidfd);
-            reap_later(agent.pidfd, Arc::new(AtomicBool::new(false)));
-            return Err(format!("joining the sandbox cgroups: {e}"));
-        }
         let id_base = idmap::base(spec.id_slot);
         let setup = Setup {
             hostname: spec.hostname.as_bytes().to_vec(),
@@ -175,6 +170,7 @@ impl Runtime {
             keep_caps: sys::KEEP_CAPS,
             last_cap: host.last_cap,
             seccomp: host.seccomp.clone(),
+            cgroup_tasks: cgroup.task_files().iter().map(|p| bytes(p)).collect(),
         };
         let dead = Arc::new(AtomicBool::new(false));
         let conn = match tokio::time::timeout(SETUP_TIMEOUT, AgentConn::setup(agent.channel, setup))
@@ -224,11 +220,16 @@ impl Runtime {
             pidfd: agent.pidfd,
             agent: conn,
             _net: net,
-            root,
+            root: Some(root),
             root_id: id_base,
             cgroup,
             dead,
         }))
+    }
+
+    /// The sandbox's root directory (an `O_PATH` descriptor), for the files API.
+    pub(crate) fn root(&self) -> &OwnedFd {
+        self.root.as_ref().expect("the root is only taken on drop")
     }
 
     /// Whether the agent has exited.
@@ -271,6 +272,17 @@ impl Runtime {
     }
 }
 
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        // The root descriptor may hold the sandbox's last reference to its overlay: closing it
+        // unmounts the overlay and the sandbox disk and frees the loop device, which takes
+        // tens of milliseconds. That happens on a blocking thread, not on a runtime worker.
+        if let (Some(root), Ok(h)) = (self.root.take(), tokio::runtime::Handle::try_current()) {
+            h.spawn_blocking(move || drop(root));
+        }
+    }
+}
+
 /// Waits (in a task) until the agent exits, reaps it and sets `dead`.
 fn reap_later(pidfd: OwnedFd, dead: Arc<AtomicBool>) {
     let fd = match pidfd.try_clone().and_then(spawn::async_fd) {
@@ -287,15 +299,10 @@ fn reap_later(pidfd: OwnedFd, dead: Arc<AtomicBool>) {
         }
     };
     tokio::spawn(async move {
-        loop {
-            match fd.readable().await {
-                Ok(mut g) => {
-                    g.clear_ready();
-                    if !matches!(spawn::reap_pidfd(fd.get_ref()), Ok(false)) {
-                        break;
-                    }
-                }
-                Err(_) => break,
+        while let Ok(mut g) = fd.readable().await {
+            g.clear_ready();
+            if !matches!(spawn::reap_pidfd(fd.get_ref()), Ok(false)) {
+                break;
             }
         }
         dead.store(true, Ordering::SeqCst);

@@ -191,6 +191,52 @@ impl Drop for DirLock {
     }
 }
 
+/// Copies `src` into `dst` (same size) data extent by data extent: holes stay holes, so a
+/// sparse disk image costs only what its file system metadata takes.
+pub(crate) fn sparse_copy(src: &std::fs::File, dst: &std::fs::File) -> io::Result<()> {
+    let size = src.metadata()?.len();
+    dst.set_len(size)?;
+    let (s, d) = (src.as_raw_fd(), dst.as_raw_fd());
+    let mut off: i64 = 0;
+    while (off as u64) < size {
+        // SAFETY: lseek on a descriptor we borrow; ENXIO means no data past `off`.
+        let data = unsafe { libc::lseek(s, off, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break;
+            }
+            return Err(e);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(s, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let (mut from, mut to) = (data, data);
+        while from < hole {
+            let len = (hole - from) as usize;
+            // SAFETY: copy_file_range between two descriptors we borrow, with offsets owned
+            // by this function.
+            let n = unsafe { libc::copy_file_range(s, &mut from, d, &mut to, len, 0) };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        off = hole;
+    }
+    Ok(())
+}
+
+/// `fchown(fd, uid, gid)`.
+pub(crate) fn fchown(fd: &impl AsRawFd, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: fchown on a descriptor the caller keeps open.
+    cvt(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) }).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,50 +307,4 @@ mod tests {
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
-}
-
-/// Copies `src` into `dst` (same size) data extent by data extent: holes stay holes, so a
-/// sparse disk image costs only what its file system metadata takes.
-pub(crate) fn sparse_copy(src: &std::fs::File, dst: &std::fs::File) -> io::Result<()> {
-    let size = src.metadata()?.len();
-    dst.set_len(size)?;
-    let (s, d) = (src.as_raw_fd(), dst.as_raw_fd());
-    let mut off: i64 = 0;
-    while (off as u64) < size {
-        // SAFETY: lseek on a descriptor we borrow; ENXIO means no data past `off`.
-        let data = unsafe { libc::lseek(s, off, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break;
-            }
-            return Err(e);
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(s, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let (mut from, mut to) = (data, data);
-        while from < hole {
-            let len = (hole - from) as usize;
-            // SAFETY: copy_file_range between two descriptors we borrow, with offsets owned
-            // by this function.
-            let n = unsafe { libc::copy_file_range(s, &mut from, d, &mut to, len, 0) };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if n == 0 {
-                break;
-            }
-        }
-        off = hole;
-    }
-    Ok(())
-}
-
-/// `fchown(fd, uid, gid)`.
-pub(crate) fn fchown(fd: &impl AsRawFd, uid: u32, gid: u32) -> io::Result<()> {
-    // SAFETY: fchown on a descriptor the caller keeps open.
-    cvt(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) }).map(drop)
 }

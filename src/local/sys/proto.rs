@@ -31,6 +31,7 @@ pub const SETUP_STEPS: &[&str] = &[
     "joining a new session keyring",
     "installing the seccomp filter",
     "watching for child exits",
+    "joining the sandbox cgroups",
 ];
 
 /// Spawn steps of a command, by index (used in `SpawnFailed`).
@@ -74,6 +75,10 @@ pub struct Setup {
     pub last_cap: u32,
     /// The seccomp program: `struct sock_filter` array, 8 bytes per instruction.
     pub seccomp: Vec<u8>,
+    /// The sandbox's cgroups, as their `tasks` files: the agent moves itself in first thing
+    /// (a task moving itself skips the global lock a move by pid takes: one RCU grace period
+    /// per hierarchy).
+    pub cgroup_tasks: Vec<Vec<u8>>,
 }
 
 /// Backend → agent.
@@ -211,6 +216,7 @@ impl ToAgent {
                 o.u64(s.keep_caps);
                 o.u32(s.last_cap);
                 o.bytes(&s.seccomp);
+                o.list(&s.cgroup_tasks);
             }
             ToAgent::Spawn {
                 id,
@@ -252,6 +258,7 @@ impl ToAgent {
                 keep_caps: i.u64()?,
                 last_cap: i.u32()?,
                 seccomp: i.bytes()?,
+                cgroup_tasks: i.list()?,
             }),
             2 => ToAgent::Spawn {
                 id: i.u32()?,

@@ -8,7 +8,8 @@
 //! 1. makes itself non-dumpable (before anything else, and for good): its memory lives under
 //!    the host's user namespace, so no sandbox process can ptrace it, open `/proc/1/exe`,
 //!    `/proc/1/fd/*` or take its descriptors with `pidfd_getfd`;
-//! 2. builds the sandbox from the backend's `Setup` while still host root: a user namespace
+//! 2. builds the sandbox from the backend's `Setup` while still host root: joins the
+//!    sandbox's cgroups (before it uses anything), a user namespace
 //!    mapped to the sandbox's id range, its disk image on a loop device (ext4, full = ENOSPC),
 //!    idmapped read-only layers under an overlay root, `/proc`, `/dev`, the hostname, then
 //!    `pivot_root`;
@@ -171,6 +172,10 @@ fn build(s: &Setup) -> Result<Fd, StepError> {
     // Every signal is blocked in the agent (commands get a clean mask): SIGCHLD is read from
     // a signalfd, and as PID 1 it ignores what the sandbox sends it anyway.
     let sigfd = step(19, signals())?;
+    for tasks in &s.cgroup_tasks {
+        let p = std::str::from_utf8(tasks).map_err(|_| (20, ffi::EINVAL))?;
+        step(20, write_file(p, "0"))?;
+    }
     // SAFETY: mount(2) with valid C strings; only this process's private mount namespace.
     step(1, check(unsafe {
         ffi::mount(
