@@ -140,11 +140,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sb.kill()?;
     }
     let elapsed = t.elapsed();
-    // give the kernel a moment to finish tearing down namespaces of the last sandboxes
+    // the last sandboxes' disks and namespaces are torn down in the background (the kernel
+    // and a blocking thread finish after `kill` returns): give that up to 5 s to settle
     let mut netns_leaked = usize::MAX;
     for _ in 0..50 {
         netns_leaked = net_namespaces().difference(&netns0).count();
-        if netns_leaked == 0 {
+        if netns_leaked == 0 && loop_devices(server.data_dir()) == 0 {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));

@@ -141,6 +141,15 @@ impl Runtime {
         let cgroup = host.cgroups.sandbox(spec.id);
         let (vcpu, memory_mib, disk_mib) = (spec.vcpu, spec.memory_mib, spec.disk_mib);
         let prep = tokio::task::block_in_place(|| -> io::Result<()> {
+            if !dirs.disk.exists() && dirs.dir.join("upper").is_dir() {
+                // made by a backend that kept files in plain directories, owned by host root:
+                // never hand such a sandbox an empty disk as if it were its own
+                return Err(io::Error::other(format!(
+                    "the sandbox was created by an older version of the backend; its files are \
+                     in {} and are not used by this version",
+                    dirs.dir.join("upper").display()
+                )));
+            }
             cgroup.destroy()?;
             dirs.create()?;
             host.disks.ensure(&dirs.disk, disk_mib)?;
