@@ -958,7 +958,8 @@ impl App {
         }
     }
 
-    /// Kills every sandbox's processes and records running sandboxes as paused.
+    /// Kills every sandbox's processes, records running sandboxes as paused and removes this
+    /// backend's parent cgroups.
     pub(crate) async fn shutdown(&self) {
         for entry in self.all() {
             let _ops = tokio::time::timeout(Duration::from_secs(15), entry.ops.lock())
@@ -983,5 +984,6 @@ impl App {
                 let _ = self.persist(&entry).await;
             }
         }
+        self.host.cgroups.remove_instance();
     }
 }

@@ -162,6 +162,22 @@ impl Cgroups {
         }
     }
 
+    /// Removes this instance's (empty) parent groups; a group still in use stays. Called when
+    /// the backend stops, after every sandbox was killed.
+    pub(crate) fn remove_instance(&self) {
+        for dir in [
+            Some(&self.freezer),
+            Some(&self.memory),
+            self.cpu.as_ref(),
+            Some(&self.pids),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+
     /// Names of every sandbox group of this instance (in any hierarchy).
     pub(crate) fn sandbox_names(&self) -> Vec<String> {
         let mut names = Vec::new();

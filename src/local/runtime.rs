@@ -182,24 +182,40 @@ impl Runtime {
             cgroup_tasks: cgroup.task_files().iter().map(|p| bytes(p)).collect(),
         };
         let dead = Arc::new(AtomicBool::new(false));
-        let conn = match tokio::time::timeout(SETUP_TIMEOUT, AgentConn::setup(agent.channel, setup))
-            .await
+        let fail = |pidfd: OwnedFd, dead: Arc<AtomicBool>, msg: String| {
+            kill(&pidfd);
+            reap_later(pidfd, dead);
+            Err(msg)
+        };
+        // The network namespace exists from the clone on: its egress setup (which runs `ip`
+        // and `nft`) proceeds while the agent builds the rest of the sandbox.
+        let net_ns = match sys::open_raw(Path::new(&format!("/proc/{pid}/ns/net")), libc::O_RDONLY)
         {
+            Ok(fd) => fd,
+            Err(e) => return fail(agent.pidfd, dead, format!("the sandbox agent is gone: {e}")),
+        };
+        let built = tokio::time::timeout(SETUP_TIMEOUT, AgentConn::setup(agent.channel, setup));
+        let (built, net) = tokio::join!(built, host.egress.attach(spec.id, net_ns));
+        let conn = match built {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                kill(&agent.pidfd);
-                reap_later(agent.pidfd, dead);
-                return Err(format!("building the sandbox: {e}"));
-            }
+            Ok(Err(e)) => return fail(agent.pidfd, dead, format!("building the sandbox: {e}")),
             Err(_) => {
-                kill(&agent.pidfd);
-                reap_later(agent.pidfd, dead);
-                return Err("building the sandbox: the agent did not answer".into());
+                let msg = "building the sandbox: the agent did not answer".to_owned();
+                return fail(agent.pidfd, dead, msg);
+            }
+        };
+        let net = match net {
+            Ok(net) => net,
+            Err(e) => {
+                return fail(
+                    agent.pidfd,
+                    dead,
+                    format!("setting up the sandbox network: {e}"),
+                )
             }
         };
         let opened = (|| -> io::Result<_> {
             Ok((
-                sys::open_raw(Path::new(&format!("/proc/{pid}/ns/net")), libc::O_RDONLY)?,
                 sys::open_raw(
                     Path::new(&format!("/proc/{pid}/root")),
                     libc::O_PATH | libc::O_DIRECTORY,
@@ -207,20 +223,14 @@ impl Runtime {
                 agent.pidfd.try_clone()?,
             ))
         })();
-        let (net_ns, root, watch_fd) = match opened {
+        let (root, watch_fd) = match opened {
             Ok(v) => v,
             Err(e) => {
-                kill(&agent.pidfd);
-                reap_later(agent.pidfd, dead);
-                return Err(format!("the sandbox agent is not usable: {e}"));
-            }
-        };
-        let net = match host.egress.attach(spec.id, net_ns).await {
-            Ok(net) => net,
-            Err(e) => {
-                kill(&agent.pidfd);
-                reap_later(watch_fd, dead);
-                return Err(format!("setting up the sandbox network: {e}"));
+                return fail(
+                    agent.pidfd,
+                    dead,
+                    format!("the sandbox agent is not usable: {e}"),
+                )
             }
         };
         reap_later(watch_fd, dead.clone());
