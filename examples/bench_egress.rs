@@ -51,7 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let up = upstream::Upstream::start();
     server.set_dns_host("bench.upstream.test", up.ip);
-    let sb = Sandbox::create_with(&server.config(), CreateOptions::new("bench-egress"))?;
+    let sb = Sandbox::create_with_config(&server.config(), CreateOptions::new("bench-egress"))?;
     let fmt = "-w '%{time_total} %{size_download} %{http_code}\\n'";
 
     let big = |via_proxy: bool| -> Vec<f64> {

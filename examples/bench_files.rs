@@ -1,7 +1,9 @@
 //! Benchmark: stream a 1 GiB file into a sandbox and back with the streamed file API, and
 //! compare with a raw loopback HTTP transfer of the same size (the baseline) measured in the
-//! same run. Prints throughput and the process's peak RSS (which includes the in-process local
-//! backend).
+//! same run. Then downloads a directory of about the same size (files of several sizes in a
+//! few subdirectories, made inside the sandbox) as a ZIP archive. Prints throughput and the
+//! process's peak RSS (which includes the in-process local backend), the ZIP download's own
+//! peak measured from a reset high-water mark.
 //!
 //! ```text
 //! cargo run --release --example bench_files --all-features [-- SIZE_MIB]
@@ -49,6 +51,11 @@ fn peak_rss_mib() -> f64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Resets the peak RSS high-water mark (`VmHWM`) of this process.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 fn mib_s(bytes: u64, secs: f64) -> f64 {
@@ -127,7 +134,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("bench_files: {size_mib} MiB each way");
 
     let server = superserve::local::LocalServer::start()?;
-    let sb = Sandbox::create_with(&server.config(), CreateOptions::new("bench-files"))?;
+    let sb = Sandbox::create_with_config(&server.config(), CreateOptions::new("bench-files"))?;
     let rss_before = peak_rss_mib();
 
     let t = Instant::now();
@@ -146,6 +153,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let down = t.elapsed().as_secs_f64();
     assert_eq!(got, size);
     let rss_sdk = peak_rss_mib();
+
+    // A directory of about `size` bytes: 1,000 small files and files of 1 and 16 MiB in
+    // subdirectories, written inside the sandbox.
+    let big_files = size.saturating_sub(1000 * 4096) / (17 * 1024 * 1024);
+    let made = sb.commands().run(&format!(
+        "set -e; mkdir -p /zipped/small /zipped/big/deeper; \
+         for i in $(seq 1000); do head -c 4096 /dev/urandom > /zipped/small/s$i; done; \
+         head -c 16M /dev/urandom > /tmp/seed; head -c 1M /tmp/seed > /tmp/seed1; \
+         for i in $(seq {big_files}); do cp /tmp/seed /zipped/big/b$i; \
+           cp /tmp/seed1 /zipped/big/deeper/m$i; done; \
+         du -sb /zipped | cut -f1"
+    ))?;
+    let dir_bytes: u64 = made.stdout.trim().parse().unwrap_or(0);
+    assert_eq!(made.exit_code, 0, "{}", made.stderr);
+    reset_peak_rss();
+    let t = Instant::now();
+    let mut sink = Sink(0);
+    let zipped = sb
+        .files()
+        .timeout(std::time::Duration::from_secs(120))
+        .download_dir_into("/zipped", &mut sink)?;
+    let zip_secs = t.elapsed().as_secs_f64();
+    let rss_zip = peak_rss_mib();
+    assert!(zipped >= dir_bytes, "{zipped} < {dir_bytes}");
     sb.kill()?;
 
     // Baseline: the same transfer as raw loopback HTTP (no sandbox, no disk).
@@ -175,6 +206,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         mib_s(size, down),
         mib_s(size, base_down),
         base_down / down
+    );
+    println!(
+        "zip download (download_dir_into, {:.0} MiB directory, {:.0} MiB archive): {:8.1} MiB/s   ratio to raw download {:.2}   peak RSS during it: {:.1} MiB",
+        dir_bytes as f64 / (1024.0 * 1024.0),
+        zipped as f64 / (1024.0 * 1024.0),
+        mib_s(zipped, zip_secs),
+        base_down / zip_secs * (zipped as f64 / size as f64),
+        rss_zip
     );
     println!(
         "peak RSS: {:.1} MiB after the SDK transfers (before them: {:.1} MiB; limit 64 MiB)",

@@ -48,7 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut first = Vec::new();
     for i in 0..20 {
         let t = Instant::now();
-        let sb = Sandbox::create_with(&config, CreateOptions::new(format!("lat-{i}")))?;
+        let sb = Sandbox::create_with_config(&config, CreateOptions::new(format!("lat-{i}")))?;
         let r = sb.commands().run("echo ready")?;
         first.push(t.elapsed());
         assert_eq!(r.stdout, "ready\n");
@@ -57,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let t = Instant::now();
     for i in 0..100 {
-        let sb = Sandbox::create_with(&config, CreateOptions::new(format!("tp-{i}")))?;
+        let sb = Sandbox::create_with_config(&config, CreateOptions::new(format!("tp-{i}")))?;
         sb.kill()?;
     }
     let tp = t.elapsed();

@@ -26,13 +26,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         println!("note: this host lacks `ip`/`nft`, so sandboxes have loopback only");
     }
 
-    let providers: Vec<String> = Provider::list_with(&config)?
+    let providers: Vec<String> = Provider::list_with_config(&config)?
         .into_iter()
         .map(|p| format!("{} ({})", p.name, p.hosts.join(", ")))
         .collect();
     println!("provider shortcuts: {}", providers.join("; "));
 
-    let secret = Secret::create_with(
+    let secret = Secret::create_with_config(
         &config,
         SecretCreateOptions::new("openai-demo", "sk-demo-real-value").provider("openai"),
     )?;
@@ -42,7 +42,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         secret.info().hosts
     );
 
-    let sandbox = Sandbox::create_with(
+    let sandbox = Sandbox::create_with_config(
         &config,
         CreateOptions::new("egress-demo")
             .secret("OPENAI_API_KEY", "openai-demo")
@@ -58,9 +58,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         env.stdout
     );
 
-    // 192.0.2.10 is public but not allowed: deny_out 0.0.0.0/0 refuses it at the proxy.
-    // 169.254.169.254 (cloud metadata) is link-local: always refused.
+    // 93.184.216.34 is public but not allowed: deny_out 0.0.0.0/0 refuses it at the proxy.
+    // 192.0.2.10 (a documentation range, RFC 5737) and 169.254.169.254 (cloud metadata,
+    // link-local) are special-purpose: always refused, whatever the sandbox's rules say.
     for url in [
+        "http://93.184.216.34/",
         "http://192.0.2.10/",
         "http://169.254.169.254/latest/meta-data/",
     ] {
@@ -72,7 +74,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut events = Vec::new();
     for _ in 0..50 {
         events = sandbox.get_network_log(NetworkLogOptions::new())?.events;
-        if events.len() >= 2 {
+        if events.len() >= 3 {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));

@@ -32,7 +32,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
 
-    let sandbox = Sandbox::create_with(
+    let sandbox = Sandbox::create_with_config(
         &config,
         CreateOptions::new("quickstart")
             .metadata("example", "quickstart")

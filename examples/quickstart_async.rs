@@ -29,7 +29,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let sandbox =
-        AsyncSandbox::create_with(&config, CreateOptions::new("quickstart-async")).await?;
+        AsyncSandbox::create_with_config(&config, CreateOptions::new("quickstart-async")).await?;
     println!("created sandbox {}", sandbox.id());
 
     let result = sandbox
@@ -48,7 +48,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     let session = sandbox
         .commands()
-        .spawn(
+        .spawn_with(
             "python3 -i -q",
             RunOptions::new().on_stdout(|s: &str| print!("  python> {s}")),
         )

@@ -127,14 +127,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .trim()
         .to_owned();
     // warm-up: the first sandbox makes the disk template and the client's connections
-    let sb = Sandbox::create_with(&config, CreateOptions::new("warm-up"))?;
+    let sb = Sandbox::create_with_config(&config, CreateOptions::new("warm-up"))?;
     sb.commands().run("true")?;
     sb.kill()?;
     let (mounts0, netns0, veths0, fds0) = (mount_lines(), net_namespaces(), veths(), descriptors());
 
     let t = Instant::now();
     for i in 0..cycles {
-        let sb = Sandbox::create_with(&config, CreateOptions::new(format!("soak-{i}")))?;
+        let sb = Sandbox::create_with_config(&config, CreateOptions::new(format!("soak-{i}")))?;
         let r = sb.commands().run("echo soak")?;
         assert_eq!(r.stdout, "soak\n");
         sb.kill()?;

@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::error::{ApiError, Error, Result};
+use crate::error::{Error, Result};
 use crate::retry::RetryPolicy;
 
 /// Default control-plane URL.
@@ -36,7 +36,14 @@ const SHARED_HOSTS: &[&str] = &[
 /// Timeouts applied to requests.
 ///
 /// `connect` bounds establishing a connection; `request` bounds one control-plane request
-/// (per attempt, including the body). Long operations have their own settings in their options.
+/// (per attempt, including the body); `command` is the default run time of a command. Long
+/// operations have their own settings in their options.
+///
+/// ```
+/// use std::time::Duration;
+/// let t = superserve::Timeouts::default().command(Duration::from_secs(120));
+/// assert_eq!(t.command, Duration::from_secs(120));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Timeouts {
@@ -44,6 +51,12 @@ pub struct Timeouts {
     pub connect: Duration,
     /// Time allowed for one control-plane request attempt. Default 30 s.
     pub request: Duration,
+    /// How long a command started by `run`, `run_with` or `run_stream` may run when its
+    /// `RunOptions` set no timeout. Default 30 s (the hosted service's own default). The
+    /// timeout is sent with the command: the server ends it and answers with exit code 124
+    /// and the output so far, and the SDK waits 5 s longer than this for that answer. Whole
+    /// seconds, at least 1.
+    pub command: Duration,
 }
 
 impl Default for Timeouts {
@@ -51,6 +64,7 @@ impl Default for Timeouts {
         Timeouts {
             connect: Duration::from_secs(10),
             request: Duration::from_secs(30),
+            command: Duration::from_secs(30),
         }
     }
 }
@@ -66,6 +80,13 @@ impl Timeouts {
     #[must_use]
     pub fn request(mut self, d: Duration) -> Self {
         self.request = d;
+        self
+    }
+    /// Sets the default command timeout (rounded up to whole seconds, at least 1 s).
+    #[must_use]
+    pub fn command(mut self, d: Duration) -> Self {
+        let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        self.command = Duration::from_secs(secs.max(1));
         self
     }
 }
@@ -89,9 +110,11 @@ pub struct Config {
 
 pub(crate) struct ConfigInner {
     pub(crate) api_key: String,
+    api_key_header: reqwest::header::HeaderValue,
     pub(crate) base_url: String,
     pub(crate) sandbox_host: String,
     pub(crate) sandbox_url: Option<String>,
+    pub(crate) preview_url: Option<url::Url>,
     pub(crate) timeouts: Timeouts,
     pub(crate) retry: RetryPolicy,
     #[cfg(feature = "blocking")]
@@ -107,6 +130,10 @@ impl fmt::Debug for Config {
             .field("base_url", &self.inner.base_url)
             .field("sandbox_host", &self.inner.sandbox_host)
             .field("sandbox_url", &self.inner.sandbox_url)
+            .field(
+                "preview_url",
+                &self.inner.preview_url.as_ref().map(url::Url::as_str),
+            )
             .field("timeouts", &self.inner.timeouts)
             .field("retry", &self.inner.retry)
             .finish()
@@ -155,6 +182,27 @@ impl Config {
         self.inner.sandbox_url.as_deref()
     }
 
+    /// The explicit preview address (scheme, domain and port that preview hosts
+    /// `{port}-{sandbox id}.` are put in front of), when one is set.
+    pub fn preview_url(&self) -> Option<&str> {
+        self.inner.preview_url.as_ref().map(url::Url::as_str)
+    }
+
+    /// The URL of `port` of a sandbox: `https://{port}-{id}.{sandbox host}`, or with an
+    /// explicit preview address `{scheme}://{port}-{id}.{host}[:{its port}]`.
+    pub(crate) fn preview_url_for(&self, sandbox_id: &str, port: u16) -> String {
+        match &self.inner.preview_url {
+            Some(u) => {
+                let host = u.host_str().unwrap_or("localhost");
+                match u.port() {
+                    Some(p) => format!("{}://{port}-{sandbox_id}.{host}:{p}", u.scheme()),
+                    None => format!("{}://{port}-{sandbox_id}.{host}", u.scheme()),
+                }
+            }
+            None => format!("https://{port}-{sandbox_id}.{}", self.inner.sandbox_host),
+        }
+    }
+
     /// The region encoded in the API key (`"use"`, `"usw"`, ...), if any.
     pub fn region(&self) -> Option<&str> {
         region_of(&self.inner.api_key)
@@ -168,6 +216,39 @@ impl Config {
     /// The retry policy.
     pub fn retry_policy(&self) -> &RetryPolicy {
         &self.inner.retry
+    }
+
+    /// A builder holding every setting of this configuration, to change one or two:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use superserve::{Config, RetryPolicy};
+    /// let base = Config::builder().api_key("ss_live_...").build().unwrap();
+    /// let patient = base
+    ///     .to_builder()
+    ///     .retry_policy(RetryPolicy::default().max_attempts(6))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(patient.base_url(), base.base_url());
+    /// assert_eq!(patient.retry_policy().max_attempts, 6);
+    /// ```
+    ///
+    /// The new configuration has its own connection pool.
+    pub fn to_builder(&self) -> ConfigBuilder {
+        let i = &self.inner;
+        ConfigBuilder {
+            api_key: Some(i.api_key.clone()),
+            base_url: Some(i.base_url.clone()),
+            sandbox_url: i.sandbox_url.clone(),
+            preview_url: i.preview_url.as_ref().map(|u| u.as_str().to_owned()),
+            timeouts: Some(i.timeouts),
+            retry: Some(i.retry.clone()),
+        }
+    }
+
+    /// The API key as a header value (marked sensitive), built once.
+    pub(crate) fn api_key_header(&self) -> &reqwest::header::HeaderValue {
+        &self.inner.api_key_header
     }
 
     /// Data-plane base URL for a sandbox and whether the `X-Superserve-Sandbox-Id` header is
@@ -208,14 +289,18 @@ impl Config {
 }
 
 #[derive(PartialEq, Eq)]
-struct EnvKey(Option<String>, Option<String>, Option<String>);
+struct EnvKey([Option<String>; 4]);
 
 impl EnvKey {
     fn read() -> Self {
         EnvKey(
-            std::env::var("SUPERSERVE_API_KEY").ok(),
-            std::env::var("SUPERSERVE_BASE_URL").ok(),
-            std::env::var("SUPERSERVE_SANDBOX_URL").ok(),
+            [
+                "SUPERSERVE_API_KEY",
+                "SUPERSERVE_BASE_URL",
+                "SUPERSERVE_SANDBOX_URL",
+                "SUPERSERVE_PREVIEW_URL",
+            ]
+            .map(|k| std::env::var(k).ok()),
         )
     }
 }
@@ -241,6 +326,7 @@ pub struct ConfigBuilder {
     api_key: Option<String>,
     base_url: Option<String>,
     sandbox_url: Option<String>,
+    preview_url: Option<String>,
     timeouts: Option<Timeouts>,
     retry: Option<RetryPolicy>,
 }
@@ -251,6 +337,7 @@ impl fmt::Debug for ConfigBuilder {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("base_url", &self.base_url)
             .field("sandbox_url", &self.sandbox_url)
+            .field("preview_url", &self.preview_url)
             .finish_non_exhaustive()
     }
 }
@@ -276,6 +363,14 @@ impl ConfigBuilder {
         self.sandbox_url = Some(url.into());
         self
     }
+    /// An explicit preview address: preview URLs become
+    /// `{scheme}://{port}-{sandbox id}.{host}[:{port}]` of it (a local or self-hosted
+    /// backend's preview proxy, e.g. `http://localhost:8083`). Default:
+    /// `SUPERSERVE_PREVIEW_URL`, else `https://{port}-{id}.{sandbox host}`.
+    pub fn preview_url(mut self, url: impl Into<String>) -> Self {
+        self.preview_url = Some(url.into());
+        self
+    }
     /// Timeouts.
     pub fn timeouts(mut self, t: Timeouts) -> Self {
         self.timeouts = Some(t);
@@ -287,19 +382,20 @@ impl ConfigBuilder {
         self
     }
 
-    /// Resolves the configuration. Fails with [`Error::Authentication`] when no API key is
-    /// given or set in the environment, and with [`Error::Validation`] for a URL that is not
-    /// `http(s)://`.
+    /// Resolves the configuration. Fails with [`Error::Config`] (local, nothing is sent) when
+    /// no API key is given or set in the environment, when the key cannot be sent in a header,
+    /// or for a URL that is not `http(s)://`.
     pub fn build(self) -> Result<Config> {
         let api_key = non_empty(self.api_key)
             .or_else(|| non_empty(std::env::var("SUPERSERVE_API_KEY").ok()))
             .ok_or_else(|| {
-                Error::Authentication(ApiError::new(
-                    401,
-                    None,
-                    "Missing API key: pass one to Config::builder().api_key(..) or set SUPERSERVE_API_KEY",
-                ))
+                Error::config(
+                    "missing API key: pass one to Config::builder().api_key(..) or set SUPERSERVE_API_KEY",
+                )
             })?;
+        let mut api_key_header = reqwest::header::HeaderValue::from_str(&api_key)
+            .map_err(|_| Error::config("the API key contains characters a header cannot carry"))?;
+        api_key_header.set_sensitive(true);
         let base_override = non_empty(self.base_url)
             .or_else(|| non_empty(std::env::var("SUPERSERVE_BASE_URL").ok()));
         let (base_url, sandbox_host) = match base_override {
@@ -322,12 +418,21 @@ impl ConfigBuilder {
         if let Some(u) = &sandbox_url {
             check_url("sandbox URL", u)?;
         }
+        let preview_url = non_empty(self.preview_url)
+            .or_else(|| non_empty(std::env::var("SUPERSERVE_PREVIEW_URL").ok()))
+            .map(|u| {
+                check_url("preview URL", &u)?;
+                url::Url::parse(&u).map_err(|_| Error::config(format!("invalid preview URL {u:?}")))
+            })
+            .transpose()?;
         Ok(Config {
             inner: Arc::new(ConfigInner {
                 api_key,
+                api_key_header,
                 base_url,
                 sandbox_host,
                 sandbox_url,
+                preview_url,
                 timeouts: self.timeouts.unwrap_or_default(),
                 retry: self.retry.unwrap_or_default(),
                 #[cfg(feature = "blocking")]
@@ -342,7 +447,7 @@ impl ConfigBuilder {
 fn check_url(what: &str, u: &str) -> Result<()> {
     match url::Url::parse(u) {
         Ok(p) if matches!(p.scheme(), "http" | "https") && p.host_str().is_some() => Ok(()),
-        _ => Err(Error::validation(format!(
+        _ => Err(Error::config(format!(
             "invalid {what} {u:?}: expected an http:// or https:// URL"
         ))),
     }
@@ -444,5 +549,18 @@ mod tests {
             ("ws://127.0.0.1:9/exec/connect".to_owned(), true)
         );
         assert!(!format!("{c:?}").contains("\"k\""));
+        assert_eq!(
+            c.preview_url_for("abc", 8000),
+            "https://8000-abc.sandbox.superserve.ai"
+        );
+        let c = c
+            .to_builder()
+            .preview_url("http://localhost:7070")
+            .build()
+            .unwrap();
+        assert_eq!(
+            c.preview_url_for("abc", 8000),
+            "http://8000-abc.localhost:7070"
+        );
     }
 }

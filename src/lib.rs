@@ -8,9 +8,9 @@
 //!
 //! | feature | types |
 //! |---|---|
-//! | `async` (default) | [`AsyncSandbox`] (tokio) |
-//! | `blocking` | [`Sandbox`] (no async runtime needed) |
-//! | `local` | [`local::LocalServer`]: a Superserve-compatible backend on this machine |
+//! | `async` (default) | `AsyncSandbox` (tokio) |
+//! | `blocking` | `Sandbox` (no async runtime needed) |
+//! | `local` | `local::LocalServer`: a Superserve-compatible backend on this machine |
 //!
 //! Both flavours have the same method names; the async one returns futures.
 //!
@@ -47,10 +47,17 @@
 //! # }
 //! ```
 //!
+//! ## Naming
+//!
+//! One rule across the API: `x_with(…, XOptions)` is `x` with options (`run_with`,
+//! `spawn_with`, `pause_with`, `resume_with`), and `x_with_config(&Config, …)` is `x` with an
+//! explicit configuration instead of the environment (`create_with_config`,
+//! `connect_with_config`, `list_with_config`, ...).
+//!
 //! ## Configuration
 //!
 //! Every factory (`create`, `connect`, `list`, `kill_by_id`, `update_by_id`) reads the
-//! environment; its `*_with` twin takes an explicit [`Config`]:
+//! environment; its `*_with_config` twin takes an explicit [`Config`]:
 //!
 //! ```no_run
 //! # #[cfg(feature = "blocking")]
@@ -61,7 +68,7 @@
 //!     .base_url("http://127.0.0.1:8080")
 //!     .sandbox_url("http://127.0.0.1:8081")
 //!     .build()?;
-//! let all = Sandbox::list_with(&config, ListOptions::new())?;
+//! let all = Sandbox::list_with_config(&config, ListOptions::new())?;
 //! # let _ = all; Ok(())
 //! # }
 //! # #[cfg(not(feature = "blocking"))] fn main() {}
@@ -70,12 +77,28 @@
 //! ## Errors
 //!
 //! Every call returns [`Result`]; [`Error`] has one variant per kind of failure
-//! (authentication, validation, not found, conflict, rate limit, server, timeout, connection,
-//! decode, stream, ...). Idempotent requests (GET, DELETE) are retried on 429/502/503/504 and
-//! connection errors per the [`RetryPolicy`]; POST and PATCH are never retried.
+//! (authentication, validation, invalid input, not found, conflict, rate limit, server,
+//! timeout, a command that could not start, connection, decode, stream, ...); its docs list
+//! the codes a caller can branch on. Idempotent requests (GET, DELETE) are retried on
+//! 429/502/503/504 and connection errors per the [`RetryPolicy`]; POST and PATCH are never
+//! retried.
 //!
-//! The blocking flavour must not be called from inside an async runtime's worker thread (it
-//! runs its own I/O threads and would block the runtime); use the async flavour there.
+//! ## Observability
+//!
+//! The crate emits [`tracing`](https://docs.rs/tracing) spans and events, and installs no
+//! subscriber: a span per API operation (`sandbox.create`, `commands.run`, `files.read`, ...,
+//! with the `sandbox_id`) at debug level, a span per HTTP attempt (`superserve.http`: method,
+//! path without query values, attempt number, status, elapsed milliseconds) at debug level,
+//! and info events for retries, token refreshes and re-activations. No field ever holds an API
+//! key, access token, secret value, header or body. `examples/tracing.rs` shows the output.
+//!
+//! ## Blocking flavour and async runtimes
+//!
+//! The blocking flavour runs its I/O on a runtime of its own (two `superserve-io` threads,
+//! started on first use); the calling thread waits. It must not be called from a thread that
+//! runs async code (a tokio worker, or inside `block_on`): such a call fails with
+//! [`Error::BlockingInAsyncContext`] instead of stalling the runtime. Use the async flavour
+//! there, or `tokio::task::spawn_blocking`.
 
 #![deny(missing_docs)]
 // With only `local`, the client plumbing is compiled but unused.
@@ -83,7 +106,7 @@
     not(any(feature = "async", feature = "blocking")),
     allow(dead_code, unused_imports)
 )]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(not(any(feature = "async", feature = "blocking", feature = "local")))]
 compile_error!("enable at least one of the features `async`, `blocking` (and optionally `local`)");
@@ -97,24 +120,33 @@ mod rt;
 mod wire;
 
 pub use config::{Config, ConfigBuilder, Timeouts, DEFAULT_BASE_URL, DEFAULT_SANDBOX_HOST};
-pub use error::{ApiError, Error, Result};
+pub use error::{ApiError, Error, Result, TimeoutKind};
 pub use models::{
-    CommandResult, NetworkConfig, NetworkEvent, NetworkEventKind, NetworkLogPage, NetworkVerdict,
-    PreviewAccess, PreviewAccessPolicy, ProviderShortcut, ProxyAuditEvent, SandboxInfo,
-    SandboxSecretBinding, SandboxStatus, SecretAuthType, SecretInfo, SecretSandboxBinding,
-    Timestamp,
+    BuildLogEvent, BuildLogStream, BuildStep, CommandResult, DesktopAction, ExecEvent, ImageFormat,
+    KeyChord, MouseButton, NetworkConfig, NetworkEvent, NetworkEventKind, NetworkLogPage,
+    NetworkVerdict, PreviewAccess, PreviewAccessPolicy, PreviewPortList, PreviewToken,
+    ProviderShortcut, ProxyAuditEvent, PublishedPreviewPort, SandboxInfo, SandboxSecretBinding,
+    SandboxStatus, Screenshot, SecretAuthType, SecretInfo, SecretSandboxBinding, Signal,
+    SnapshotInfo, SnapshotKind, SnapshotResources, SnapshotStatus, StepOptions, StepResult,
+    StepTimings, TemplateBuildInfo, TemplateBuildStatus, TemplateInfo, TemplateStatus, Timestamp,
+    DESKTOP_STREAM_PORT, MAX_PREVIEW_PORT, MIN_PREVIEW_PORT, RESERVED_PREVIEW_PORT,
 };
 pub use options::{
     AuditOptions, AuditStatus, CreateOptions, ListOptions, NetworkLogOptions, PauseOptions,
-    RunOptions, SecretAuth, SecretCreateOptions, UpdateOptions,
+    ResumeOptions, RunOptions, SecretAuth, SecretCreateOptions, SnapshotOptions, SnapshotRef,
+    TemplateOptions, TemplateRef, TemplateWaitOptions, UpdateOptions, WaitOptions,
+    DEFAULT_MAX_OUTPUT_BYTES,
 };
 pub use retry::RetryPolicy;
 
-/// The blocking flavour: [`blocking::Sandbox`] and friends (feature `blocking`).
+/// The blocking flavour: `blocking::Sandbox` (re-exported as `superserve::Sandbox`) and
+/// friends (feature `blocking`).
 ///
-/// Calls block the current thread. Do not call them from inside an async runtime's worker
-/// thread; use [`nonblocking`] there.
+/// Calls block the current thread while the SDK's own I/O runtime does the work. Do not call
+/// them from a thread running async code (they fail with
+/// [`Error::BlockingInAsyncContext`]); use the async flavour there.
 #[cfg(feature = "blocking")]
+#[cfg_attr(docsrs, doc(cfg(feature = "blocking")))]
 #[path = "."]
 pub mod blocking {
     use crate::rt::blocking as rt;
@@ -125,13 +157,17 @@ pub mod blocking {
     #[path = "flavor/blocking.rs"]
     mod flavor;
 
-    pub use api::{CommandSession, Commands, Files, Provider, Sandbox, Secret};
-    pub use flavor::NetworkLogEvents;
+    pub use api::{
+        CommandSession, Commands, Desktop, Files, KillOnDrop, Provider, Sandbox, Secret, Snapshot,
+        Template,
+    };
+    pub use flavor::{BuildLogEvents, ExecEvents, FileReader, NetworkLogEvents, SessionStdin};
 }
 
-/// The async flavour: [`nonblocking::Sandbox`] (re-exported as [`AsyncSandbox`]) and friends
-/// (feature `async`).
+/// The async flavour: `nonblocking::Sandbox` (re-exported as `superserve::AsyncSandbox`) and
+/// friends (feature `async`).
 #[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
 #[path = "."]
 pub mod nonblocking {
     use crate::rt::nonblocking as rt;
@@ -142,17 +178,30 @@ pub mod nonblocking {
     #[path = "flavor/nonblocking.rs"]
     mod flavor;
 
-    pub use api::{CommandSession, Commands, Files, Provider, Sandbox, Secret};
-    pub use flavor::NetworkLogEvents;
+    pub use api::{
+        CommandSession, Commands, Desktop, Files, KillOnDrop, Provider, Sandbox, Secret, Snapshot,
+        Template,
+    };
+    pub use flavor::{BuildLogEvents, ExecEvents, FileReader, NetworkLogEvents, SessionStdin};
 }
 
 #[cfg(feature = "blocking")]
-pub use blocking::{CommandSession, Commands, Files, Provider, Sandbox, Secret};
+#[cfg_attr(docsrs, doc(cfg(feature = "blocking")))]
+pub use blocking::{
+    BuildLogEvents, CommandSession, Commands, Desktop, ExecEvents, FileReader, Files, KillOnDrop,
+    NetworkLogEvents, Provider, Sandbox, Secret, SessionStdin, Snapshot, Template,
+};
 #[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
 pub use nonblocking::{
-    CommandSession as AsyncCommandSession, Commands as AsyncCommands, Files as AsyncFiles,
-    Provider as AsyncProvider, Sandbox as AsyncSandbox, Secret as AsyncSecret,
+    BuildLogEvents as AsyncBuildLogEvents, CommandSession as AsyncCommandSession,
+    Commands as AsyncCommands, Desktop as AsyncDesktop, ExecEvents as AsyncExecEvents,
+    FileReader as AsyncFileReader, Files as AsyncFiles, KillOnDrop as AsyncKillOnDrop,
+    NetworkLogEvents as AsyncNetworkLogEvents, Provider as AsyncProvider, Sandbox as AsyncSandbox,
+    Secret as AsyncSecret, SessionStdin as AsyncSessionStdin, Snapshot as AsyncSnapshot,
+    Template as AsyncTemplate,
 };
 
 #[cfg(feature = "local")]
+#[cfg_attr(docsrs, doc(cfg(feature = "local")))]
 pub mod local;

@@ -1,14 +1,31 @@
 //! The shared suite, compiled for the blocking flavour, run end to end against the local
 //! backend.
 #![cfg(all(feature = "blocking", feature = "local"))]
+// The suite is written once for both flavours: `while let Some(x) = events.next().await`
+// reads a `Stream` in the async copy and an `Iterator` here.
+#![allow(clippy::while_let_on_iterator)]
 
 use maybe_async::must_be_sync as dual;
 
 mod flavor {
+    /// `read_to_end` of the flavour's readers.
+    pub use std::io::Read as ReadAll;
+    /// `write_all` of the flavour's writers.
+    pub use std::io::Write as WriteAll;
+    /// `next()` of the flavour's event streams.
+    pub use std::iter::Iterator as Next;
     pub use superserve::blocking::*;
 
     pub fn sleep(d: std::time::Duration) {
         std::thread::sleep(d);
+    }
+
+    /// Copies a reader into a writer (std::io::copy).
+    pub fn copy<R: std::io::Read + ?Sized, W: std::io::Write + ?Sized>(
+        r: &mut R,
+        w: &mut W,
+    ) -> std::io::Result<u64> {
+        std::io::copy(r, w)
     }
 }
 
@@ -25,6 +42,7 @@ macro_rules! suite_tests {
     };
 }
 
+#[macro_use]
 #[path = "common/mod.rs"]
 mod common;
 #[path = "suite/mod.rs"]
@@ -57,7 +75,7 @@ fn session_output_flows_while_writing() {
     let s2 = seen.clone();
     let session = sb
         .commands()
-        .spawn(
+        .spawn_with(
             "cat",
             superserve::RunOptions::new().on_stdout(move |s: &str| s2.lock().unwrap().push_str(s)),
         )
@@ -149,5 +167,55 @@ fn file_reads_honour_byte_ranges() {
     // If-Range cannot be validated (no ETag or Last-Modified is sent): the whole file
     let (status, cr, _, body) = get(&[("range", "bytes=0-9"), ("if-range", "\"v1\"")]);
     assert_eq!((status, cr, body.len()), (200, None, 1000));
+    sb.kill().unwrap();
+}
+
+/// A blocking call made on a thread that runs async code fails with a clear error (nothing
+/// is sent); the same call from `spawn_blocking` works.
+#[test]
+fn a_blocking_call_inside_a_runtime_fails_clearly() {
+    let server = common::server();
+    let config = common::config(&server);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let c2 = config.clone();
+    let err = runtime
+        .block_on(async move {
+            superserve::Sandbox::create_with_config(&c2, superserve::CreateOptions::new("x"))
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, superserve::Error::BlockingInAsyncContext),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("superserve")
+            && msg.contains("spawn_blocking")
+            && msg.contains("AsyncSandbox"),
+        "{msg}"
+    );
+    assert_eq!(suite::count(&server, "POST", "/sandboxes"), 0);
+    // from spawn_blocking (and a multi-thread runtime's task via spawn_blocking) it works
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sb = multi
+        .block_on(async move {
+            tokio::task::spawn_blocking(move || {
+                superserve::Sandbox::create_with_config(
+                    &config,
+                    superserve::CreateOptions::new("y"),
+                )
+            })
+            .await
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(sb.commands().run("echo ok").unwrap().stdout, "ok\n");
     sb.kill().unwrap();
 }

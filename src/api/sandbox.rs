@@ -4,23 +4,28 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use reqwest::header::HeaderName;
 use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::{dual, rt, Api, Commands, Files};
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TimeoutKind};
 use crate::models::{
     NetworkLogPage, PreviewAccess, SandboxInfo, SandboxSecretBinding, SandboxStatus, SandboxTokens,
 };
-use crate::options::{CreateOptions, ListOptions, NetworkLogOptions, PauseOptions, UpdateOptions};
+use crate::options::{
+    CreateOptions, ListOptions, NetworkLogOptions, PauseOptions, ResumeOptions, UpdateOptions,
+};
 use crate::wire::{decode_json, seg, Req, Resp};
+
+const X_ACCESS_TOKEN: HeaderName = HeaderName::from_static("x-access-token");
+const X_SANDBOX_ID: HeaderName = HeaderName::from_static("x-superserve-sandbox-id");
+const X_ROUTING_HINT: HeaderName = HeaderName::from_static("x-superserve-routing-hint");
 
 /// How long an activate (`connect`, a data-plane re-activate) keeps retrying while a pause
 /// finishes (`sandbox_pausing`).
 const CONNECT_PAUSING_WINDOW: Duration = Duration::from_secs(30);
-/// How long `resume` waits for an in-flight pause before resuming.
-const RESUME_WAIT: Duration = Duration::from_secs(300);
 /// While polling a pause, `active` is tolerated this long (the pause may not have started).
 const PAUSE_ACTIVE_GRACE: Duration = Duration::from_secs(2);
 
@@ -28,6 +33,10 @@ const PAUSE_ACTIVE_GRACE: Duration = Duration::from_secs(2);
 ///
 /// Cheap to clone; clones share the sandbox's access token, so a rotation by one (resume,
 /// connect, automatic refresh) is seen by all. `Send + Sync`.
+///
+/// Dropping a handle leaves the sandbox running (it is a handle, not the sandbox): call
+/// [`kill`](Self::kill), or wrap it with [`kill_on_drop`](Self::kill_on_drop) to have it
+/// killed when the guard goes out of scope.
 ///
 /// The fields read by [`id`](Self::id), [`name`](Self::name), [`status`](Self::status),
 /// [`metadata`](Self::metadata), [`secrets`](Self::secrets) and
@@ -45,6 +54,8 @@ struct Inner {
     next_revision: AtomicU64,
     refresh: rt::Mutex<()>,
     deleted: AtomicBool,
+    /// `/sandboxes/{id}`, percent-encoded once.
+    path: String,
 }
 
 /// The data-plane credentials of a sandbox.
@@ -52,8 +63,26 @@ struct Inner {
 pub(crate) struct Tokens {
     pub(crate) access_token: String,
     pub(crate) routing_hint: Option<String>,
+    /// The hint's expiry (unix seconds), read once when the hint arrives.
+    hint_expires: Option<f64>,
     /// Revision of the rotation that produced these tokens.
     pub(crate) revision: u64,
+}
+
+impl Tokens {
+    fn new(access_token: String, routing_hint: Option<String>, revision: u64) -> Tokens {
+        let hint_expires = routing_hint.as_deref().and_then(crate::wire::hint::expiry);
+        Tokens {
+            access_token,
+            routing_hint,
+            hint_expires,
+            revision,
+        }
+    }
+
+    fn hint_expired(&self) -> bool {
+        self.hint_expires.is_some_and(crate::wire::hint::is_past)
+    }
 }
 
 impl fmt::Debug for Sandbox {
@@ -68,7 +97,7 @@ impl fmt::Debug for Sandbox {
 
 fn require_id(id: &str) -> Result<()> {
     if id.trim().is_empty() {
-        return Err(Error::validation("sandbox id must not be empty"));
+        return Err(Error::invalid("sandbox id must not be empty"));
     }
     Ok(())
 }
@@ -92,49 +121,79 @@ fn decode_with_token(resp: &Resp, what: &str) -> Result<(SandboxInfo, SandboxTok
 #[dual]
 impl Sandbox {
     fn from_parts(api: Api, info: SandboxInfo, tokens: SandboxTokens) -> Sandbox {
+        let path = format!("/sandboxes/{}", seg(&info.id));
         Sandbox {
             inner: Arc::new(Inner {
                 api,
                 info,
-                tokens: RwLock::new(Tokens {
-                    access_token: tokens.access_token.unwrap_or_default(),
-                    routing_hint: tokens.routing_hint,
-                    revision: 0,
-                }),
+                tokens: RwLock::new(Tokens::new(
+                    tokens.access_token.unwrap_or_default(),
+                    tokens.routing_hint,
+                    0,
+                )),
                 next_revision: AtomicU64::new(1),
                 refresh: rt::Mutex::new(()),
                 deleted: AtomicBool::new(false),
+                path,
             }),
         }
     }
 
     /// Creates a sandbox, with the configuration from the environment.
     ///
-    /// Fails with [`Error::Validation`] before any request for a bad name, bad metadata or an
+    /// Fails with [`Error::InvalidInput`] before any request for a bad name, bad metadata or an
     /// env var that is also a secret binding.
+    ///
+    /// Cancellation (async): once the request has gone out, the answer is awaited on a task of
+    /// its own; if the caller's future was dropped meanwhile (a deadline, a `select!`), the
+    /// sandbox the server made is killed, so nothing is left running that nobody knows about.
     pub async fn create(opts: CreateOptions) -> Result<Sandbox> {
-        Self::create_with(&Config::from_env()?, opts).await
+        Self::create_with_config(&Config::from_env()?, opts).await
     }
 
-    /// Creates a sandbox with an explicit configuration.
-    pub async fn create_with(config: &Config, opts: CreateOptions) -> Result<Sandbox> {
+    /// [`create`](Self::create) with an explicit configuration.
+    #[tracing::instrument(name = "sandbox.create", level = "debug", skip_all, fields(sandbox_id = tracing::field::Empty))]
+    pub async fn create_with_config(config: &Config, opts: CreateOptions) -> Result<Sandbox> {
         let body = opts.to_body()?;
         let api = Api::new(config.clone());
         let req = api.control(Method::POST, "/sandboxes").json(&body);
-        let resp = api.send(&req).await?;
-        let (info, tokens) = decode_with_token(&resp, "POST /sandboxes")?;
-        Ok(Sandbox::from_parts(api, info, tokens))
+        let worker_api = api.clone();
+        let sandbox = rt::outlive_caller(
+            async move {
+                let resp = worker_api.send(&req).await?;
+                let (info, tokens) = decode_with_token(&resp, "POST /sandboxes")?;
+                Ok(Sandbox::from_parts(worker_api, info, tokens))
+            },
+            |orphan: Sandbox| async move {
+                tracing::info!(
+                    sandbox_id = orphan.id(),
+                    "superserve: create was cancelled after the request went out; killing the sandbox it made"
+                );
+                if let Err(e) = orphan.kill().await {
+                    tracing::warn!(sandbox_id = orphan.id(), error = %e, "superserve: could not kill an orphaned sandbox");
+                }
+            },
+        )
+        .await?;
+        tracing::Span::current().record("sandbox_id", sandbox.id());
+        Ok(sandbox)
     }
 
     /// Connects to an existing sandbox, resuming it if it is paused.
     ///
     /// While a pause is finishing (409 `sandbox_pausing`) it retries every second for up to 30 s.
     pub async fn connect(sandbox_id: &str) -> Result<Sandbox> {
-        Self::connect_with(&Config::from_env()?, sandbox_id).await
+        Self::connect_with_config(&Config::from_env()?, sandbox_id).await
     }
 
     /// [`connect`](Self::connect) with an explicit configuration.
-    pub async fn connect_with(config: &Config, sandbox_id: &str) -> Result<Sandbox> {
+    #[tracing::instrument(
+        name = "sandbox.connect",
+        level = "debug",
+        skip_all,
+        fields(sandbox_id)
+    )]
+    pub async fn connect_with_config(config: &Config, sandbox_id: &str) -> Result<Sandbox> {
         require_id(sandbox_id)?;
         let api = Api::new(config.clone());
         let (info, tokens) = Self::activate_waiting(&api, sandbox_id).await?;
@@ -171,11 +230,12 @@ impl Sandbox {
 
     /// Lists sandboxes, with the configuration from the environment.
     pub async fn list(opts: ListOptions) -> Result<Vec<SandboxInfo>> {
-        Self::list_with(&Config::from_env()?, opts).await
+        Self::list_with_config(&Config::from_env()?, opts).await
     }
 
     /// [`list`](Self::list) with an explicit configuration.
-    pub async fn list_with(config: &Config, opts: ListOptions) -> Result<Vec<SandboxInfo>> {
+    #[tracing::instrument(name = "sandbox.list", level = "debug", skip_all)]
+    pub async fn list_with_config(config: &Config, opts: ListOptions) -> Result<Vec<SandboxInfo>> {
         let query = opts.to_query()?;
         let api = Api::new(config.clone());
         let path = if query.is_empty() {
@@ -189,11 +249,17 @@ impl Sandbox {
 
     /// Deletes a sandbox by id. Idempotent: an unknown id is not an error.
     pub async fn kill_by_id(sandbox_id: &str) -> Result<()> {
-        Self::kill_by_id_with(&Config::from_env()?, sandbox_id).await
+        Self::kill_by_id_with_config(&Config::from_env()?, sandbox_id).await
     }
 
     /// [`kill_by_id`](Self::kill_by_id) with an explicit configuration.
-    pub async fn kill_by_id_with(config: &Config, sandbox_id: &str) -> Result<()> {
+    #[tracing::instrument(
+        name = "sandbox.kill_by_id",
+        level = "debug",
+        skip_all,
+        fields(sandbox_id)
+    )]
+    pub async fn kill_by_id_with_config(config: &Config, sandbox_id: &str) -> Result<()> {
         require_id(sandbox_id)?;
         Self::delete_raw(&Api::new(config.clone()), sandbox_id).await
     }
@@ -209,11 +275,17 @@ impl Sandbox {
 
     /// Updates a sandbox by id without resuming it.
     pub async fn update_by_id(sandbox_id: &str, opts: UpdateOptions) -> Result<()> {
-        Self::update_by_id_with(&Config::from_env()?, sandbox_id, opts).await
+        Self::update_by_id_with_config(&Config::from_env()?, sandbox_id, opts).await
     }
 
     /// [`update_by_id`](Self::update_by_id) with an explicit configuration.
-    pub async fn update_by_id_with(
+    #[tracing::instrument(
+        name = "sandbox.update_by_id",
+        level = "debug",
+        skip_all,
+        fields(sandbox_id)
+    )]
+    pub async fn update_by_id_with_config(
         config: &Config,
         sandbox_id: &str,
         opts: UpdateOptions,
@@ -270,11 +342,50 @@ impl Sandbox {
         &self.inner.api.config
     }
 
-    fn path(&self, tail: &str) -> String {
-        format!("/sandboxes/{}{tail}", seg(&self.inner.info.id))
+    /// Wraps the handle in a guard that kills the sandbox when dropped, for scripts and tests.
+    /// The guard derefs to the sandbox.
+    ///
+    /// Blocking flavour: the kill runs in `drop`. Async flavour: the kill also completes
+    /// before `drop` returns: on a multi-thread runtime through `tokio::task::block_in_place`
+    /// (the runtime keeps running its other tasks), on a current-thread runtime or outside any
+    /// runtime on a short-lived thread of its own that `drop` waits for. A failed kill is
+    /// logged (`tracing` warning) and otherwise ignored; call
+    /// [`KillOnDrop::kill`] to see its result, or [`KillOnDrop::into_inner`] to keep the
+    /// sandbox after all.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "blocking")]
+    /// # fn demo() -> superserve::Result<()> {
+    /// use superserve::{CreateOptions, Sandbox};
+    /// let sb = Sandbox::create(CreateOptions::new("scratch"))?.kill_on_drop();
+    /// sb.commands().run("echo hello")?;
+    /// // killed here, when `sb` goes out of scope (also on `?` and panics)
+    /// # Ok(()) }
+    /// ```
+    pub fn kill_on_drop(self) -> KillOnDrop {
+        KillOnDrop {
+            sandbox: self,
+            armed: true,
+        }
     }
 
-    fn ensure_live(&self) -> Result<()> {
+    fn path(&self, tail: &str) -> String {
+        let mut p = String::with_capacity(self.inner.path.len() + tail.len());
+        p.push_str(&self.inner.path);
+        p.push_str(tail);
+        p
+    }
+
+    /// The handle's API and the control-plane path `/sandboxes/{id}{tail}`, after the
+    /// deleted-handle check.
+    pub(crate) fn control_path(&self, tail: &str) -> Result<(&Api, String)> {
+        self.ensure_live()?;
+        Ok((&self.inner.api, self.path(tail)))
+    }
+
+    /// Fails with [`Error::SandboxDeleted`] once [`kill`](Self::kill) succeeded (checked
+    /// before anything is sent, by every method of the handle, its commands and its files).
+    pub(crate) fn ensure_live(&self) -> Result<()> {
         if self.inner.deleted.load(Ordering::SeqCst) {
             return Err(Error::SandboxDeleted {
                 id: self.inner.info.id.clone(),
@@ -284,6 +395,7 @@ impl Sandbox {
     }
 
     /// Fetches fresh information about the sandbox.
+    #[tracing::instrument(name = "sandbox.get_info", level = "debug", skip_all, fields(sandbox_id = self.id()))]
     pub async fn get_info(&self) -> Result<SandboxInfo> {
         self.ensure_live()?;
         let api = &self.inner.api;
@@ -293,6 +405,7 @@ impl Sandbox {
 
     /// Updates metadata, egress rules, timeouts or preview policy. Does not resume a paused
     /// sandbox (changing `network` needs an active one).
+    #[tracing::instrument(name = "sandbox.update", level = "debug", skip_all, fields(sandbox_id = self.id()))]
     pub async fn update(&self, opts: UpdateOptions) -> Result<()> {
         self.ensure_live()?;
         Self::patch_raw(&self.inner.api, &self.inner.info.id, &opts).await
@@ -303,14 +416,16 @@ impl Sandbox {
         self.pause_with(PauseOptions::new()).await
     }
 
-    /// Pauses, optionally waiting (within `opts.timeout`) until the pause has landed.
+    /// Pauses, optionally waiting (within the options' timeout) until the pause has landed.
+    #[tracing::instrument(name = "sandbox.pause", level = "debug", skip_all, fields(sandbox_id = self.id()))]
     pub async fn pause_with(&self, opts: PauseOptions) -> Result<()> {
         self.ensure_live()?;
         let api = &self.inner.api;
         if !opts.wait {
-            let req = api
-                .control(Method::POST, &self.path("/pause"))
-                .header("prefer", "respond-async");
+            let req = api.control(Method::POST, &self.path("/pause")).header(
+                HeaderName::from_static("prefer"),
+                reqwest::header::HeaderValue::from_static("respond-async"),
+            );
             return api.send(&req).await.map(drop);
         }
         let deadline = Instant::now() + opts.timeout;
@@ -367,11 +482,14 @@ impl Sandbox {
             }
             let delay = interval(started.elapsed());
             if Instant::now() + delay >= deadline {
-                return Err(Error::timeout(format!(
-                    "sandbox {} is still pausing after {}s",
-                    self.inner.info.id,
-                    budget.as_secs()
-                )));
+                return Err(Error::timeout(
+                    TimeoutKind::Operation,
+                    format!(
+                        "sandbox {} is still pausing after {}s",
+                        self.inner.info.id,
+                        budget.as_secs()
+                    ),
+                ));
             }
             rt::sleep(delay).await;
         }
@@ -379,8 +497,23 @@ impl Sandbox {
 
     /// Resumes a paused sandbox and rotates its access token.
     ///
-    /// If a pause is still in flight (409), waits for it to land (up to 5 minutes) and resumes.
+    /// If a pause is still in flight (409), waits for it to land (up to 5 minutes) and resumes;
+    /// [`resume_with`](Self::resume_with) sets that wait.
     pub async fn resume(&self) -> Result<()> {
+        self.resume_with(ResumeOptions::new()).await
+    }
+
+    /// [`resume`](Self::resume), waiting at most `opts`' timeout for an in-flight pause.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "blocking")]
+    /// # fn demo(sb: &superserve::Sandbox) -> superserve::Result<()> {
+    /// use std::time::Duration;
+    /// sb.resume_with(superserve::ResumeOptions::new().timeout(Duration::from_secs(30)))?;
+    /// # Ok(()) }
+    /// ```
+    #[tracing::instrument(name = "sandbox.resume", level = "debug", skip_all, fields(sandbox_id = self.id()))]
+    pub async fn resume_with(&self, opts: ResumeOptions) -> Result<()> {
         self.ensure_live()?;
         match self.post_resume().await {
             Err(Error::Conflict(conflict)) => {
@@ -388,15 +521,18 @@ impl Sandbox {
                 match info.status {
                     SandboxStatus::Paused => {}
                     SandboxStatus::Pausing => {
-                        let fast = |elapsed: Duration| {
-                            if elapsed < Duration::from_secs(2) {
-                                Duration::from_millis(50)
-                            } else {
-                                Duration::from_secs(1)
-                            }
+                        let fixed = opts.poll_interval;
+                        let interval = move |elapsed: Duration| match fixed {
+                            Some(d) => d,
+                            None if elapsed < Duration::from_secs(2) => Duration::from_millis(50),
+                            None => Duration::from_secs(1),
                         };
-                        self.wait_until_paused(Instant::now() + RESUME_WAIT, RESUME_WAIT, &fast)
-                            .await?;
+                        self.wait_until_paused(
+                            Instant::now() + opts.timeout,
+                            opts.timeout,
+                            &interval,
+                        )
+                        .await?;
                     }
                     _ => return Err(Error::Conflict(conflict)),
                 }
@@ -424,11 +560,7 @@ impl Sandbox {
             .ok_or_else(|| Error::decode(format!("{what}: missing access_token"), b""))?;
         let mut held = self.inner.tokens.write().unwrap_or_else(|p| p.into_inner());
         if revision > held.revision {
-            *held = Tokens {
-                access_token: token,
-                routing_hint: tokens.routing_hint,
-                revision,
-            };
+            *held = Tokens::new(token, tokens.routing_hint, revision);
         }
         Ok(())
     }
@@ -450,12 +582,18 @@ impl Sandbox {
             return Ok(());
         }
         let revision = self.inner.next_revision.fetch_add(1, Ordering::SeqCst);
+        tracing::info!(
+            sandbox_id = self.id(),
+            "superserve: refreshing the access token (activate; resumes a paused sandbox)"
+        );
         let (_, tokens) = Self::activate_waiting(&self.inner.api, &self.inner.info.id).await?;
         self.apply_tokens(revision, tokens, "POST /sandboxes/{id}/activate")
     }
 
-    /// Deletes the sandbox. Idempotent; afterwards most methods fail with
-    /// [`Error::SandboxDeleted`]. A delete that failed can be retried.
+    /// Deletes the sandbox. Idempotent; afterwards every other method of this handle (and of
+    /// its [`commands`](Self::commands) and [`files`](Self::files)) fails with
+    /// [`Error::SandboxDeleted`] before sending anything. A delete that failed can be retried.
+    #[tracing::instrument(name = "sandbox.kill", level = "debug", skip_all, fields(sandbox_id = self.id()))]
     pub async fn kill(&self) -> Result<()> {
         if self.inner.deleted.load(Ordering::SeqCst) {
             return Ok(());
@@ -466,12 +604,11 @@ impl Sandbox {
     }
 
     /// Binds a team secret as environment variable `env_key` (for processes started afterwards).
+    #[tracing::instrument(name = "sandbox.attach_secret", level = "debug", skip_all, fields(sandbox_id = self.id()))]
     pub async fn attach_secret(&self, env_key: &str, secret_name: &str) -> Result<()> {
         self.ensure_live()?;
         if env_key.is_empty() || secret_name.is_empty() {
-            return Err(Error::validation(
-                "env_key and secret_name must not be empty",
-            ));
+            return Err(Error::invalid("env_key and secret_name must not be empty"));
         }
         let api = &self.inner.api;
         let req = api
@@ -481,10 +618,11 @@ impl Sandbox {
     }
 
     /// Removes a secret binding and revokes its stand-in token.
+    #[tracing::instrument(name = "sandbox.detach_secret", level = "debug", skip_all, fields(sandbox_id = self.id()))]
     pub async fn detach_secret(&self, env_key: &str) -> Result<()> {
         self.ensure_live()?;
         if env_key.is_empty() {
-            return Err(Error::validation("env_key must not be empty"));
+            return Err(Error::invalid("env_key must not be empty"));
         }
         let api = &self.inner.api;
         let req = api.control(
@@ -495,7 +633,9 @@ impl Sandbox {
     }
 
     /// One page of the sandbox's network log, newest first. Does not resume the sandbox.
+    #[tracing::instrument(name = "sandbox.get_network_log", level = "debug", skip_all, fields(sandbox_id = self.id()))]
     pub async fn get_network_log(&self, opts: NetworkLogOptions) -> Result<NetworkLogPage> {
+        self.ensure_live()?;
         let api = &self.inner.api;
         let query = opts.to_query();
         let path = if query.is_empty() {
@@ -505,6 +645,36 @@ impl Sandbox {
         };
         let resp = api.send(&api.control(Method::GET, &path)).await?;
         resp.json("GET /sandboxes/{id}/network")
+    }
+}
+
+/// A sandbox that is killed when this guard is dropped. Made by [`Sandbox::kill_on_drop`];
+/// derefs to the [`Sandbox`].
+#[derive(Debug)]
+pub struct KillOnDrop {
+    pub(crate) sandbox: Sandbox,
+    pub(crate) armed: bool,
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Sandbox;
+    fn deref(&self) -> &Sandbox {
+        &self.sandbox
+    }
+}
+
+#[dual]
+impl KillOnDrop {
+    /// Disarms the guard and returns the handle; the sandbox keeps running.
+    pub fn into_inner(mut self) -> Sandbox {
+        self.armed = false;
+        self.sandbox.clone()
+    }
+
+    /// Kills the sandbox now and returns the outcome (the guard is disarmed either way).
+    pub async fn kill(mut self) -> Result<()> {
+        self.armed = false;
+        self.sandbox.kill().await
     }
 }
 
@@ -545,25 +715,24 @@ impl Sandbox {
     ) -> Req {
         let config = &self.inner.api.config;
         let (base, needs_id) = config.data_plane(&self.inner.info.id);
-        let mut req = Req::new(method, &base, path, timeout)
-            .header("x-access-token", tokens.access_token.clone());
+        let mut req =
+            Req::new(method, &base, path, timeout).header_str(X_ACCESS_TOKEN, &tokens.access_token);
+        req.data_plane = true;
         if needs_id {
-            req = req.header("x-superserve-sandbox-id", self.inner.info.id.clone());
+            req = req.header_str(X_SANDBOX_ID, &self.inner.info.id);
         }
         if let Some(hint) = &tokens.routing_hint {
-            req = req.header("x-superserve-routing-hint", hint.clone());
+            req = req.header_str(X_ROUTING_HINT, hint);
         }
         req
     }
 
-    /// Refreshes the credentials first if the routing hint has expired.
+    /// Refreshes the credentials first if the routing hint has expired. Fails with
+    /// [`Error::SandboxDeleted`] after [`kill`](Self::kill).
     pub(crate) async fn fresh_tokens(&self) -> Result<Tokens> {
+        self.ensure_live()?;
         let tokens = self.tokens();
-        if tokens
-            .routing_hint
-            .as_deref()
-            .is_some_and(crate::wire::hint::is_expired)
-        {
+        if tokens.hint_expired() {
             self.refresh(tokens.revision).await?;
             return Ok(self.tokens());
         }
@@ -573,12 +742,22 @@ impl Sandbox {
     /// Sends a buffered data-plane request; on a resumable failure re-activates once and
     /// retries once.
     pub(crate) async fn dp_send(&self, build: BuildReq<'_>) -> Result<Resp> {
+        self.dp_send_capped(build, super::client::MAX_JSON_BYTES)
+            .await
+    }
+
+    /// [`dp_send`](Self::dp_send) with another cap on the answer's size.
+    pub(crate) async fn dp_send_capped(&self, build: BuildReq<'_>, cap: u64) -> Result<Resp> {
         let tokens = self.fresh_tokens().await?;
         let hinted = tokens.routing_hint.is_some();
-        match self.inner.api.send(&build(&tokens)).await {
+        match self.inner.api.send_capped(&build(&tokens), cap).await {
             Err(e) if resumable(&e, hinted) => {
+                tracing::info!(sandbox_id = self.id(), error = %e, "superserve: re-activating the sandbox and retrying once");
                 self.refresh(tokens.revision).await?;
-                self.inner.api.send(&build(&self.tokens())).await
+                self.inner
+                    .api
+                    .send_capped(&build(&self.tokens()), cap)
+                    .await
             }
             other => other,
         }
@@ -599,6 +778,7 @@ impl Sandbox {
             .await
         {
             Err(e) if resumable(&e, hinted) => {
+                tracing::info!(sandbox_id = self.id(), error = %e, "superserve: re-activating the sandbox and retrying once");
                 self.refresh(tokens.revision).await?;
                 self.inner
                     .api

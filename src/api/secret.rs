@@ -34,7 +34,7 @@ impl fmt::Debug for Secret {
 
 fn require_name(name: &str) -> Result<()> {
     if name.trim().is_empty() {
-        return Err(Error::validation("secret name must not be empty"));
+        return Err(Error::invalid("secret name must not be empty"));
     }
     Ok(())
 }
@@ -43,11 +43,12 @@ fn require_name(name: &str) -> Result<()> {
 impl Secret {
     /// Stores a secret, with the configuration from the environment.
     pub async fn create(opts: SecretCreateOptions) -> Result<Secret> {
-        Self::create_with(&Config::from_env()?, opts).await
+        Self::create_with_config(&Config::from_env()?, opts).await
     }
 
     /// [`create`](Self::create) with an explicit configuration.
-    pub async fn create_with(config: &Config, opts: SecretCreateOptions) -> Result<Secret> {
+    #[tracing::instrument(name = "secret.create", level = "debug", skip_all)]
+    pub async fn create_with_config(config: &Config, opts: SecretCreateOptions) -> Result<Secret> {
         let body = opts.to_body()?;
         let api = Api::new(config.clone());
         let resp = api
@@ -59,11 +60,12 @@ impl Secret {
 
     /// Fetches a secret by name.
     pub async fn get(name: &str) -> Result<Secret> {
-        Self::get_with(&Config::from_env()?, name).await
+        Self::get_with_config(&Config::from_env()?, name).await
     }
 
     /// [`get`](Self::get) with an explicit configuration.
-    pub async fn get_with(config: &Config, name: &str) -> Result<Secret> {
+    #[tracing::instrument(name = "secret.get", level = "debug", skip_all, fields(secret = name))]
+    pub async fn get_with_config(config: &Config, name: &str) -> Result<Secret> {
         require_name(name)?;
         let api = Api::new(config.clone());
         let info = Self::fetch(&api, name).await?;
@@ -79,11 +81,12 @@ impl Secret {
 
     /// Lists the team's secrets.
     pub async fn list() -> Result<Vec<SecretInfo>> {
-        Self::list_with(&Config::from_env()?).await
+        Self::list_with_config(&Config::from_env()?).await
     }
 
     /// [`list`](Self::list) with an explicit configuration.
-    pub async fn list_with(config: &Config) -> Result<Vec<SecretInfo>> {
+    #[tracing::instrument(name = "secret.list", level = "debug", skip_all)]
+    pub async fn list_with_config(config: &Config) -> Result<Vec<SecretInfo>> {
         let api = Api::new(config.clone());
         let resp = api.send(&api.control(Method::GET, "/secrets")).await?;
         resp.json("GET /secrets")
@@ -91,11 +94,12 @@ impl Secret {
 
     /// Deletes a secret by name. Idempotent; bound sandboxes lose access at once.
     pub async fn delete_by_name(name: &str) -> Result<()> {
-        Self::delete_by_name_with(&Config::from_env()?, name).await
+        Self::delete_by_name_with_config(&Config::from_env()?, name).await
     }
 
     /// [`delete_by_name`](Self::delete_by_name) with an explicit configuration.
-    pub async fn delete_by_name_with(config: &Config, name: &str) -> Result<()> {
+    #[tracing::instrument(name = "secret.delete_by_name", level = "debug", skip_all, fields(secret = name))]
+    pub async fn delete_by_name_with_config(config: &Config, name: &str) -> Result<()> {
         require_name(name)?;
         Self::delete_raw(&Api::new(config.clone()), name).await
     }
@@ -124,15 +128,17 @@ impl Secret {
     }
 
     /// Fetches fresh information.
+    #[tracing::instrument(name = "secret.get_info", level = "debug", skip_all, fields(secret = self.info.name.as_str()))]
     pub async fn get_info(&self) -> Result<SecretInfo> {
         Self::fetch(&self.api, &self.info.name).await
     }
 
     /// Replaces the value; returns the updated secret. Bindings keep working.
+    #[tracing::instrument(name = "secret.rotate", level = "debug", skip_all, fields(secret = self.info.name.as_str()))]
     pub async fn rotate(&self, value: impl Into<String>) -> Result<Secret> {
         let value = value.into();
         if value.is_empty() {
-            return Err(Error::validation("secret value must not be empty"));
+            return Err(Error::invalid("secret value must not be empty"));
         }
         let req = self
             .api
@@ -146,11 +152,13 @@ impl Secret {
     }
 
     /// Deletes the secret. Idempotent.
+    #[tracing::instrument(name = "secret.delete", level = "debug", skip_all, fields(secret = self.info.name.as_str()))]
     pub async fn delete(&self) -> Result<()> {
         Self::delete_raw(&self.api, &self.info.name).await
     }
 
     /// Secret-bearing requests made with this secret, newest first.
+    #[tracing::instrument(name = "secret.get_audit", level = "debug", skip_all, fields(secret = self.info.name.as_str()))]
     pub async fn get_audit(&self, opts: AuditOptions) -> Result<Vec<ProxyAuditEvent>> {
         let q = opts.to_query();
         let mut path = format!("/secrets/{}/audit", seg(&self.info.name));
@@ -162,6 +170,7 @@ impl Secret {
     }
 
     /// The sandboxes this secret is bound to.
+    #[tracing::instrument(name = "secret.get_sandboxes", level = "debug", skip_all, fields(secret = self.info.name.as_str()))]
     pub async fn get_sandboxes(&self) -> Result<Vec<SecretSandboxBinding>> {
         let path = format!("/secrets/{}/sandboxes", seg(&self.info.name));
         let resp = self.api.send(&self.api.control(Method::GET, &path)).await?;
@@ -177,11 +186,12 @@ pub struct Provider;
 impl Provider {
     /// Lists the provider shortcuts (`openai`, `anthropic`, ...).
     pub async fn list() -> Result<Vec<ProviderShortcut>> {
-        Self::list_with(&Config::from_env()?).await
+        Self::list_with_config(&Config::from_env()?).await
     }
 
     /// [`list`](Self::list) with an explicit configuration.
-    pub async fn list_with(config: &Config) -> Result<Vec<ProviderShortcut>> {
+    #[tracing::instrument(name = "provider.list", level = "debug", skip_all)]
+    pub async fn list_with_config(config: &Config) -> Result<Vec<ProviderShortcut>> {
         let api = Api::new(config.clone());
         let resp = api.send(&api.control(Method::GET, "/providers")).await?;
         resp.json("GET /providers")

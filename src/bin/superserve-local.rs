@@ -25,7 +25,8 @@ OPTIONS:
     --api-key KEY     the API key clients must send (default: a random ss_live_ key)
     --bind ADDR       address to listen on (default: 127.0.0.1)
     --allow-private CIDR
-                      let sandboxes reach this private/loopback/link-local IPv4 network
+                      let sandboxes reach this IPv4 network although it is private,
+                      special-purpose (RFC 6890), the host's own or one the host is on
                       (always blocked otherwise; each sandbox's own rules still apply)
     --dns-host NAME=IP
                       make the sandboxes' DNS answer NAME with IP

@@ -1,11 +1,21 @@
-//! Blocking-only API: iterators.
+//! Blocking-only API: iterators, `std::io` readers and writers, and the kill-on-drop guard.
 
 use std::collections::VecDeque;
+use std::fmt;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use super::api::Sandbox;
-use crate::error::Result;
-use crate::models::NetworkEvent;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::api::{check_cap, check_path, BuildLogs, Files, KillOnDrop, Sandbox, SseEvents};
+use crate::error::{Error, Result};
+use crate::models::{BuildLogEvent, ExecEvent, NetworkEvent};
 use crate::options::NetworkLogOptions;
+use crate::rt::blocking::{self as rt, EventItem, StdinSender, StreamResponse, Upload};
+use crate::rt::transport::session_item;
+use crate::wire::exec::{stdin_close_frame, stdin_frame, STDIN_CHUNK};
 
 /// Every event of a sandbox's network log, newest first, fetched page by page as the iterator
 /// advances. Made by [`Sandbox::network_log_events`].
@@ -50,7 +60,7 @@ impl Iterator for NetworkLogEvents {
 impl Sandbox {
     /// Walks the whole network log (every page), newest first.
     ///
-    /// `opts.limit` sets the page size; `before`, `since` and `verdict` filter as in
+    /// The options' `limit` sets the page size; `before`, `since` and `verdict` filter as in
     /// [`get_network_log`](Self::get_network_log).
     ///
     /// ```no_run
@@ -72,13 +82,210 @@ impl Sandbox {
     }
 }
 
-use std::io::{Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+/// A command's output as it arrives: an `Iterator` of [`ExecEvent`]s whose last item is
+/// [`ExecEvent::Exit`], or an error when the command could not start or the connection broke
+/// (never a silent end). Made by `Commands::run_stream` and `CommandSession::events`.
+///
+/// Dropping it closes the stream's connection (a `run_stream`'s command is then ended by the
+/// server; a session's output flows on to its callbacks and result).
+pub struct ExecEvents {
+    source: Source,
+}
 
-use super::api::Files;
-use crate::error::Error;
-use crate::rt::blocking::Upload;
+enum Source {
+    Sse(Box<SseEvents>),
+    Session {
+        rx: mpsc::Receiver<EventItem>,
+        done: bool,
+    },
+}
+
+impl fmt::Debug for ExecEvents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExecEvents").finish_non_exhaustive()
+    }
+}
+
+impl ExecEvents {
+    pub(crate) fn from_sse(events: SseEvents) -> ExecEvents {
+        ExecEvents {
+            source: Source::Sse(Box::new(events)),
+        }
+    }
+
+    pub(crate) fn from_session(rx: mpsc::Receiver<EventItem>) -> ExecEvents {
+        ExecEvents {
+            source: Source::Session { rx, done: false },
+        }
+    }
+}
+
+impl Iterator for ExecEvents {
+    type Item = Result<ExecEvent>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.source {
+            Source::Sse(events) => events.next(),
+            Source::Session { rx, done } => {
+                if *done {
+                    return None;
+                }
+                match rt::block_on(rx.recv()) {
+                    Ok(item) => session_item(item, done),
+                    Err(e) => {
+                        *done = true;
+                        Some(Err(e))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A template build's log as an `Iterator` of [`BuildLogEvent`]s, ending after the build's
+/// last event. Made by `Template::build_log_events`. Dropping it closes the stream.
+pub struct BuildLogEvents {
+    logs: BuildLogs,
+}
+
+impl fmt::Debug for BuildLogEvents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BuildLogEvents").finish_non_exhaustive()
+    }
+}
+
+impl BuildLogEvents {
+    pub(crate) fn new(logs: BuildLogs) -> BuildLogEvents {
+        BuildLogEvents { logs }
+    }
+}
+
+impl Iterator for BuildLogEvents {
+    type Item = Result<BuildLogEvent>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.logs.next()
+    }
+}
+
+/// A session's stdin as a `std::io::Write`. Made by `CommandSession::stdin`.
+///
+/// Each `write` sends up to 32 KiB as one frame and blocks while the session's send queue is
+/// full. Writes after the command finished are accepted and dropped. Dropping the writer does
+/// not close stdin: call `CommandSession::close_stdin`.
+pub struct SessionStdin {
+    tx: StdinSender,
+}
+
+impl fmt::Debug for SessionStdin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionStdin")
+            .field("finished", &self.tx.is_settled())
+            .finish()
+    }
+}
+
+impl SessionStdin {
+    pub(crate) fn new(tx: StdinSender) -> SessionStdin {
+        SessionStdin { tx }
+    }
+
+    /// Closes stdin (EOF), like `CommandSession::close_stdin`.
+    pub fn close(&mut self) -> Result<()> {
+        rt::block_on(self.tx.send(rt::text_frame(stdin_close_frame())))?
+    }
+}
+
+fn io_error(e: Error) -> std::io::Error {
+    std::io::Error::other(e)
+}
+
+impl Write for SessionStdin {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let n = buf.len().min(STDIN_CHUNK);
+        let frame = rt::binary_frame(stdin_frame(&buf[..n]));
+        rt::block_on(self.tx.send(frame))
+            .and_then(|r| r)
+            .map_err(io_error)?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A file in a sandbox as a `std::io::Read`, read as it downloads. Made by
+/// `Files::open_read`. Dropping it closes the connection.
+pub struct FileReader {
+    resp: Option<StreamResponse>,
+    chunk: Bytes,
+    read: u64,
+    max_bytes: u64,
+}
+
+impl fmt::Debug for FileReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileReader")
+            .field("read", &self.read)
+            .field("max_bytes", &self.max_bytes)
+            .finish()
+    }
+}
+
+impl FileReader {
+    pub(crate) fn new(resp: StreamResponse, max_bytes: u64) -> FileReader {
+        FileReader {
+            resp: Some(resp),
+            chunk: Bytes::new(),
+            read: 0,
+            max_bytes,
+        }
+    }
+}
+
+impl Read for FileReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            let Some(resp) = self.resp.as_mut() else {
+                return Ok(0);
+            };
+            match resp.next_chunk() {
+                Ok(Some(c)) => {
+                    self.read += c.len() as u64;
+                    if let Err(e) = check_cap(self.read, self.max_bytes) {
+                        self.resp = None;
+                        return Err(io_error(e));
+                    }
+                    self.chunk = c;
+                }
+                Ok(None) => self.resp = None,
+                Err(e) => {
+                    self.resp = None;
+                    return Err(io_error(e));
+                }
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk[..n]);
+        let _ = self.chunk.split_to(n);
+        Ok(n)
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Err(e) = self.sandbox.kill() {
+            tracing::warn!(sandbox_id = self.sandbox.id(), error = %e, "superserve: kill on drop failed");
+        }
+    }
+}
 
 /// Uploads up to this size are sent from memory (and can be retried after a token refresh).
 const IN_MEMORY_UPLOAD: usize = 1024 * 1024;
@@ -107,7 +314,7 @@ impl Files {
     /// # let _ = sent; Ok(()) }
     /// ```
     pub fn write_from<R: Read + Send + 'static>(&self, path: &str, mut reader: R) -> Result<u64> {
-        super::api::check_path(path)?;
+        check_path(path)?;
         let mut head = Vec::new();
         (&mut reader)
             .take(IN_MEMORY_UPLOAD as u64 + 1)
@@ -142,7 +349,7 @@ impl Files {
 
     fn copy_into<W: Write + ?Sized>(
         &self,
-        mut resp: crate::rt::blocking::StreamResponse,
+        mut resp: StreamResponse,
         writer: &mut W,
     ) -> Result<u64> {
         let mut n: u64 = 0;

@@ -6,62 +6,20 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use axum::http::StatusCode;
-use rand::RngCore;
-
 use super::agent::{Process, SpawnError};
-use super::error::LocalError;
+use super::egress::SandboxPolicy;
+use super::error::{ApiError, LocalError};
 use super::fault::{lock, FaultSet};
+use super::ident::{new_token, uuid_v4};
 use super::journal::Journal;
 use super::model::{
-    self, BindBody, Binding, CreateBody, PatchBody, Record, Status, DEFAULT_MEMORY_MIB,
+    self, BindBody, Binding, CreateBody, Network, PatchBody, Record, Status, DEFAULT_MEMORY_MIB,
     DEFAULT_VCPU,
 };
 use super::runtime::{CommandSpec, Host, Runtime, SandboxDirs, SandboxSpec};
-use super::secrets::{SecretKey, Secrets};
+use super::secrets::Secrets;
 use super::store::{self, Db};
 use super::time::now_ns;
-
-/// A control-plane error: status + `{"error":{"code","message"}}`.
-#[derive(Debug)]
-pub(crate) struct ApiError {
-    pub status: StatusCode,
-    pub code: String,
-    pub message: String,
-    pub retry_after: Option<u64>,
-}
-
-impl ApiError {
-    pub(crate) fn new(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code: code.to_owned(),
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
-    }
-    pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
-    }
-    pub(crate) fn conflict(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::CONFLICT, "conflict", message)
-    }
-    pub(crate) fn internal(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
-    }
-    fn sandbox_not_found() -> ApiError {
-        ApiError::not_found("sandbox not found")
-    }
-}
-
-impl From<store::StoreError> for ApiError {
-    fn from(e: store::StoreError) -> Self {
-        ApiError::internal(format!("state database: {e}"))
-    }
-}
 
 /// One sandbox: its record, a lifecycle lock, and its runtime while it has processes.
 pub(crate) struct Entry {
@@ -106,6 +64,18 @@ impl Entry {
     }
 }
 
+/// The egress proxy asks the sandbox's record for its rules and bindings at every connection
+/// (a live update applies at once); a deleted sandbox has none.
+impl SandboxPolicy for Entry {
+    fn rules(&self) -> Option<(Option<Network>, Vec<Binding>)> {
+        (!self.is_deleted()).then(|| self.with(|r| (r.network.clone(), r.secrets.clone())))
+    }
+
+    fn name(&self) -> Option<String> {
+        (!self.is_deleted()).then(|| self.with(|r| r.name.clone()))
+    }
+}
+
 /// Why a data-plane call could not get a running sandbox.
 #[derive(Debug)]
 pub(crate) enum Unavailable {
@@ -143,37 +113,10 @@ pub(crate) struct App {
     seq: AtomicI64,
 }
 
-/// A random UUID v4 string.
-pub(crate) fn uuid_v4() -> String {
-    let mut b = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-/// A fresh access token (256 random bits, hex).
-pub(crate) fn new_token() -> String {
-    let mut b = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Constant-time string comparison (for keys and tokens).
-pub(crate) fn ct_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
+impl ApiError {
+    fn sandbox_not_found() -> ApiError {
+        ApiError::not_found("sandbox not found")
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl App {
@@ -183,18 +126,13 @@ impl App {
         api_key: String,
         host: Host,
         db: Db,
+        secrets: Secrets,
         tuning: Tuning,
     ) -> Result<App, LocalError> {
         let db_err = |e: store::StoreError| LocalError::Database {
             path: host.sandboxes_dir.with_file_name("state.db"),
             source: Box::new(e),
         };
-        let key_path = host.sandboxes_dir.with_file_name("secrets.key");
-        let key = SecretKey::load_or_create(&key_path).map_err(|source| LocalError::DataDir {
-            path: key_path.clone(),
-            source,
-        })?;
-        let secrets = Secrets::new(db.clone(), key).map_err(db_err)?;
         let records = db.call_sync(store::load_all).map_err(db_err)?;
         // Nothing of a previous backend on this data directory survives: every cgroup of this
         // instance is emptied (its processes killed, frozen ones included) and removed,
@@ -310,7 +248,8 @@ impl App {
             .map_err(ApiError::from)
     }
 
-    async fn start_runtime(&self, rec: &Record) -> Result<Arc<Runtime>, ApiError> {
+    async fn start_runtime(&self, entry: &Arc<Entry>) -> Result<Arc<Runtime>, ApiError> {
+        let rec = entry.rec();
         let Some(id_slot) = rec.id_slot else {
             return Err(ApiError::internal(
                 "cannot start the sandbox: it has no id range",
@@ -323,6 +262,7 @@ impl App {
             memory_mib: rec.memory_mib,
             disk_mib: rec.disk_mib,
             id_slot,
+            policy: entry.clone(),
         };
         Runtime::start(&self.host, spec)
             .await
@@ -431,7 +371,7 @@ impl App {
             map.insert(id.clone(), entry.clone());
         }
         let _ops = entry.ops.lock().await;
-        let started = self.start_runtime(&rec).await;
+        let started = self.start_runtime(&entry).await;
         let rt = match started {
             Ok(rt) => rt,
             Err(e) => {
@@ -486,7 +426,7 @@ impl App {
                     if let Some(old) = guard.take() {
                         let _ = old.kill().await;
                     }
-                    *guard = Some(self.start_runtime(&entry.rec()).await?);
+                    *guard = Some(self.start_runtime(entry).await?);
                     Ok(())
                 }
             }
@@ -528,11 +468,11 @@ impl App {
             Status::Active => {
                 // an active sandbox whose init died (or never restarted) gets a fresh one
                 let mut guard = entry.rt.write().await;
-                if guard.as_ref().map_or(true, |rt| rt.is_dead()) {
+                if guard.as_ref().is_none_or(|rt| rt.is_dead()) {
                     if let Some(old) = guard.take() {
                         let _ = old.kill().await;
                     }
-                    *guard = Some(self.start_runtime(&entry.rec()).await?);
+                    *guard = Some(self.start_runtime(&entry).await?);
                 }
             }
             other => {
@@ -896,7 +836,7 @@ impl App {
             let _ = old.kill().await;
         }
         let rt = self
-            .start_runtime(&entry.rec())
+            .start_runtime(entry)
             .await
             .map_err(|e| Unavailable::Failed(e.message))?;
         *guard = Some(rt.clone());

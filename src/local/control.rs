@@ -12,7 +12,8 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
 
-use super::app::{ApiError, App};
+use super::app::App;
+use super::error::ApiError;
 use super::fault::FaultRule;
 use super::http::{form_pairs, json, observe, require_api_key};
 use super::journal::{redact_header, Plane};

@@ -18,16 +18,21 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::app::{ct_eq, App, Entry, SpawnFailure, Unavailable};
+use super::agent::SpawnError;
+use super::app::{App, Entry, SpawnFailure, Unavailable};
 use super::exec::{
     command_spec, Collected, Event, ExecBody, Running, Utf8Decoder, DEFAULT_TIMEOUT,
 };
 use super::files::{self, ByteRange, ChannelWriter, FileError, ReadTarget};
-use super::http::{boxd_error, form_pairs, header_str, json, observe, text, CutAfter};
+use super::http::{
+    boxd_error, boxd_error_code, form_pairs, header_str, json, observe, text, CutAfter,
+};
+use super::ident::ct_eq;
 use super::journal::Plane;
 use super::model::Status;
 use super::runtime::CommandSpec;
 use super::time::{format_rfc3339, now_ns};
+use super::zip;
 
 /// Largest inbound WebSocket frame/message.
 const WS_MAX_MESSAGE: usize = 4 * 1024 * 1024;
@@ -35,6 +40,18 @@ const WS_MAX_MESSAGE: usize = 4 * 1024 * 1024;
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Server pings on the exec WebSocket.
 const WS_PING: Duration = Duration::from_secs(30);
+/// Longest `timeout_s` a command may ask for (7 days, the longest sandbox `timeout_seconds`).
+const MAX_COMMAND_TIMEOUT_S: u64 = 604_800;
+
+/// Checks the numbers of an exec body (the message is the 400's).
+fn check_exec_body(body: &ExecBody) -> Result<(), String> {
+    match body.timeout_s {
+        Some(t) if t > MAX_COMMAND_TIMEOUT_S => Err(format!(
+            "timeout_s must be between 0 and {MAX_COMMAND_TIMEOUT_S} seconds, got {t}"
+        )),
+        _ => Ok(()),
+    }
+}
 
 /// The data-plane router.
 pub(crate) fn router(app: Arc<App>) -> Router {
@@ -48,26 +65,31 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-fn paused() -> Response {
-    let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "sandbox is paused");
+/// `r` with `Retry-After: secs`.
+fn retry_after(mut r: Response, secs: &'static str) -> Response {
     r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
     r
+}
+
+fn paused() -> Response {
+    retry_after(
+        text(StatusCode::SERVICE_UNAVAILABLE, "sandbox is paused"),
+        "5",
+    )
 }
 
 fn unavailable(u: Unavailable) -> Response {
     match u {
         Unavailable::Paused => paused(),
-        Unavailable::Gone => text(StatusCode::NOT_FOUND, "sandbox not found"),
-        Unavailable::Failed(msg) => {
-            let mut r = text(
+        Unavailable::Gone => boxd_error(StatusCode::NOT_FOUND, "sandbox not found"),
+        Unavailable::Failed(msg) => retry_after(
+            text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("sandbox unavailable: {msg}"),
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            r
-        }
+            ),
+            "5",
+        ),
     }
 }
 
@@ -94,26 +116,26 @@ fn authorize(
         .map(str::to_owned)
         .or_else(|| allow_host.then(|| id_from_host(headers)).flatten())
         .ok_or_else(|| {
-            Box::new(text(
+            Box::new(boxd_error(
                 StatusCode::BAD_REQUEST,
                 "missing X-Superserve-Sandbox-Id header",
             ))
         })?;
     let entry = app
         .get(&id)
-        .ok_or_else(|| Box::new(text(StatusCode::NOT_FOUND, "sandbox not found")))?;
+        .ok_or_else(|| Box::new(boxd_error(StatusCode::NOT_FOUND, "sandbox not found")))?;
     let token = header_str(headers, "x-access-token")
         .filter(|s| !s.is_empty())
         .or(ws_token)
         .ok_or_else(|| {
-            Box::new(text(
+            Box::new(boxd_error(
                 StatusCode::UNAUTHORIZED,
                 "missing X-Access-Token header",
             ))
         })?;
     let current = entry.with(|r| r.access_token.clone());
     if !ct_eq(token, &current) {
-        return Err(Box::new(text(
+        return Err(Box::new(boxd_error(
             StatusCode::UNAUTHORIZED,
             "invalid access token",
         )));
@@ -142,26 +164,68 @@ fn exec_request(
 ) -> Result<(Arc<Entry>, ExecBody, CommandSpec), Reject> {
     let entry = authorize(app, headers, None, false)?;
     let body = parse_exec(body)?;
+    check_exec_body(&body).map_err(|msg| Box::new(boxd_error(StatusCode::BAD_REQUEST, &msg)))?;
     let spec = command_spec(&entry.rec(), &body, false)
         .map_err(|msg| Box::new(boxd_error(StatusCode::BAD_REQUEST, &msg)))?;
     Ok((entry, body, spec))
+}
+
+/// The status and an explanation for a command that could not be started: what the client
+/// asked for (a missing program or directory, arguments too long, not executable, ...) is a
+/// 4xx, a sandbox out of processes a 503, anything else the backend's own failure.
+fn spawn_status(e: &SpawnError) -> (StatusCode, Option<&'static str>) {
+    let errno = e.source.raw_os_error();
+    if matches!(
+        errno,
+        Some(libc::EAGAIN) | Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM)
+    ) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("out of processes or memory; retry in a moment"),
+        );
+    }
+    // the program itself (no step) or the working directory: what the client asked for
+    let asked = match e.step.as_deref() {
+        None => true,
+        Some(s) => s.starts_with("changing to the working directory"),
+    };
+    if !asked {
+        return (StatusCode::INTERNAL_SERVER_ERROR, None);
+    }
+    match errno {
+        Some(libc::E2BIG) => (
+            StatusCode::BAD_REQUEST,
+            Some("the arguments and environment are too long for the kernel"),
+        ),
+        Some(libc::ENAMETOOLONG) => (StatusCode::BAD_REQUEST, Some("a path is too long")),
+        Some(libc::EACCES) | Some(libc::EPERM) => (
+            StatusCode::BAD_REQUEST,
+            Some("permission denied (not executable, or not searchable)"),
+        ),
+        Some(libc::ENOEXEC) => (StatusCode::BAD_REQUEST, Some("not an executable format")),
+        Some(libc::ETXTBSY) => (StatusCode::CONFLICT, Some("the program file is busy")),
+        _ => (StatusCode::BAD_REQUEST, None),
+    }
+}
+
+/// The message of a command that could not be started.
+fn spawn_message(e: &SpawnError) -> String {
+    match spawn_status(e).1 {
+        Some(why) => format!("failed to start command: {why}: {e}"),
+        None => format!("failed to start command: {e}"),
+    }
 }
 
 fn spawn_failure(f: SpawnFailure) -> Response {
     match f {
         SpawnFailure::Unavailable(u) => unavailable(u),
         SpawnFailure::Spawn(e) => {
-            let client = e
-                .step
-                .as_deref()
-                .is_some_and(|s| s.starts_with("changing to the working directory"))
-                || (e.step.is_none() && e.source.kind() == io::ErrorKind::NotFound);
-            let status = if client {
-                StatusCode::BAD_REQUEST
+            let r = boxd_error_code(spawn_status(&e).0, "exec_failed", &spawn_message(&e));
+            if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+                retry_after(r, "1")
             } else {
-                StatusCode::INTERNAL_SERVER_ERROR
-            };
-            boxd_error(status, &format!("failed to start command: {e}"))
+                r
+            }
         }
     }
 }
@@ -230,7 +294,7 @@ async fn exec_stream(
         Err(SpawnFailure::Unavailable(u)) => return unavailable(u),
         Err(SpawnFailure::Spawn(e)) => {
             let ev = sse_event(&serde_json::json!({
-                "error": format!("failed to start command: {e}"),
+                "error": spawn_message(&e),
                 "code": "exec_failed",
                 "finished": true,
             }));
@@ -398,7 +462,14 @@ async fn start_frame(socket: &mut WebSocket) -> Result<ExecBody, Option<Message>
         match msg {
             Message::Text(t) => {
                 return match serde_json::from_str::<ExecBody>(t.as_str()) {
-                    Ok(b) if b.command.as_deref().is_some_and(|c| !c.trim().is_empty()) => Ok(b),
+                    Ok(b) if b.command.as_deref().is_some_and(|c| !c.trim().is_empty()) => {
+                        match check_exec_body(&b) {
+                            Ok(()) => Ok(b),
+                            Err(msg) => {
+                                Err(Some(close(1008, &format!("invalid start message ({msg})"))))
+                            }
+                        }
+                    }
                     _ => Err(Some(close(
                         1008,
                         "invalid start message (command required)",
@@ -439,7 +510,7 @@ async fn session(app: Arc<App>, entry: Arc<Entry>, mut socket: WebSocket, cut_af
                 SpawnFailure::Unavailable(Unavailable::Paused) => "sandbox is paused".to_owned(),
                 SpawnFailure::Unavailable(Unavailable::Gone) => "sandbox not found".to_owned(),
                 SpawnFailure::Unavailable(Unavailable::Failed(m)) => m,
-                SpawnFailure::Spawn(e) => format!("failed to start command: {e}"),
+                SpawnFailure::Spawn(e) => spawn_message(&e),
             };
             let ev = serde_json::json!({"error": msg, "code": "exec_failed", "finished": true});
             let _ = socket.send(Message::Text(ev.to_string().into())).await;
@@ -606,6 +677,31 @@ fn file_error(e: FileError) -> Response {
         FileError::NotFound | FileError::NotADirectory => {
             boxd_error(StatusCode::NOT_FOUND, "file not found")
         }
+        FileError::ParentNotADirectory => boxd_error(
+            StatusCode::BAD_REQUEST,
+            "a parent of the path is not a directory",
+        ),
+        FileError::NameTooLong => boxd_error(
+            StatusCode::BAD_REQUEST,
+            "path too long (a name longer than 255 bytes, or a path longer than 4096)",
+        ),
+        FileError::PermissionDenied => boxd_error(StatusCode::FORBIDDEN, "permission denied"),
+        FileError::Busy => boxd_error(
+            StatusCode::CONFLICT,
+            "file is busy (a running program or a mount point)",
+        ),
+        FileError::TooLarge => boxd_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "file too large for the sandbox's file system",
+        ),
+        FileError::Invalid => boxd_error(StatusCode::BAD_REQUEST, "invalid path"),
+        FileError::Exhausted => retry_after(
+            boxd_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the backend is short of resources; retry in a moment",
+            ),
+            "1",
+        ),
         FileError::IsDirectory => boxd_error(StatusCode::BAD_REQUEST, "path is a directory"),
         FileError::NotRegular => boxd_error(StatusCode::BAD_REQUEST, "not a regular file"),
         FileError::Virtual => boxd_error(
@@ -621,6 +717,27 @@ fn file_error(e: FileError) -> Response {
             StatusCode::INSUFFICIENT_STORAGE,
             &serde_json::json!({"error": {"code": "sandbox_storage_full", "message": "no space left in the sandbox"}}),
         ),
+        FileError::TooDeep(max) => boxd_error(
+            StatusCode::BAD_REQUEST,
+            &format!("the directory is nested deeper than {max} levels; download a subdirectory"),
+        ),
+        FileError::TooManyEntries(entries, names) => boxd_error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "the directory holds more than {entries} entries or {names} bytes of names; \
+                 download a subdirectory"
+            ),
+        ),
+        FileError::DuplicateZipName(name) => boxd_error(
+            StatusCode::BAD_REQUEST,
+            &format!("two names are both {name:?} once made valid UTF-8"),
+        ),
+        FileError::NameTooLongForZip(len) => boxd_error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "an entry name is {len} bytes long; a ZIP archive holds names of at most 65535"
+            ),
+        ),
         FileError::Io(e) => boxd_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
@@ -634,7 +751,8 @@ async fn file_target(
     let entry = authorize(app, headers, None, false)?;
     let (path, format) = file_query(query);
     let path = path.unwrap_or_default();
-    files::validate_path(&path).map_err(|msg| Box::new(text(StatusCode::BAD_REQUEST, msg)))?;
+    files::validate_path(&path)
+        .map_err(|msg| Box::new(boxd_error(StatusCode::BAD_REQUEST, msg)))?;
     let rt = app
         .ensure_running(&entry)
         .await
@@ -756,12 +874,23 @@ async fn files_get(
                     "path is a directory (use format=zip to download it)",
                 );
             }
-            let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(8);
+            // the whole tree is listed first: a tree too deep, too large or with names the
+            // format cannot hold is refused before a byte is sent
             let prefix = name.clone();
+            let scanned = tokio::task::spawn_blocking(move || {
+                zip::scan(&fd, &prefix).map(|listing| (fd, listing))
+            })
+            .await;
+            let (fd, listing) = match scanned {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => return file_error(e),
+                Err(e) => return boxd_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            };
+            let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(8);
             tokio::task::spawn_blocking(move || {
                 let _keep = rt; // the sandbox root stays reachable while zipping
                 let writer = ChannelWriter::new(tx.clone());
-                match files::zip_dir(fd, &prefix, writer) {
+                match zip::write(&fd, listing, writer) {
                     Ok(mut w) => {
                         let _ = std::io::Write::flush(&mut w);
                     }
@@ -851,5 +980,58 @@ mod tests {
         let (p, f) = file_query(Some("path=%2Fout&format=zip"));
         assert_eq!(p.as_deref(), Some("/out"));
         assert_eq!(f.as_deref(), Some("zip"));
+    }
+
+    #[test]
+    fn exec_numbers_are_range_checked() {
+        let body = |t: &str| -> ExecBody {
+            serde_json::from_str(&format!(r#"{{"command":"true","timeout_s":{t}}}"#)).unwrap()
+        };
+        assert!(check_exec_body(&body("0")).is_ok());
+        assert!(check_exec_body(&body("604800")).is_ok());
+        assert!(check_exec_body(&body("604801")).is_err());
+        assert!(check_exec_body(&body("18446744073709551615")).is_err());
+    }
+
+    #[test]
+    fn spawn_errors_a_client_causes_are_4xx() {
+        let e = |step: Option<&str>, errno: i32| SpawnError {
+            step: step.map(str::to_owned),
+            source: io::Error::from_raw_os_error(errno),
+        };
+        assert_eq!(
+            spawn_status(&e(None, libc::E2BIG)).0,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            spawn_status(&e(None, libc::EACCES)).0,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            spawn_status(&e(None, libc::ENOENT)).0,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            spawn_status(&e(None, libc::ETXTBSY)).0,
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            spawn_status(&e(
+                Some("changing to the working directory /x"),
+                libc::ENOTDIR
+            ))
+            .0,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            spawn_status(&e(None, libc::EAGAIN)).0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        // the backend's own steps failing is its own failure
+        assert_eq!(
+            spawn_status(&e(Some("entering the PID namespace"), libc::EPERM)).0,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert!(spawn_message(&e(None, libc::E2BIG)).contains("too long"));
     }
 }

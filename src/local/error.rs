@@ -1,7 +1,12 @@
-//! The local backend's error type.
+//! The local backend's error types: [`LocalError`] (public: why the backend could not start)
+//! and `ApiError` (an API answer: status and `{"error":{"code","message"}}`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+
+use axum::http::StatusCode;
+
+use super::store;
 
 /// Why the local backend could not start (or could not do what it was asked).
 ///
@@ -79,4 +84,42 @@ pub enum LocalError {
     /// The backend stopped before it was ready.
     #[error("the backend stopped before it was ready: {0}")]
     Stopped(String),
+}
+
+/// A control-plane error: status + `{"error":{"code","message"}}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code: code.to_owned(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    pub(crate) fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "conflict", message)
+    }
+    pub(crate) fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
+    }
+}
+
+impl From<store::StoreError> for ApiError {
+    fn from(e: store::StoreError) -> Self {
+        ApiError::internal(format!("state database: {e}"))
+    }
 }

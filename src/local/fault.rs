@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 ///
 /// In JSON (for `POST /_local/faults`) a fault is tagged by `type`:
 /// `{"type":"rate_limited","retry_after_secs":1}`, `{"type":"status","status":502,"code":"bad_gateway"}`,
-/// `{"type":"drop_connection"}`, `{"type":"cut_stream","after_events":1}`.
+/// `{"type":"drop_connection"}`, `{"type":"cut_stream","after_events":1}`,
+/// `{"type":"delay_response","millis":500}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -38,6 +39,13 @@ pub enum Fault {
         /// Output events (SSE events or WebSocket output frames) sent before the cut.
         after_events: u32,
     },
+    /// Handle the request normally (the work is done: a sandbox is created, a file written),
+    /// then hold the answer this long before sending it. For testing client deadlines and
+    /// what a client does when it gives up on a request the server carried out.
+    DelayResponse {
+        /// How long the answer is held, in milliseconds (at most 10 minutes).
+        millis: u64,
+    },
 }
 
 /// A fault rule: which requests it matches, what it does, and how many times.
@@ -54,7 +62,21 @@ pub enum Fault {
 /// Path patterns: an exact path; `*` matches exactly one path segment; a trailing `/**`
 /// matches the prefix itself and anything below it. Method `*` matches any method. Rules apply
 /// to both listeners (control and data plane), never to the `/_local/*` admin routes; the first
-/// matching rule that has uses left wins.
+/// matching rule that has uses left wins. A rule can let the first matching requests through
+/// untouched ([`skip`](Self::skip), or [`nth`](Self::nth) to hit exactly the n-th one); a
+/// request a rule lets through is offered to the rules after it.
+///
+/// ```
+/// use superserve::local::{Fault, FaultRule};
+/// // the third GET of the sandbox fails, the ones before and after succeed
+/// let third = FaultRule::new("GET", "/sandboxes/*").nth(3);
+/// // after two successful creates, the next two are rate limited
+/// let later = FaultRule::new("POST", "/sandboxes")
+///     .fault(Fault::RateLimited { retry_after_secs: 1 })
+///     .skip(2)
+///     .times(2);
+/// # let _ = (third, later);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultRule {
@@ -64,6 +86,8 @@ pub struct FaultRule {
     fault: Fault,
     #[serde(default = "default_times")]
     times: u32,
+    #[serde(default)]
+    skip: u32,
 }
 
 fn default_fault() -> Fault {
@@ -86,7 +110,22 @@ impl FaultRule {
             path: path.into(),
             fault: default_fault(),
             times: 1,
+            skip: 0,
         }
+    }
+
+    /// Lets the first `n` matching requests through untouched; the rule applies from the
+    /// `n+1`-th on.
+    #[must_use]
+    pub fn skip(mut self, n: u32) -> Self {
+        self.skip = n;
+        self
+    }
+
+    /// Applies to exactly the `n`-th matching request (1-based): `skip(n - 1).times(1)`.
+    #[must_use]
+    pub fn nth(self, n: u32) -> Self {
+        self.skip(n.saturating_sub(1)).times(1)
     }
 
     /// What the rule does.
@@ -147,9 +186,21 @@ impl FaultSet {
     /// endpoint is one that [`Fault::CutStream`] applies to.
     pub(crate) fn take(&self, method: &str, path: &str, streaming: bool) -> Option<Fault> {
         let mut rules = lock(&self.rules);
-        let idx = rules.iter().position(|r| {
-            r.matches(method, path) && (streaming || !matches!(r.fault, Fault::CutStream { .. }))
-        })?;
+        let mut found = None;
+        for (i, r) in rules.iter_mut().enumerate() {
+            if !r.matches(method, path)
+                || (!streaming && matches!(r.fault, Fault::CutStream { .. }))
+            {
+                continue;
+            }
+            if r.skip > 0 {
+                r.skip -= 1;
+                continue;
+            }
+            found = Some(i);
+            break;
+        }
+        let idx = found?;
         let fault = rules[idx].fault.clone();
         rules[idx].times -= 1;
         if rules[idx].times == 0 {
@@ -218,6 +269,21 @@ mod tests {
             set.take("POST", "/exec/stream", true),
             Some(Fault::CutStream { after_events: 1 })
         );
+        // skip lets the first requests through, then applies
+        let set = FaultSet::default();
+        set.push(FaultRule::new("GET", "/x").nth(3));
+        set.push(FaultRule::new("GET", "/x").fault(Fault::DropConnection));
+        assert_eq!(
+            set.take("GET", "/x", false),
+            Some(Fault::DropConnection),
+            "a request the first rule lets through goes on to the next rule"
+        );
+        assert_eq!(set.take("GET", "/x", false), None);
+        assert!(matches!(
+            set.take("GET", "/x", false),
+            Some(Fault::Status { status: 503, .. })
+        ));
+        assert_eq!(set.take("GET", "/x", false), None);
         let json =
             r#"{"method":"GET","path":"/x","fault":{"type":"rate_limited","retry_after_secs":2}}"#;
         let rule: FaultRule = serde_json::from_str(json).unwrap_or_else(|_| FaultRule::new("", ""));

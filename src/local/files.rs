@@ -5,27 +5,50 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use bytes::Bytes;
 use libc::c_int;
 
-use super::sys::{self, cstr};
-use super::zip::ZipWriter;
+use super::fs_sys::{self, fstat, set_blocking};
+use super::sys::cstr;
 
-/// Why a file operation failed (mapped to HTTP by the handlers).
+/// Why a file operation failed (mapped to HTTP by the handlers). Every error a client can
+/// cause has a variant of its own; `Io` is left for the backend's own failures.
 #[derive(Debug)]
 pub(crate) enum FileError {
     NotFound,
     IsDirectory,
+    /// A component of the path is not a directory (reading: the file does not exist).
     NotADirectory,
+    /// Writing: a parent of the path is a file.
+    ParentNotADirectory,
     NotRegular,
     Virtual,
     NoSpace,
     ReadOnly,
     /// A symlink loop, or a link that would leave the sandbox.
     BadLink,
+    /// The path or one of its names is too long (`ENAMETOOLONG`).
+    NameTooLong,
+    /// `EACCES`, `EPERM` (e.g. an immutable file).
+    PermissionDenied,
+    /// `ETXTBSY`, `EBUSY`: a running program, a mount point.
+    Busy,
+    /// `EFBIG`: past the largest file the file system holds.
+    TooLarge,
+    /// `EINVAL`: a name the file system does not take.
+    Invalid,
+    /// `EMFILE`, `ENFILE`, `ENOMEM`: the backend is short of resources for now.
+    Exhausted,
+    /// A ZIP download of a directory nested deeper than this.
+    TooDeep(usize),
+    /// A ZIP download with an entry name of this many bytes (more than the format holds).
+    NameTooLongForZip(usize),
+    /// A ZIP download of more than this many entries, or of names longer than this in total.
+    TooManyEntries(usize, usize),
+    /// A ZIP download in which two names are the same once made valid UTF-8.
+    DuplicateZipName(String),
     Io(io::Error),
 }
 
@@ -39,6 +62,12 @@ impl From<io::Error> for FileError {
             Some(libc::EROFS) => FileError::ReadOnly,
             Some(libc::ENXIO) => FileError::NotRegular,
             Some(libc::ELOOP) | Some(libc::EXDEV) => FileError::BadLink,
+            Some(libc::ENAMETOOLONG) => FileError::NameTooLong,
+            Some(libc::EACCES) | Some(libc::EPERM) => FileError::PermissionDenied,
+            Some(libc::ETXTBSY) | Some(libc::EBUSY) => FileError::Busy,
+            Some(libc::EFBIG) => FileError::TooLarge,
+            Some(libc::EINVAL) => FileError::Invalid,
+            Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM) => FileError::Exhausted,
             _ => FileError::Io(e),
         }
     }
@@ -68,72 +97,26 @@ fn relative(path: &str) -> io::Result<CString> {
     cstr(if rel.is_empty() { "." } else { rel })
 }
 
-fn openat2(dirfd: RawFd, path: &CString, flags: c_int, mode: u32) -> io::Result<OwnedFd> {
-    // SAFETY: open_how is plain data; all-zero is its "no options" value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | libc::O_CLOEXEC) as u64;
-    how.mode = u64::from(mode);
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    loop {
-        // SAFETY: valid C string and open_how; the returned fd is owned by the OwnedFd.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dirfd,
-                path.as_ptr(),
-                &how as *const libc::open_how,
-                std::mem::size_of::<libc::open_how>(),
-            )
-        };
-        if fd >= 0 {
-            let fd = c_int::try_from(fd).map_err(|_| io::Error::other("fd out of range"))?;
-            // SAFETY: fd was just returned by openat2.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-        let e = io::Error::last_os_error();
-        // EAGAIN: a concurrent rename raced the lookup; retry.
-        if e.raw_os_error() != Some(libc::EAGAIN) {
-            return Err(e);
-        }
-    }
+/// Resolution inside a sandbox root: `..` and absolute symlinks stay inside it, magic links
+/// (`/proc/*/fd/*`) are refused.
+const IN_ROOT: u64 = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+
+fn openat2(dir: BorrowedFd<'_>, path: &CString, flags: c_int, mode: u32) -> io::Result<OwnedFd> {
+    fs_sys::openat2(dir, path, flags, mode, IN_ROOT)
 }
 
 /// Checks that the kernel has `openat2` (Linux 5.6+).
 pub(crate) fn probe_openat2() -> io::Result<()> {
-    openat2(libc::AT_FDCWD, &cstr("/")?, libc::O_PATH, 0).map(drop)
-}
-
-/// The file-system magic number of the file system holding `fd`.
-// `f_type` has different integer types on different targets.
-#[allow(clippy::unnecessary_cast)]
-pub(crate) fn fs_magic(fd: RawFd) -> io::Result<i64> {
-    // SAFETY: fstatfs fills a zeroed statfs buffer.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        if libc::fstatfs(fd, &mut st) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(st.f_type as i64)
-    }
-}
-
-fn fstat(fd: RawFd) -> io::Result<libc::stat> {
-    // SAFETY: fstat fills a zeroed stat buffer.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(fd, &mut st) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(st)
-    }
+    let root = std::fs::File::open("/")?;
+    openat2(root.as_fd(), &cstr(".")?, libc::O_PATH, 0).map(drop)
 }
 
 /// Whether `fd` lives on a virtual file system the files API refuses (the backend runs with
 /// more privileges than the sandbox: it must not read kernel files on its behalf).
 // The magic constants have different integer types on different targets.
 #[allow(clippy::unnecessary_cast)]
-fn is_virtual(fd: RawFd) -> io::Result<bool> {
-    let fs_type = fs_magic(fd)?;
+pub(crate) fn is_virtual(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let fs_type = fs_sys::fs_magic(fd)?;
     const DEVPTS: i64 = 0x1cd1;
     const CGROUP: i64 = 0x0027_e0eb;
     const CGROUP2: i64 = 0x6367_7270;
@@ -142,16 +125,6 @@ fn is_virtual(fd: RawFd) -> io::Result<bool> {
         || fs_type == DEVPTS
         || fs_type == CGROUP
         || fs_type == CGROUP2)
-}
-
-fn set_blocking(fd: RawFd) {
-    // SAFETY: fcntl on an fd we own.
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        if fl >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK);
-        }
-    }
 }
 
 /// What a read found.
@@ -165,19 +138,19 @@ pub(crate) enum ReadTarget {
 /// Opens `path` inside the sandbox for reading.
 pub(crate) fn open_read(root: &OwnedFd, path: &str) -> Result<ReadTarget, FileError> {
     let fd = openat2(
-        root.as_raw_fd(),
+        root.as_fd(),
         &relative(path)?,
         libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
         0,
     )?;
-    if is_virtual(fd.as_raw_fd())? {
+    if is_virtual(fd.as_fd())? {
         return Err(FileError::Virtual);
     }
-    let st = fstat(fd.as_raw_fd())?;
+    let st = fstat(fd.as_fd())?;
     match st.st_mode & libc::S_IFMT {
         libc::S_IFDIR => Ok(ReadTarget::Dir(fd)),
         libc::S_IFREG => {
-            set_blocking(fd.as_raw_fd());
+            set_blocking(fd.as_fd());
             Ok(ReadTarget::File(File::from(fd), st.st_size as u64))
         }
         _ => Err(FileError::NotRegular),
@@ -188,6 +161,13 @@ pub(crate) fn open_read(root: &OwnedFd, path: &str) -> Result<ReadTarget, FileEr
 /// created (0644) or truncated. What is created is owned by `owner` (the host id of the
 /// sandbox's root), as if the sandbox's root had written it.
 pub(crate) fn open_write(root: &OwnedFd, path: &str, owner: u32) -> Result<File, FileError> {
+    open_write_in(root, path, owner).map_err(|e| match e {
+        FileError::NotADirectory => FileError::ParentNotADirectory,
+        e => e,
+    })
+}
+
+fn open_write_in(root: &OwnedFd, path: &str, owner: u32) -> Result<File, FileError> {
     let trimmed = path.trim_matches('/');
     if trimmed.is_empty() {
         return Err(FileError::IsDirectory);
@@ -199,7 +179,7 @@ pub(crate) fn open_write(root: &OwnedFd, path: &str, owner: u32) -> Result<File,
     // mkdir -p of the parents, each step resolved inside the root
     let mut prefix = String::new();
     let mut parent = openat2(
-        root.as_raw_fd(),
+        root.as_fd(),
         &cstr(".")?,
         libc::O_PATH | libc::O_DIRECTORY,
         0,
@@ -210,24 +190,19 @@ pub(crate) fn open_write(root: &OwnedFd, path: &str, owner: u32) -> Result<File,
         }
         prefix.push_str(comp);
         let p = cstr(prefix.as_str())?;
-        parent = match openat2(root.as_raw_fd(), &p, libc::O_PATH | libc::O_DIRECTORY, 0) {
+        parent = match openat2(root.as_fd(), &p, libc::O_PATH | libc::O_DIRECTORY, 0) {
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 let name = cstr(*comp)?;
-                // SAFETY: mkdirat with a directory fd we own and a valid name.
-                let r = unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), 0o755) };
-                let created = r == 0;
-                if !created {
-                    let e = io::Error::last_os_error();
-                    if e.raw_os_error() != Some(libc::EEXIST) {
-                        return Err(e.into());
+                match fs_sys::mkdir_child(parent.as_fd(), &name, 0o755) {
+                    Ok(()) => {
+                        let dir = openat2(root.as_fd(), &p, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+                        fs_sys::fchown(dir.as_fd(), owner, owner)?;
                     }
+                    Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e.into()),
+                    Err(_) => {}
                 }
-                if created {
-                    let dir = openat2(root.as_raw_fd(), &p, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-                    sys::fchown(&dir, owner, owner)?;
-                }
-                openat2(root.as_raw_fd(), &p, libc::O_PATH | libc::O_DIRECTORY, 0)?
+                openat2(root.as_fd(), &p, libc::O_PATH | libc::O_DIRECTORY, 0)?
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
                 return Err(FileError::NotADirectory)
@@ -239,33 +214,31 @@ pub(crate) fn open_write(root: &OwnedFd, path: &str, owner: u32) -> Result<File,
     let rel = relative(path)?;
     let flags = libc::O_WRONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
     let (fd, created) = match openat2(
-        root.as_raw_fd(),
+        root.as_fd(),
         &rel,
         flags | libc::O_CREAT | libc::O_EXCL,
         0o644,
     ) {
         Ok(fd) => (fd, true),
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-            (openat2(root.as_raw_fd(), &rel, flags, 0)?, false)
+            (openat2(root.as_fd(), &rel, flags, 0)?, false)
         }
         Err(e) => return Err(e.into()),
     };
-    if is_virtual(fd.as_raw_fd())? {
+    if is_virtual(fd.as_fd())? {
         return Err(FileError::Virtual);
     }
-    let st = fstat(fd.as_raw_fd())?;
+    let st = fstat(fd.as_fd())?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(FileError::NotRegular);
     }
     if created {
-        sys::fchown(&fd, owner, owner)?;
+        fs_sys::fchown(fd.as_fd(), owner, owner)?;
     }
-    // SAFETY: ftruncate on a regular file we own.
-    if unsafe { libc::ftruncate(fd.as_raw_fd(), 0) } != 0 {
-        return Err(io::Error::last_os_error().into());
-    }
-    set_blocking(fd.as_raw_fd());
-    Ok(File::from(fd))
+    let file = File::from(fd);
+    file.set_len(0)?;
+    set_blocking(file.as_fd());
+    Ok(file)
 }
 
 /// The last path segment (`""` for `/`).
@@ -379,88 +352,6 @@ impl Write for ChannelWriter {
     fn flush(&mut self) -> io::Result<()> {
         self.send()
     }
-}
-
-fn open_child(dir: RawFd, name: &CString, flags: c_int) -> io::Result<OwnedFd> {
-    // SAFETY: openat relative to a directory fd we own; one path component, no symlink follow.
-    let fd = unsafe {
-        libc::openat(
-            dir,
-            name.as_ptr(),
-            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just returned by openat.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Zips the directory `dir` into `out`, entries prefixed with `prefix/` (no prefix when
-/// empty). Symlinks, special files and virtual file systems are skipped. Blocking.
-pub(crate) fn zip_dir<W: Write>(dir: OwnedFd, prefix: &str, out: W) -> io::Result<W> {
-    let mut zip = ZipWriter::new(out);
-    let st = fstat(dir.as_raw_fd())?;
-    if !prefix.is_empty() {
-        zip.add_dir(prefix.as_bytes(), st.st_mtime, st.st_mode)?;
-    }
-    walk(&mut zip, &dir, prefix.as_bytes())?;
-    zip.finish()
-}
-
-fn walk<W: Write>(zip: &mut ZipWriter<W>, dir: &OwnedFd, prefix: &[u8]) -> io::Result<()> {
-    let listing = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?;
-    let mut names: Vec<Vec<u8>> = listing
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().as_bytes().to_vec())
-        .collect();
-    names.sort();
-    for name in names {
-        let mut full = prefix.to_vec();
-        if !full.is_empty() {
-            full.push(b'/');
-        }
-        full.extend_from_slice(&name);
-        let cname = cstr(name)?;
-        // O_PATH + O_NOFOLLOW: a symlink is opened as itself and then skipped.
-        let Ok(probe) = open_child(dir.as_raw_fd(), &cname, libc::O_PATH) else {
-            continue;
-        };
-        let st = fstat(probe.as_raw_fd())?;
-        match st.st_mode & libc::S_IFMT {
-            libc::S_IFDIR => {
-                let Ok(sub) =
-                    open_child(dir.as_raw_fd(), &cname, libc::O_RDONLY | libc::O_DIRECTORY)
-                else {
-                    continue;
-                };
-                if is_virtual(sub.as_raw_fd())? {
-                    continue;
-                }
-                zip.add_dir(&full, st.st_mtime, st.st_mode)?;
-                walk(zip, &sub, &full)?;
-            }
-            libc::S_IFREG => {
-                let Ok(fd) = open_child(dir.as_raw_fd(), &cname, libc::O_RDONLY | libc::O_NONBLOCK)
-                else {
-                    continue;
-                };
-                if is_virtual(fd.as_raw_fd())? {
-                    continue;
-                }
-                let st = fstat(fd.as_raw_fd())?;
-                if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-                    continue;
-                }
-                set_blocking(fd.as_raw_fd());
-                let mut file = File::from(fd);
-                zip.add_file(&full, st.st_mtime, st.st_mode, st.st_size as u64, &mut file)?;
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

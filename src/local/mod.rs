@@ -39,10 +39,19 @@
 //! egress proxy, reached transparently (an nftables redirect inside the namespace; programs
 //! need no proxy settings). DNS inside the sandbox is answered by the backend. Per connection
 //! the proxy enforces the sandbox's `network` rules (`allow_out` CIDRs and domain patterns win
-//! over `deny_out` CIDRs; a live `update` applies at once) and always blocks private, loopback
-//! and link-local destinations unless the operator allowed them
-//! ([`LocalServerBuilder::allow_private_destination`]); every connection lands in the network
-//! log with its verdict, blocking rule and byte counts. Egress is TCP over IPv4 (plus DNS);
+//! over `deny_out` CIDRs; a live `update` applies at once) and always blocks, unless the
+//! operator allowed them ([`LocalServerBuilder::allow_private_destination`]): the host's own
+//! addresses (rule `host:<ip>`), the special-purpose ranges of RFC 6890 and its updates
+//! (private, loopback, link-local, shared address space, "this network", IETF protocol
+//! assignments, documentation, benchmarking, AS112, AMT, 6to4 relay, multicast, reserved,
+//! broadcast; rule `<kind>:<cidr>`), and every network the host's interfaces are on, its
+//! uplink's subnet included (`host-network:<cidr>`). Every connection lands in the network
+//! log with its verdict, blocking rule and byte counts. DNS obeys the same rules: a name that
+//! no rule could allow (a `deny_out` of `0.0.0.0/0` and no `allow_out` domain pattern or
+//! network for it) is answered `REFUSED` without being looked up, an answer only carries
+//! addresses a connection could go to (none left: `REFUSED`), and each refused lookup is in
+//! the network log as a blocked `connection` row with the name as `host`, `dst_port` 53 and
+//! rule `dns:<rule>`. Egress is TCP over IPv4 (plus DNS);
 //! other UDP, ICMP and IPv6 have no way out. Egress needs `ip` (iproute2) and `nft`
 //! (nftables) on the host; without them sandboxes get loopback only
 //! ([`LocalServer::egress_available`]).
@@ -51,19 +60,32 @@
 //! A bound secret appears in the sandbox as a stand-in token; a request to one of the secret's
 //! hosts that carries the stand-in gets the real credential in the secret's header(s) at the
 //! proxy (HTTPS through the backend's own CA, which is in the sandboxes' trust store) and is
-//! audited. Detaching the binding or deleting the secret revokes the stand-in. A stand-in sent
-//! to a host that none of the sandbox's secrets covers passes unchanged (it is worthless
-//! there); sent to a host another of its secrets covers, it is refused. Refusals reach the
+//! audited. The host counts only when the request names it (absolute target, else `Host`),
+//! the sandbox resolved it to the very address the connection goes to, and, over HTTPS, it is
+//! the TLS server name: a stand-in sent to the right address naming another host is refused,
+//! and a TLS session for a name that is not such a host is never intercepted. Detaching the
+//! binding or deleting the secret revokes the stand-in. A stand-in sent to a host that none
+//! of the sandbox's secrets covers passes unchanged (it is worthless there); sent to a host
+//! another of its secrets covers, it is refused. Refusals reach the
 //! program as an HTTP answer with `{"error":{"code","message"}}` and
 //! `X-Superserve-Egress: refused`, and are audited:
 //!
 //! | status | code | when |
 //! |---|---|---|
 //! | 403 | `secret_revoked` | the binding was detached or replaced, or the secret deleted |
-//! | 403 | `secret_host_mismatch` | the stand-in was sent to a host its secret does not cover |
+//! | 403 | `secret_host_mismatch` | the stand-in was sent to a host its secret does not cover, or the request names a host the connection does not go to |
 //! | 403 | `secret_invalid` | the credential cannot be sent in a header |
 //! | 502 | `secret_unavailable` | the stored value cannot be read (e.g. the key file was replaced) |
 //! | 502 | `upstream_tls_error` | the upstream's certificate could not be verified |
+//!
+//! Both listeners survive hostile clients: a request head must arrive within 10 s, an idle
+//! keep-alive connection is closed after 120 s, and each listener keeps at most a share of the
+//! process's descriptors open (at the cap the longest-waiting idle connection makes room;
+//! when every connection has a request in progress, the new one gets a `503` with
+//! `Retry-After` at once): see [`LocalServerBuilder::max_connections`]. A sandbox's egress
+//! connections and DNS lookups in progress are capped as well. Numbers in requests are range
+//! checked (`timeout_s` of a command: at most 604800), and system errors a client can cause
+//! (`E2BIG`, `ENAMETOOLONG`, `ENOTDIR`, `ETXTBSY`, ...) are 4xx answers that name the cause.
 //!
 //! It is also a test double: [`LocalServer::inject`] scripts faults (429 with `Retry-After`,
 //! 5xx, dropped connections, streams cut before `finished`) and [`LocalServer::requests`]
@@ -86,7 +108,7 @@
 //! println!("SUPERSERVE_BASE_URL={}", server.base_url());
 //! println!("SUPERSERVE_SANDBOX_URL={}", server.sandbox_url());
 //! server.inject(FaultRule::new("GET", "/sandboxes/*").fault(Fault::RateLimited { retry_after_secs: 1 }));
-//! let config = server.config(); // for Sandbox::create_with(&config, ...)
+//! let config = server.config(); // for Sandbox::create_with_config(&config, ...)
 //! # let _ = config;
 //! # Ok(())
 //! # }
@@ -98,12 +120,15 @@ mod cgroup;
 mod control;
 mod data;
 mod disk;
+mod domain;
 mod egress;
 mod error;
 mod exec;
 mod fault;
 mod files;
+mod fs_sys;
 mod http;
+mod ident;
 mod idmap;
 mod image;
 mod journal;

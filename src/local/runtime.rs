@@ -18,7 +18,7 @@ use std::time::Duration;
 use super::agent::{AgentConn, Process, SpawnError};
 use super::cgroup::{Cgroups, SandboxCgroup};
 use super::disk::Disks;
-use super::egress::{Egress, SandboxNet};
+use super::egress::{Egress, SandboxNet, SandboxPolicy};
 use super::idmap::{self, IdRanges};
 use super::image::BaseImage;
 use super::sys::proto::Setup;
@@ -103,6 +103,8 @@ pub(crate) struct SandboxSpec<'a> {
     pub memory_mib: u32,
     pub disk_mib: u32,
     pub id_slot: u32,
+    /// What the egress proxy asks for the sandbox's rules and bindings.
+    pub policy: Arc<dyn SandboxPolicy>,
 }
 
 /// A running sandbox.
@@ -136,6 +138,7 @@ fn bytes(p: &Path) -> Vec<u8> {
 impl Runtime {
     /// Starts a sandbox: its directory, disk (kept if present) and cgroup, then its agent.
     /// Any processes left over from an earlier run of the same sandbox are killed first.
+    /// The egress proxy asks `spec.policy` for the sandbox's rules and bindings.
     pub(crate) async fn start(host: &Host, spec: SandboxSpec<'_>) -> Result<Arc<Runtime>, String> {
         let dirs = SandboxDirs::new(&host.sandboxes_dir, spec.id);
         let cgroup = host.cgroups.sandbox(spec.id);
@@ -195,7 +198,7 @@ impl Runtime {
             Err(e) => return fail(agent.pidfd, dead, format!("the sandbox agent is gone: {e}")),
         };
         let built = tokio::time::timeout(SETUP_TIMEOUT, AgentConn::setup(agent.channel, setup));
-        let (built, net) = tokio::join!(built, host.egress.attach(spec.id, net_ns));
+        let (built, net) = tokio::join!(built, host.egress.attach(spec.id, net_ns, &spec.policy));
         let conn = match built {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return fail(agent.pidfd, dead, format!("building the sandbox: {e}")),

@@ -22,6 +22,7 @@ use super::idmap::IdRanges;
 use super::image;
 use super::journal::{Plane, RecordedRequest};
 use super::runtime::Host;
+use super::secrets::{SecretKey, SecretLookup, Secrets, Vault};
 use super::store::Db;
 use super::sys;
 use super::{control, data, http};
@@ -56,6 +57,9 @@ pub struct LocalServerBuilder {
     dns_hosts: Vec<(String, Ipv4Addr)>,
     upstream_roots: Vec<Vec<u8>>,
     disk_mib: u32,
+    max_connections: Option<usize>,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 impl fmt::Debug for LocalServerBuilder {
@@ -71,6 +75,9 @@ impl fmt::Debug for LocalServerBuilder {
             .field("dns_hosts", &self.dns_hosts)
             .field("upstream_roots", &self.upstream_roots.len())
             .field("disk_mib", &self.disk_mib)
+            .field("max_connections", &self.max_connections)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("idle_timeout", &self.idle_timeout)
             .finish()
     }
 }
@@ -88,6 +95,9 @@ impl Default for LocalServerBuilder {
             dns_hosts: Vec::new(),
             upstream_roots: Vec::new(),
             disk_mib: super::model::DEFAULT_DISK_MIB,
+            max_connections: None,
+            header_read_timeout: http::DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: http::DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -143,9 +153,11 @@ impl LocalServerBuilder {
         self
     }
 
-    /// Lets sandboxes reach a private, loopback or link-local IPv4 network (`"10.88.0.0/16"`,
-    /// `"192.168.1.20"`), which they can never reach otherwise. Each sandbox's own
-    /// `allow_out`/`deny_out` rules still apply. Meant for test upstreams on this machine.
+    /// Lets sandboxes reach an IPv4 network they can never reach otherwise (`"10.88.0.0/16"`,
+    /// `"192.168.1.20"`): private, loopback, link-local and the other special-purpose ranges
+    /// (documentation, benchmarking, ...), the host's own addresses and the networks the host
+    /// is on (see the [module docs](crate::local)). Each sandbox's own `allow_out`/`deny_out`
+    /// rules still apply. Meant for test upstreams on this machine.
     /// An entry that is not an IPv4 CIDR makes [`start`](Self::start) fail with
     /// [`LocalError::InvalidOption`].
     ///
@@ -189,6 +201,33 @@ impl LocalServerBuilder {
     #[must_use]
     pub fn sandbox_disk_mib(mut self, mib: u32) -> Self {
         self.disk_mib = mib.max(MIN_DISK_MIB);
+        self
+    }
+
+    /// The most connections each listener keeps open (default: an eighth of the process's
+    /// open-file limit, between 32 and 4096). At the cap, a new connection closes the one that
+    /// has waited longest without a request in progress; when every connection has a request
+    /// in progress, the new one is answered `503` with `Retry-After: 1` at once. An upgraded
+    /// WebSocket keeps its connection's slot. `0` is rejected by [`start`](Self::start).
+    #[must_use]
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = Some(max);
+        self
+    }
+
+    /// How long a client may take to send a request head, counted from its first byte (or,
+    /// on a new connection, from the accept); slower connections are closed (default 10 s).
+    #[must_use]
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
+    }
+
+    /// How long a keep-alive connection may wait for its next request before it is closed
+    /// (default 120 s, longer than the SDK's 90 s connection-pool idle time).
+    #[must_use]
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
         self
     }
 
@@ -346,6 +385,17 @@ fn instance_id(data_dir: &Path) -> Result<String, LocalError> {
     Ok(id)
 }
 
+/// The soft limit on open descriptors of this process (`/proc/self/limits`; 1024 if it cannot
+/// be read, unlimited as `u64::MAX`).
+fn open_files_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map_or(1024, |soft| soft.parse().unwrap_or(u64::MAX))
+}
+
 fn bind(ip: IpAddr, port: u16) -> Result<std::net::TcpListener, LocalError> {
     let addr = SocketAddr::new(ip, port);
     let l =
@@ -440,7 +490,7 @@ impl LocalServer {
         }
         const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
         let on_overlay = sys::open_raw(&data_dir, libc::O_PATH | libc::O_DIRECTORY)
-            .and_then(|fd| super::files::fs_magic(std::os::fd::AsRawFd::as_raw_fd(&fd)))
+            .and_then(|fd| super::fs_sys::fs_magic(std::os::fd::AsFd::as_fd(&fd)))
             .is_ok_and(|m| m == OVERLAYFS_MAGIC);
         if on_overlay {
             return Err(cleanup_temp(LocalError::InvalidDataDir {
@@ -501,6 +551,24 @@ impl LocalServer {
                 ))
             })?,
         };
+        let max_fds = open_files_limit();
+        let mut limits = http::Limits::for_descriptors(max_fds);
+        match b.max_connections {
+            Some(0) => {
+                return Err(LocalError::InvalidOption(
+                    "max_connections must be at least 1".into(),
+                ))
+            }
+            Some(n) => limits.max_connections = n,
+            None => {}
+        }
+        if b.header_read_timeout.is_zero() || b.idle_timeout.is_zero() {
+            return Err(LocalError::InvalidOption(
+                "header_read_timeout and idle_timeout must not be zero".into(),
+            ));
+        }
+        limits.header_read_timeout = b.header_read_timeout;
+        limits.idle_timeout = b.idle_timeout;
         let control_listener = bind(b.bind, control_port)?;
         let data_listener = bind(b.bind, data_port)?;
         let base_url = url_of(&control_listener, b.bind)?;
@@ -540,7 +608,23 @@ impl LocalServer {
                 .push(*ip);
         }
         settings.upstream_roots = b.upstream_roots.clone();
-        let egress = Arc::new(Egress::new(settings));
+        // a relayed connection holds six descriptors: a sixteenth of them for all relays
+        settings.max_connections = usize::try_from(max_fds / 16)
+            .unwrap_or(usize::MAX)
+            .clamp(16, 16_384);
+        let key_path = data_dir.join("secrets.key");
+        let key = SecretKey::load_or_create(&key_path).map_err(dd_err(key_path.clone()))?;
+        let vault = Arc::new(
+            Vault::open(db.clone(), key).map_err(|e| LocalError::Database {
+                path: db_path.clone(),
+                source: Box::new(e),
+            })?,
+        );
+        let egress = Arc::new(Egress::new(
+            settings,
+            db.clone(),
+            SecretLookup::new(vault.clone()),
+        ));
         if let Some(pem) = egress.ca_pem() {
             image::install_ca(&base, pem)?;
         }
@@ -563,6 +647,7 @@ impl LocalServer {
             api_key,
             host,
             db,
+            Secrets::new(vault),
             Tuning {
                 keepalive: if b.keepalive.is_zero() {
                     DEFAULT_KEEPALIVE
@@ -573,7 +658,6 @@ impl LocalServer {
             },
         )?);
 
-        egress.set_app(Arc::downgrade(&app));
         if let Some(why) = egress.unavailable() {
             eprintln!("superserve-local: warning: {why}");
         }
@@ -587,8 +671,8 @@ impl LocalServer {
                 run(
                     runtime,
                     thread_app,
-                    control_listener,
-                    data_listener,
+                    (control_listener, data_listener),
+                    limits,
                     stop_rx,
                     ready_tx,
                 )
@@ -728,8 +812,8 @@ impl Drop for LocalServer {
 fn run(
     runtime: tokio::runtime::Runtime,
     app: Arc<App>,
-    control_listener: std::net::TcpListener,
-    data_listener: std::net::TcpListener,
+    (control_listener, data_listener): (std::net::TcpListener, std::net::TcpListener),
+    limits: http::Limits,
     mut stop: watch::Receiver<bool>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
@@ -747,8 +831,18 @@ fn run(
                 return;
             }
         };
-        let control = tokio::spawn(http::serve(cl, control::router(app.clone()), stop.clone()));
-        let data = tokio::spawn(http::serve(dl, data::router(app.clone()), stop.clone()));
+        let control = tokio::spawn(http::serve(
+            cl,
+            control::router(app.clone()),
+            stop.clone(),
+            limits,
+        ));
+        let data = tokio::spawn(http::serve(
+            dl,
+            data::router(app.clone()),
+            stop.clone(),
+            limits,
+        ));
         let reaper_app = app.clone();
         let mut reaper_stop = stop.clone();
         let reaper = tokio::spawn(async move {

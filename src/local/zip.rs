@@ -1,339 +1,335 @@
-//! A streaming ZIP writer: stored (uncompressed) entries with data descriptors, ZIP64 where
-//! sizes or offsets need it. Written in one pass, so a directory is streamed as it is read.
+//! Directory downloads (`GET /files?format=zip`): a ZIP archive streamed as the directory is
+//! read, written by the `zip` crate (stored entries, data descriptors, ZIP64 where sizes or
+//! offsets need it).
+//!
+//! Two passes, both iterative (a directory tree made by a sandbox can be as deep as its file
+//! system allows; nothing here recurses):
+//! 1. [`scan`] lists the tree (names, kinds, modes, times; no file contents) and refuses it
+//!    before a byte is sent if it is nested deeper than [`MAX_DEPTH`], holds more than
+//!    [`MAX_ENTRIES`] entries, or has an entry name longer than the format holds
+//!    ([`MAX_NAME`]), so the client gets a clear `400`;
+//! 2. [`write`] streams the entries, opening each directory again from the downloaded one,
+//!    one path component at a time, never through a symlink; what vanished or changed kind
+//!    in between is left out, what grew is cut at its size when it was opened.
+//!
+//! Symlinks, special files and virtual file systems are left out. A name that is not UTF-8
+//! is stored with its invalid bytes replaced (`U+FFFD`); two names that become the same that
+//! way are refused in the scan. Memory grows with the number of entries (the central
+//! directory), never with their size. At most two descriptors are open at any time.
 
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 
+use zip::write::SimpleFileOptions;
+use zip::{CompressionMethod, DateTime};
+
+use super::files::{is_virtual, FileError};
+use super::fs_sys::{fstat, open_child, set_blocking};
 use super::time::utc_parts;
 
-const LOCAL_SIG: u32 = 0x0403_4b50;
-const DESCRIPTOR_SIG: u32 = 0x0807_4b50;
-const CENTRAL_SIG: u32 = 0x0201_4b50;
-const EOCD_SIG: u32 = 0x0605_4b50;
-const ZIP64_EOCD_SIG: u32 = 0x0606_4b50;
-const ZIP64_LOCATOR_SIG: u32 = 0x0706_4b50;
-const FLAG_DESCRIPTOR: u16 = 0x0008;
-const FLAG_UTF8: u16 = 0x0800;
-/// "Made by" host Unix (3), spec version 4.5.
-const MADE_BY: u16 = (3 << 8) | 45;
-const MAX32: u64 = 0xffff_ffff;
+/// Deepest nesting of directories below the downloaded one.
+pub(crate) const MAX_DEPTH: usize = 256;
+/// Most entries (files and directories) in one archive.
+pub(crate) const MAX_ENTRIES: usize = 250_000;
+/// Longest entry name a ZIP archive holds (a 16-bit length).
+pub(crate) const MAX_NAME: usize = u16::MAX as usize;
+/// Most bytes of entry names in one archive (its central directory holds them all).
+pub(crate) const MAX_NAMES_TOTAL: usize = 32 << 20;
+/// Entries of at least this size get ZIP64 sizes.
+const ZIP64_SIZE: u64 = 0xffff_ffff;
 
-fn crc_table() -> [u32; 256] {
-    let mut table = [0u32; 256];
-    for (i, slot) in table.iter_mut().enumerate() {
-        let mut c = i as u32;
-        for _ in 0..8 {
-            c = if c & 1 != 0 {
-                0xedb8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-        }
-        *slot = c;
-    }
-    table
+/// What an entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
 }
 
-/// Incremental CRC-32 (IEEE), as ZIP uses.
-pub(crate) struct Crc32 {
-    table: [u32; 256],
-    value: u32,
+/// One entry found by the scan.
+#[derive(Debug)]
+struct Entry {
+    /// The path below the downloaded directory, components joined by `/` (empty: itself).
+    path: Vec<u8>,
+    kind: Kind,
+    mode: u32,
+    mtime: i64,
 }
 
-impl Crc32 {
-    pub(crate) fn new() -> Crc32 {
-        Crc32 {
-            table: crc_table(),
-            value: 0xffff_ffff,
-        }
-    }
-
-    pub(crate) fn update(&mut self, data: &[u8]) {
-        let mut c = self.value;
-        for &b in data {
-            c = self.table[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
-        }
-        self.value = c;
-    }
-
-    pub(crate) fn finish(&self) -> u32 {
-        self.value ^ 0xffff_ffff
+impl Entry {
+    /// The path's components.
+    fn components(&self) -> impl Iterator<Item = &[u8]> {
+        self.path.split(|b| *b == b'/').filter(|c| !c.is_empty())
     }
 }
 
-/// MS-DOS (time, date) of a Unix time, UTC; clamped to 1980..=2107.
-fn dos_time(unix_secs: i64) -> (u16, u16) {
-    let (y, mo, d, h, mi, s) = utc_parts(unix_secs);
-    if y < 1980 {
-        return (0, (1 << 5) | 1);
-    }
-    let y = y.min(2107) as u16;
-    let time = ((h as u16) << 11) | ((mi as u16) << 5) | ((s as u16) / 2);
-    let date = ((y - 1980) << 9) | ((mo as u16) << 5) | (d as u16);
-    (time, date)
+/// The scanned tree, ready to be written.
+#[derive(Debug)]
+pub(crate) struct Listing {
+    prefix: String,
+    entries: Vec<Entry>,
 }
 
-struct Counting<W> {
-    inner: W,
-    written: u64,
-}
-
-impl<W: Write> Write for Counting<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.written += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-struct Central {
+/// A child of a listed directory.
+struct Child {
     name: Vec<u8>,
-    flags: u16,
-    time: u16,
-    date: u16,
-    crc: u32,
-    size: u64,
-    offset: u64,
-    external: u32,
-    needed: u16,
+    kind: Kind,
+    mode: u32,
+    mtime: i64,
 }
 
-/// Writes a ZIP archive to `W` entry by entry.
-pub(crate) struct ZipWriter<W: Write> {
-    out: Counting<W>,
-    entries: Vec<Central>,
-}
-
-fn name_flags(name: &[u8]) -> u16 {
-    if std::str::from_utf8(name).is_ok() {
-        FLAG_UTF8
-    } else {
-        0
-    }
-}
-
-impl<W: Write> ZipWriter<W> {
-    pub(crate) fn new(out: W) -> Self {
-        ZipWriter {
-            out: Counting {
-                inner: out,
-                written: 0,
-            },
-            entries: Vec::new(),
-        }
-    }
-
-    fn u16(&mut self, v: u16) -> io::Result<()> {
-        self.out.write_all(&v.to_le_bytes())
-    }
-    fn u32(&mut self, v: u32) -> io::Result<()> {
-        self.out.write_all(&v.to_le_bytes())
-    }
-    fn u64(&mut self, v: u64) -> io::Result<()> {
-        self.out.write_all(&v.to_le_bytes())
-    }
-
-    /// A directory entry; `name` without the trailing `/` (added here).
-    pub(crate) fn add_dir(&mut self, name: &[u8], mtime: i64, mode: u32) -> io::Result<()> {
-        let mut name = name.to_vec();
-        name.push(b'/');
-        let offset = self.out.written;
-        let (time, date) = dos_time(mtime);
-        let flags = name_flags(&name);
-        self.u32(LOCAL_SIG)?;
-        self.u16(20)?;
-        self.u16(flags)?;
-        self.u16(0)?;
-        self.u16(time)?;
-        self.u16(date)?;
-        self.u32(0)?;
-        self.u32(0)?;
-        self.u32(0)?;
-        self.u16(name.len() as u16)?;
-        self.u16(0)?;
-        self.out.write_all(&name)?;
-        self.entries.push(Central {
+/// The directories and regular files directly in `dir`, sorted by name.
+fn children(dir: BorrowedFd<'_>) -> Result<Vec<Child>, FileError> {
+    let listing = std::fs::read_dir(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&dir)
+    ))?;
+    let mut names: Vec<Vec<u8>> = listing
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().as_bytes().to_vec())
+        .collect();
+    names.sort();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let Ok(cname) = CString::new(name.clone()) else {
+            continue;
+        };
+        // O_PATH + O_NOFOLLOW: a symlink is looked at as itself, and left out
+        let Ok(probe) = open_child(dir, &cname, libc::O_PATH) else {
+            continue;
+        };
+        let st = fstat(probe.as_fd())?;
+        let kind = match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFREG => Kind::File,
+            _ => continue,
+        };
+        out.push(Child {
             name,
-            flags,
-            time,
-            date,
-            crc: 0,
-            size: 0,
-            offset,
-            external: ((0o040_000 | (mode & 0o7777)) << 16) | 0x10,
-            needed: 20,
+            kind,
+            mode: st.st_mode,
+            mtime: st.st_mtime,
         });
-        Ok(())
     }
+    Ok(out)
+}
 
-    /// A file entry, its bytes read from `reader` (at most `expected` bytes are taken:
-    /// a file growing while it is read is cut at the size it had when it was listed).
-    pub(crate) fn add_file(
-        &mut self,
-        name: &[u8],
-        mtime: i64,
-        mode: u32,
-        expected: u64,
-        reader: &mut dyn Read,
-    ) -> io::Result<()> {
-        let zip64 = expected >= MAX32;
-        let offset = self.out.written;
-        let (time, date) = dos_time(mtime);
-        let flags = FLAG_DESCRIPTOR | name_flags(name);
-        let needed = if zip64 { 45 } else { 20 };
-        self.u32(LOCAL_SIG)?;
-        self.u16(needed)?;
-        self.u16(flags)?;
-        self.u16(0)?; // stored
-        self.u16(time)?;
-        self.u16(date)?;
-        self.u32(0)?; // crc (in the descriptor)
-        if zip64 {
-            self.u32(MAX32 as u32)?;
-            self.u32(MAX32 as u32)?;
-        } else {
-            self.u32(0)?;
-            self.u32(0)?;
+/// Opens the directory at `path` below `root`, one component at a time, never through a
+/// symlink. `None` if it vanished or is no longer a directory.
+fn open_dir<'a>(
+    root: BorrowedFd<'_>,
+    path: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Option<OwnedFd>, FileError> {
+    let mut cur = root.try_clone_to_owned()?;
+    for comp in path {
+        let Ok(c) = CString::new(comp) else {
+            return Ok(None);
+        };
+        cur = match open_child(cur.as_fd(), &c, libc::O_RDONLY | libc::O_DIRECTORY) {
+            Ok(fd) => fd,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                return Err(e.into())
+            }
+            Err(_) => return Ok(None),
+        };
+    }
+    Ok(Some(cur))
+}
+
+/// The archive name of `path` below a download named `prefix` (`""`: no prefix), and whether
+/// invalid UTF-8 had to be replaced.
+fn entry_name(prefix: &str, path: &[u8]) -> (String, bool) {
+    let mut bytes = prefix.as_bytes().to_vec();
+    if !bytes.is_empty() && !path.is_empty() {
+        bytes.push(b'/');
+    }
+    bytes.extend_from_slice(path);
+    match String::from_utf8(bytes) {
+        Ok(s) => (s, false),
+        Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),
+    }
+}
+
+/// Lists the directory `dir` for a download whose entries are prefixed with `prefix/` (no
+/// prefix when empty). Blocking.
+pub(crate) fn scan(dir: &OwnedFd, prefix: &str) -> Result<Listing, FileError> {
+    struct Frame {
+        path: Vec<u8>,
+        depth: usize,
+        children: std::vec::IntoIter<Child>,
+    }
+    let st = fstat(dir.as_fd())?;
+    let mut entries = Vec::new();
+    let (mut lossy, mut total) = (false, 0usize);
+    if !prefix.is_empty() {
+        entries.push(Entry {
+            path: Vec::new(),
+            kind: Kind::Dir,
+            mode: st.st_mode,
+            mtime: st.st_mtime,
+        });
+    }
+    let mut frames = vec![Frame {
+        path: Vec::new(),
+        depth: 0,
+        children: children(dir.as_fd())?.into_iter(),
+    }];
+    while let Some(frame) = frames.last_mut() {
+        let Some(child) = frame.children.next() else {
+            frames.pop();
+            continue;
+        };
+        let mut path = frame.path.clone();
+        if !path.is_empty() {
+            path.push(b'/');
         }
-        self.u16(name.len() as u16)?;
-        self.u16(if zip64 { 20 } else { 0 })?;
-        self.out.write_all(name)?;
-        if zip64 {
-            self.u16(0x0001)?;
-            self.u16(16)?;
-            self.u64(0)?;
-            self.u64(0)?;
+        path.extend_from_slice(&child.name);
+        let depth = frame.depth + 1;
+        let (name, changed) = entry_name(prefix, &path);
+        lossy |= changed;
+        // a directory entry ends with '/'
+        let len = name.len() + usize::from(child.kind == Kind::Dir);
+        if len > MAX_NAME {
+            return Err(FileError::NameTooLongForZip(len));
         }
-        let mut crc = Crc32::new();
-        let mut size = 0u64;
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut limited = reader.take(expected);
-        loop {
-            let n = match limited.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+        total = total.saturating_add(len);
+        if total > MAX_NAMES_TOTAL || entries.len() >= MAX_ENTRIES {
+            return Err(FileError::TooManyEntries(MAX_ENTRIES, MAX_NAMES_TOTAL));
+        }
+        if child.kind == Kind::Dir {
+            if depth > MAX_DEPTH {
+                return Err(FileError::TooDeep(MAX_DEPTH));
+            }
+            let comps = path.split(|b| *b == b'/');
+            let Some(sub) = open_dir(dir.as_fd(), comps)? else {
+                continue;
             };
-            crc.update(&buf[..n]);
-            self.out.write_all(&buf[..n])?;
-            size += n as u64;
+            if is_virtual(sub.as_fd())? {
+                continue;
+            }
+            let listed = children(sub.as_fd())?;
+            drop(sub);
+            frames.push(Frame {
+                path: path.clone(),
+                depth,
+                children: listed.into_iter(),
+            });
         }
-        let crc = crc.finish();
-        self.u32(DESCRIPTOR_SIG)?;
-        self.u32(crc)?;
-        if zip64 {
-            self.u64(size)?;
-            self.u64(size)?;
-        } else {
-            self.u32(size as u32)?;
-            self.u32(size as u32)?;
-        }
-        self.entries.push(Central {
-            name: name.to_vec(),
-            flags,
-            time,
-            date,
-            crc,
-            size,
-            offset,
-            external: (0o100_000 | (mode & 0o7777)) << 16,
-            needed,
+        entries.push(Entry {
+            path,
+            kind: child.kind,
+            mode: child.mode,
+            mtime: child.mtime,
         });
-        Ok(())
     }
-
-    /// Writes the central directory and end records; returns the sink.
-    pub(crate) fn finish(mut self) -> io::Result<W> {
-        let cd_start = self.out.written;
-        let entries = std::mem::take(&mut self.entries);
+    if lossy {
+        let mut seen = HashSet::with_capacity(entries.len());
         for e in &entries {
-            let big_size = e.size >= MAX32;
-            let big_offset = e.offset >= MAX32;
-            let mut extra = Vec::new();
-            if big_size {
-                extra.extend_from_slice(&e.size.to_le_bytes());
-                extra.extend_from_slice(&e.size.to_le_bytes());
-            }
-            if big_offset {
-                extra.extend_from_slice(&e.offset.to_le_bytes());
-            }
-            let needed = if big_size || big_offset { 45 } else { e.needed };
-            self.u32(CENTRAL_SIG)?;
-            self.u16(MADE_BY)?;
-            self.u16(needed)?;
-            self.u16(e.flags)?;
-            self.u16(0)?;
-            self.u16(e.time)?;
-            self.u16(e.date)?;
-            self.u32(e.crc)?;
-            let s32 = if big_size {
-                MAX32 as u32
-            } else {
-                e.size as u32
-            };
-            self.u32(s32)?;
-            self.u32(s32)?;
-            self.u16(e.name.len() as u16)?;
-            self.u16(if extra.is_empty() {
-                0
-            } else {
-                extra.len() as u16 + 4
-            })?;
-            self.u16(0)?; // comment
-            self.u16(0)?; // disk
-            self.u16(0)?; // internal attributes
-            self.u32(e.external)?;
-            self.u32(if big_offset {
-                MAX32 as u32
-            } else {
-                e.offset as u32
-            })?;
-            self.out.write_all(&e.name)?;
-            if !extra.is_empty() {
-                self.u16(0x0001)?;
-                self.u16(extra.len() as u16)?;
-                self.out.write_all(&extra)?;
+            let (name, _) = entry_name(prefix, &e.path);
+            if !seen.insert(name.clone()) {
+                return Err(FileError::DuplicateZipName(name));
             }
         }
-        let cd_end = self.out.written;
-        let cd_size = cd_end - cd_start;
-        let count = entries.len() as u64;
-        let need64 = count >= 0xffff || cd_size >= MAX32 || cd_start >= MAX32;
-        if need64 {
-            self.u32(ZIP64_EOCD_SIG)?;
-            self.u64(44)?;
-            self.u16(MADE_BY)?;
-            self.u16(45)?;
-            self.u32(0)?;
-            self.u32(0)?;
-            self.u64(count)?;
-            self.u64(count)?;
-            self.u64(cd_size)?;
-            self.u64(cd_start)?;
-            self.u32(ZIP64_LOCATOR_SIG)?;
-            self.u32(0)?;
-            self.u64(cd_end)?;
-            self.u32(1)?;
-        }
-        self.u32(EOCD_SIG)?;
-        self.u16(0)?;
-        self.u16(0)?;
-        let c16 = if need64 { 0xffff } else { count as u16 };
-        self.u16(c16)?;
-        self.u16(c16)?;
-        self.u32(if need64 { MAX32 as u32 } else { cd_size as u32 })?;
-        self.u32(if need64 {
-            MAX32 as u32
-        } else {
-            cd_start as u32
-        })?;
-        self.u16(0)?;
-        self.out.flush()?;
-        Ok(self.out.inner)
     }
+    Ok(Listing {
+        prefix: prefix.to_owned(),
+        entries,
+    })
+}
+
+/// The MS-DOS time of a Unix time, UTC, clamped to the years ZIP can hold (1980..=2107).
+fn dos_time(unix_secs: i64) -> DateTime {
+    let (y, mo, d, h, mi, s) = utc_parts(unix_secs);
+    let part = |v: u32| u8::try_from(v).unwrap_or(0);
+    let t = match u16::try_from(y) {
+        Ok(y @ 1980..=2107) => {
+            DateTime::from_date_and_time(y, part(mo), part(d), part(h), part(mi), part(s))
+        }
+        _ if y > 2107 => DateTime::from_date_and_time(2107, 12, 31, 23, 59, 58),
+        _ => DateTime::from_date_and_time(1980, 1, 1, 0, 0, 0),
+    };
+    t.unwrap_or_default()
+}
+
+fn options(e: &Entry) -> SimpleFileOptions {
+    SimpleFileOptions::default()
+        .compression_method(CompressionMethod::Stored)
+        .last_modified_time(dos_time(e.mtime))
+        .unix_permissions(e.mode & 0o7777)
+}
+
+fn zip_err(e: zip::result::ZipError) -> io::Error {
+    match e {
+        zip::result::ZipError::Io(e) => e,
+        e => io::Error::other(e.to_string()),
+    }
+}
+
+/// The open file of entry `e` (in the directory `parent`), with its size now; `None` if it
+/// vanished or is no longer a regular file.
+fn open_file(parent: BorrowedFd<'_>, e: &Entry) -> io::Result<Option<(File, u64)>> {
+    let Some(name) = e.components().last() else {
+        return Ok(None);
+    };
+    let Ok(c) = CString::new(name) else {
+        return Ok(None);
+    };
+    let Ok(fd) = open_child(parent, &c, libc::O_RDONLY | libc::O_NONBLOCK) else {
+        return Ok(None);
+    };
+    if is_virtual(fd.as_fd())? {
+        return Ok(None);
+    }
+    let st = fstat(fd.as_fd())?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Ok(None);
+    }
+    set_blocking(fd.as_fd());
+    Ok(Some((
+        File::from(fd),
+        u64::try_from(st.st_size).unwrap_or(0),
+    )))
+}
+
+/// Writes the archive of `listing` (scanned from `dir`) to `out`. Blocking.
+pub(crate) fn write<W: Write>(dir: &OwnedFd, listing: Listing, out: W) -> io::Result<W> {
+    let mut zip = zip::ZipWriter::new_stream(out);
+    // the directory whose files are being written, kept open across its files
+    let mut parent: Option<(Vec<u8>, OwnedFd)> = None;
+    for e in &listing.entries {
+        let (name, _) = entry_name(&listing.prefix, &e.path);
+        if e.kind == Kind::Dir {
+            zip.add_directory(name, options(e)).map_err(zip_err)?;
+            continue;
+        }
+        let parent_path = match e.path.iter().rposition(|b| *b == b'/') {
+            Some(i) => &e.path[..i],
+            None => &[][..],
+        };
+        if parent
+            .as_ref()
+            .is_none_or(|(p, _)| p.as_slice() != parent_path)
+        {
+            let comps = parent_path.split(|b| *b == b'/').filter(|c| !c.is_empty());
+            parent = match open_dir(dir.as_fd(), comps) {
+                Ok(Some(fd)) => Some((parent_path.to_vec(), fd)),
+                Ok(None) => None,
+                Err(FileError::Io(e)) => return Err(e),
+                Err(_) => None,
+            };
+        }
+        let Some((_, pfd)) = &parent else { continue };
+        let Some((file, size)) = open_file(pfd.as_fd(), e)? else {
+            continue;
+        };
+        zip.start_file(name, options(e).large_file(size >= ZIP64_SIZE))
+            .map_err(zip_err)?;
+        io::copy(&mut file.take(size), &mut zip)?;
+    }
+    Ok(zip.finish().map_err(zip_err)?.into_inner())
 }
 
 #[cfg(test)]
@@ -341,60 +337,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn crc32_check_value() {
-        let mut c = Crc32::new();
-        c.update(b"1234");
-        c.update(b"56789");
-        assert_eq!(c.finish(), 0xcbf4_3926);
-    }
-
-    #[test]
-    fn archive_structure() -> io::Result<()> {
-        let mut z = ZipWriter::new(Vec::new());
-        z.add_dir(b"out", 0, 0o755)?;
-        z.add_file(b"out/a.txt", 1_700_000_000, 0o644, 1, &mut &b"A"[..])?;
-        // a file that shrank after listing: only what is there is stored
-        z.add_file(b"out/b.txt", 1_700_000_000, 0o644, 10, &mut &b"BB"[..])?;
-        let zip = z.finish()?;
-        assert_eq!(&zip[..4], b"PK\x03\x04");
-        // the end record names 3 entries and points at the central directory
-        let eocd = zip.len() - 22;
-        assert_eq!(&zip[eocd..eocd + 4], b"PK\x05\x06");
-        assert_eq!(u16::from_le_bytes([zip[eocd + 10], zip[eocd + 11]]), 3);
-        let cd_off = u32::from_le_bytes([
-            zip[eocd + 16],
-            zip[eocd + 17],
-            zip[eocd + 18],
-            zip[eocd + 19],
-        ]) as usize;
-        assert_eq!(&zip[cd_off..cd_off + 4], b"PK\x01\x02");
-        // central entry 2 (a.txt) carries the crc of "A" and size 1
-        let mut i = cd_off;
-        let mut names = Vec::new();
-        let mut sizes = Vec::new();
-        while &zip[i..i + 4] == b"PK\x01\x02" {
-            let n = u16::from_le_bytes([zip[i + 28], zip[i + 29]]) as usize;
-            let m = u16::from_le_bytes([zip[i + 30], zip[i + 31]]) as usize;
-            names.push(String::from_utf8_lossy(&zip[i + 46..i + 46 + n]).into_owned());
-            sizes.push(u32::from_le_bytes([
-                zip[i + 24],
-                zip[i + 25],
-                zip[i + 26],
-                zip[i + 27],
-            ]));
-            i += 46 + n + m;
-        }
-        assert_eq!(names, ["out/", "out/a.txt", "out/b.txt"]);
-        assert_eq!(sizes, [0, 1, 2]);
-        Ok(())
-    }
-
-    #[test]
-    fn dos_times() {
-        assert_eq!(dos_time(0), (0, 0x21));
+    fn dos_times_are_clamped() {
+        let t = dos_time(0);
+        assert_eq!((t.year(), t.month(), t.day()), (1980, 1, 1));
         // 2024-02-29 12:34:56 UTC
-        let (t, d) = dos_time(1_709_210_096);
-        assert_eq!(d, ((2024 - 1980) << 9) | (2 << 5) | 29);
-        assert_eq!(t, (12 << 11) | (34 << 5) | 28);
+        let t = dos_time(1_709_210_096);
+        assert_eq!(
+            (
+                t.year(),
+                t.month(),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            ),
+            (2024, 2, 29, 12, 34, 56)
+        );
+        assert_eq!(dos_time(i64::MAX / 2).year(), 2107);
+        assert_eq!(dos_time(i64::MIN / 2).year(), 1980);
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(entry_name("out", b"a/b.txt"), ("out/a/b.txt".into(), false));
+        assert_eq!(entry_name("out", b""), ("out".into(), false));
+        assert_eq!(entry_name("", b"x"), ("x".into(), false));
+        assert_eq!(entry_name("", b"12:30.log"), ("12:30.log".into(), false));
+        assert_eq!(entry_name("o", b"\xff"), ("o/\u{fffd}".into(), true));
+    }
+
+    /// A tree on this machine's disk, zipped, read back with the `zip` crate's reader.
+    #[test]
+    fn archives_read_back() -> io::Result<()> {
+        let base = std::env::temp_dir().join(format!("ss-zip-{}", super::super::ident::uuid_v4()));
+        std::fs::create_dir_all(base.join("out/sub"))?;
+        std::fs::write(base.join("out/a.txt"), "A")?;
+        std::fs::write(base.join("out/sub/12:30.log"), "B")?;
+        std::os::unix::fs::symlink("/etc/passwd", base.join("out/link"))?;
+        let dir = OwnedFd::from(File::open(base.join("out"))?);
+        let listing = scan(&dir, "out").map_err(|e| io::Error::other(format!("{e:?}")))?;
+        let bytes = write(&dir, listing, Vec::new())?;
+        let mut ar = zip::ZipArchive::new(io::Cursor::new(bytes)).map_err(zip_err)?;
+        let names: Vec<String> = ar.file_names().map(str::to_owned).collect();
+        assert_eq!(
+            names,
+            ["out/", "out/a.txt", "out/sub/", "out/sub/12:30.log"]
+        );
+        let mut text = String::new();
+        ar.by_name("out/sub/12:30.log")
+            .map_err(zip_err)?
+            .read_to_string(&mut text)?;
+        assert_eq!(text, "B");
+        std::fs::remove_dir_all(&base)?;
+        Ok(())
     }
 }

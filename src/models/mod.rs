@@ -4,12 +4,26 @@
 //! decode error. Optional fields the server may send as `null` are treated like absent ones.
 
 mod command;
+mod desktop;
 mod network;
+mod preview;
 mod sandbox;
 mod secret;
+mod snapshot;
+mod template;
 
-pub use command::CommandResult;
+pub use command::{CommandResult, ExecEvent, Signal};
+pub(crate) use desktop::{check_resize, decode_screenshot, decode_step};
+pub use desktop::{
+    DesktopAction, ImageFormat, KeyChord, MouseButton, Screenshot, StepOptions, StepResult,
+    StepTimings,
+};
 pub use network::{NetworkConfig, NetworkEvent, NetworkEventKind, NetworkLogPage, NetworkVerdict};
+pub(crate) use preview::check_preview_port;
+pub use preview::{
+    PreviewPortList, PreviewToken, PublishedPreviewPort, DESKTOP_STREAM_PORT, MAX_PREVIEW_PORT,
+    MIN_PREVIEW_PORT, RESERVED_PREVIEW_PORT,
+};
 pub(crate) use sandbox::SandboxTokens;
 pub use sandbox::{
     PreviewAccess, PreviewAccessPolicy, SandboxInfo, SandboxSecretBinding, SandboxStatus,
@@ -17,9 +31,14 @@ pub use sandbox::{
 pub use secret::{
     ProviderShortcut, ProxyAuditEvent, SecretAuthType, SecretInfo, SecretSandboxBinding,
 };
+pub use snapshot::{SnapshotInfo, SnapshotKind, SnapshotResources, SnapshotStatus};
+pub use template::{
+    BuildLogEvent, BuildLogStream, BuildStep, TemplateBuildInfo, TemplateBuildStatus, TemplateInfo,
+    TemplateStatus,
+};
 
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -94,13 +113,18 @@ where
 
 /// An RFC 3339 timestamp as the server sent it (`2026-01-02T03:04:05.123Z`).
 ///
-/// Kept verbatim; [`Timestamp::to_system_time`] converts it.
+/// Kept verbatim; converts to and from [`SystemTime`].
 ///
 /// ```
-/// let t = superserve::Timestamp::from("2026-01-02T03:04:05Z");
-/// let secs = t.to_system_time().unwrap()
-///     .duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-/// assert_eq!(secs, 1_767_323_045);
+/// use std::time::{Duration, SystemTime, UNIX_EPOCH};
+/// use superserve::Timestamp;
+///
+/// let t = Timestamp::from("2026-01-02T03:04:05Z");
+/// let st = SystemTime::try_from(&t).unwrap();
+/// assert_eq!(st.duration_since(UNIX_EPOCH).unwrap().as_secs(), 1_767_323_045);
+///
+/// let back = Timestamp::from(UNIX_EPOCH + Duration::from_millis(1_500));
+/// assert_eq!(back.as_str(), "1970-01-01T00:00:01.5Z");
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -117,20 +141,10 @@ impl Timestamp {
         parse_rfc3339(&self.0)
     }
 
-    /// Formats a time as RFC 3339 UTC with nanoseconds (`...Z`).
+    /// Formats a time as RFC 3339 UTC (`...Z`, with the fraction of a second when there is
+    /// one).
     pub fn from_system_time(t: SystemTime) -> Timestamp {
-        let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        let secs = d.as_secs() as i64;
-        let days = secs.div_euclid(86_400);
-        let rem = secs.rem_euclid(86_400);
-        let (y, m, dd) = civil_from_days(days);
-        Timestamp(format!(
-            "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:09}Z",
-            rem / 3600,
-            (rem / 60) % 60,
-            rem % 60,
-            d.subsec_nanos()
-        ))
+        Timestamp(format_rfc3339(t))
     }
 }
 
@@ -146,6 +160,33 @@ impl From<String> for Timestamp {
     }
 }
 
+impl From<SystemTime> for Timestamp {
+    fn from(t: SystemTime) -> Self {
+        Timestamp::from_system_time(t)
+    }
+}
+
+impl TryFrom<&Timestamp> for SystemTime {
+    type Error = crate::Error;
+
+    /// Fails with [`Error::InvalidInput`](crate::Error::InvalidInput) when the text is not RFC
+    /// 3339.
+    fn try_from(t: &Timestamp) -> Result<SystemTime, crate::Error> {
+        t.to_system_time()
+            .ok_or_else(|| crate::Error::invalid(format!("{:?} is not an RFC 3339 time", t.0)))
+    }
+}
+
+impl TryFrom<Timestamp> for SystemTime {
+    type Error = crate::Error;
+
+    /// Fails with [`Error::InvalidInput`](crate::Error::InvalidInput) when the text is not RFC
+    /// 3339.
+    fn try_from(t: Timestamp) -> Result<SystemTime, crate::Error> {
+        SystemTime::try_from(&t)
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -158,91 +199,18 @@ impl fmt::Debug for Timestamp {
     }
 }
 
-/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
-pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = m as i64;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+/// Parses RFC 3339 (`Z` or a numeric offset, optional fraction).
+pub(crate) fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let t = time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339)
+        .ok()?;
+    Some(t.into())
 }
 
-pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// Unix seconds of a civil UTC date-time, with range checks.
-pub(crate) fn unix_from_civil(y: i64, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> Option<i64> {
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
-        return None;
-    }
-    Some(days_from_civil(y, mo, d) * 86_400 + (h * 3600 + mi * 60 + s) as i64)
-}
-
-fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        let t = s.get(r)?;
-        if t.bytes().all(|c| c.is_ascii_digit()) {
-            t.parse().ok()
-        } else {
-            None
-        }
-    };
-    let (y, mo, d) = (num(0..4)? as i64, num(5..7)?, num(8..10)?);
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let mut i = 19;
-    let mut nanos: u64 = 0;
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            if i - start < 9 {
-                nanos = nanos * 10 + u64::from(b[i] - b'0');
-            }
-            i += 1;
-        }
-        if i == start {
-            return None;
-        }
-        for _ in (i - start).min(9)..9 {
-            nanos *= 10;
-        }
-    }
-    let offset: i64 = match b.get(i)? {
-        b'Z' | b'z' if i + 1 == b.len() => 0,
-        sign @ (b'+' | b'-') if b.len() == i + 6 && b[i + 3] == b':' => {
-            let oh = num(i + 1..i + 3)? as i64;
-            let om = num(i + 4..i + 6)? as i64;
-            let o = oh * 3600 + om * 60;
-            if *sign == b'+' {
-                o
-            } else {
-                -o
-            }
-        }
-        _ => return None,
-    };
-    let secs = unix_from_civil(y, mo, d, h, mi, sec)? - offset;
-    let secs = u64::try_from(secs).ok()?;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_nanos(nanos))
+/// RFC 3339 in UTC with a trimmed fraction (Go's `RFC3339Nano`): `2026-05-01T12:00:00.5Z`.
+pub(crate) fn format_rfc3339(t: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
 }
 
 #[cfg(test)]
@@ -254,7 +222,7 @@ mod tests {
         let t = Timestamp::from("2026-11-28T15:04:05.5+01:00");
         let st = t.to_system_time().unwrap();
         let back = Timestamp::from_system_time(st);
-        assert_eq!(back.as_str(), "2026-11-28T14:04:05.500000000Z");
+        assert_eq!(back.as_str(), "2026-11-28T14:04:05.5Z");
         assert_eq!(back.to_system_time(), Some(st));
         assert!(Timestamp::from("2026-13-01T00:00:00Z")
             .to_system_time()
@@ -263,5 +231,11 @@ mod tests {
         assert!(Timestamp::from("2026-01-01T00:00:00")
             .to_system_time()
             .is_none());
+        assert!(SystemTime::try_from(Timestamp::from("nope")).is_err());
+        let ns = Timestamp::from("2026-05-01T12:34:56.123456789Z");
+        assert_eq!(
+            Timestamp::from(ns.to_system_time().unwrap()).as_str(),
+            "2026-05-01T12:34:56.123456789Z"
+        );
     }
 }

@@ -1,21 +1,27 @@
-//! Blocking primitives: reqwest::blocking, thread sleep, std locks, a worker thread per
-//! streamed body (for idle timeouts), tungstenite exec sessions.
+//! Blocking primitives: the async transport driven on the SDK's own I/O runtime while the
+//! calling thread waits, std locks, thread sleep.
+//!
+//! The I/O runtime is started on first use: a current-thread tokio runtime driven by one
+//! thread of its own (`superserve-io`), shared by every blocking handle of the process. A call
+//! runs its future on the calling thread with `Handle::block_on` (the I/O thread drives sockets
+//! and timers and runs session tasks), so nothing is handed to another thread on the way in or
+//! out. Streamed responses and sessions live on that runtime: dropping them closes their
+//! connections at once.
 
+use std::future::Future;
 use std::io::Read;
-use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::HeaderMap;
 
+use super::transport;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::wire::{Req, Resp, USER_AGENT};
+use crate::wire::{Req, Resp};
 
-#[path = "blocking_session.rs"]
-mod session;
-pub(crate) use super::ExecDial;
-pub(crate) use session::ExecSession;
+pub(crate) use transport::{binary_frame, text_frame, EventItem, ExecDial, Outcome, StdinSender};
 
 pub(crate) fn sleep(d: Duration) {
     std::thread::sleep(d);
@@ -33,13 +39,105 @@ impl<T> Mutex<T> {
     }
 }
 
-/// An upload body read from a reader.
+/// The process-wide I/O runtime of the blocking flavour: a current-thread runtime whose
+/// driver (sockets, timers, spawned session tasks) runs on one thread of its own
+/// (`superserve-io`); callers run their request futures on their own thread with
+/// `Handle::block_on`.
+fn io_runtime() -> Result<&'static tokio::runtime::Handle> {
+    static RT: OnceLock<std::result::Result<tokio::runtime::Handle, String>> = OnceLock::new();
+    RT.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name("superserve-io".into())
+            .spawn(move || runtime.block_on(std::future::pending::<()>()))
+            .map_err(|e| e.to_string())?;
+        Ok(handle)
+    })
+    .as_ref()
+    .map_err(|e| Error::connection(format!("cannot start the SDK's I/O runtime: {e}"), None))
+}
+
+/// `true` when this thread is running async code under tokio's cooperative scheduling (a
+/// runtime's worker, or the future given to `block_on`), where blocking would stall the
+/// runtime. A `spawn_blocking` thread, `block_in_place` and plain threads are fine.
+///
+/// Tokio has no public "may I block here?" query; what it does expose is the task budget:
+/// async code runs with a finite budget, blocking contexts with none. Taking budget units one
+/// by one (each restored when its guard drops, in reverse order) tells the two apart without
+/// changing the budget.
+fn in_async_context() -> bool {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return false;
+    }
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut held = Vec::with_capacity(130);
+    let mut constrained = false;
+    for _ in 0..130 {
+        match tokio::task::coop::poll_proceed(&mut cx) {
+            Poll::Ready(guard) => held.push(guard),
+            Poll::Pending => {
+                constrained = true;
+                break;
+            }
+        }
+    }
+    while let Some(guard) = held.pop() {
+        drop(guard);
+    }
+    constrained
+}
+
+/// Runs `fut` to completion on this thread, with the I/O runtime driving its sockets and
+/// timers. Fails with [`Error::BlockingInAsyncContext`] on a thread running async code.
+pub(crate) fn block_on<F: Future>(fut: F) -> Result<F::Output> {
+    if in_async_context() {
+        return Err(Error::BlockingInAsyncContext);
+    }
+    Ok(io_runtime()?.block_on(fut))
+}
+
+fn run<T>(fut: impl Future<Output = Result<T>>) -> Result<T> {
+    block_on(fut)?
+}
+
+/// An upload body read from a reader (on a thread of its own, a chunk at a time).
 pub(crate) struct Upload(pub(crate) Box<dyn Read + Send + 'static>);
 
-/// The configuration's blocking HTTP client (one connection pool per configuration).
-pub(crate) struct Http {
-    client: reqwest::blocking::Client,
+impl Upload {
+    fn into_body(self) -> Result<reqwest::Body> {
+        let Upload(mut reader) = self;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+        std::thread::Builder::new()
+            .name("superserve-upload".into())
+            .spawn(move || loop {
+                let mut buf = vec![0u8; 256 * 1024];
+                let item = match reader.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Ok(Bytes::from(buf))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => Err(e),
+                };
+                let failed = item.is_err();
+                if tx.blocking_send(item).is_err() || failed {
+                    return;
+                }
+            })
+            .map_err(|e| Error::io("cannot start the upload reader thread", e))?;
+        let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        Ok(reqwest::Body::wrap_stream(stream))
+    }
 }
+
+/// The configuration's HTTP client for the blocking flavour (one connection pool per
+/// configuration, on the I/O runtime).
+pub(crate) struct Http(transport::Client);
 
 impl Http {
     pub(crate) fn for_config(config: &Config) -> Result<&Http> {
@@ -47,175 +145,88 @@ impl Http {
         if let Some(h) = cell.get() {
             return Ok(h);
         }
-        let client = reqwest::blocking::Client::builder()
-            .user_agent(USER_AGENT)
-            .connect_timeout(config.inner.timeouts.connect)
-            .timeout(None)
-            .pool_max_idle_per_host(20)
-            .build()
-            .map_err(|e| {
-                Error::connection(format!("cannot build HTTP client: {e}"), Some(Box::new(e)))
-            })?;
-        let _ = cell.set(Http { client });
+        // Built inside the I/O runtime so that its connections belong to it.
+        let client = {
+            let _guard = io_runtime()?.enter();
+            transport::Client::new(config)?
+        };
+        let _ = cell.set(Http(client));
         cell.get()
             .ok_or_else(|| Error::connection("HTTP client unavailable", None))
     }
 
-    fn builder(&self, req: &Req) -> reqwest::blocking::RequestBuilder {
-        super::request_builder!(self.client, req)
+    pub(crate) fn fetch(
+        &self,
+        req: &Req,
+        timeout: Duration,
+        cap: u64,
+        attempt: u32,
+    ) -> Result<Resp> {
+        run(self.0.fetch(req, timeout, cap, attempt))
     }
 
-    /// Sends a request whose whole exchange must finish within `timeout`, and buffers the
-    /// answer (at most `cap` bytes).
-    pub(crate) fn fetch(&self, req: &Req, timeout: Duration, cap: u64) -> Result<Resp> {
-        let mut resp = self
-            .builder(req)
-            .timeout(timeout)
-            .send()
-            .map_err(|e| crate::rt::transport_error(&req.what, e))?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let mut body = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = resp.read(&mut buf).map_err(|e| io_error(&req.what, e))?;
-            if n == 0 {
-                break;
-            }
-            super::push_capped(&mut body, &buf[..n], cap, &req.what)?;
-        }
-        Ok(Resp {
-            status,
-            headers,
-            body: Bytes::from(body),
-        })
-    }
-
-    /// Sends a request whose body is read as it arrives; every wait (for the headers, for each
-    /// chunk) is bounded by `idle`.
     pub(crate) fn open_stream(
         &self,
         req: &Req,
         upload: Option<Upload>,
         idle: Duration,
+        attempt: u32,
     ) -> Result<StreamResponse> {
-        let mut builder = self.builder(req);
-        if let Some(Upload(reader)) = upload {
-            builder = builder
-                .header("content-type", "application/octet-stream")
-                .body(reqwest::blocking::Body::new(reader));
-        }
-        let (tx, rx) = mpsc::sync_channel::<Msg>(8);
-        let what = req.what.clone();
-        std::thread::Builder::new()
-            .name("superserve-body".into())
-            .spawn(move || body_worker(builder, tx, what))
-            .map_err(|e| Error::io("cannot start a body reader thread", e))?;
-        match rx.recv_timeout(idle) {
-            Ok(Msg::Head(status, headers)) => Ok(StreamResponse {
-                status,
-                headers,
-                rx,
-                idle,
-                what: req.what.clone(),
-            }),
-            Ok(Msg::Err(e)) => Err(e),
-            Ok(_) => Err(Error::connection(
-                format!("{}: no response", req.what),
-                None,
-            )),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::timeout(format!(
-                "{}: no response within {}s",
-                req.what,
-                idle.as_secs_f64()
-            ))),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Error::connection(
-                format!("{}: no response", req.what),
-                None,
-            )),
-        }
+        let upload = upload.map(Upload::into_body).transpose()?;
+        Ok(StreamResponse(run(self
+            .0
+            .open_stream(req, upload, idle, attempt))?))
     }
 }
 
-enum Msg {
-    Head(u16, HeaderMap),
-    Chunk(Bytes),
-    Err(Error),
-}
-
-fn body_worker(
-    builder: reqwest::blocking::RequestBuilder,
-    tx: mpsc::SyncSender<Msg>,
-    what: String,
-) {
-    let mut resp = match builder.send() {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = tx.send(Msg::Err(crate::rt::transport_error(&what, e)));
-            return;
-        }
-    };
-    if tx
-        .send(Msg::Head(resp.status().as_u16(), resp.headers().clone()))
-        .is_err()
-    {
-        return;
-    }
-    loop {
-        let mut buf = vec![0u8; 64 * 1024];
-        match resp.read(&mut buf) {
-            Ok(0) => return, // dropping tx tells the reader the body ended
-            Ok(n) => {
-                buf.truncate(n);
-                if tx.send(Msg::Chunk(Bytes::from(buf))).is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                let _ = tx.send(Msg::Err(io_error(&what, e)));
-                return;
-            }
-        }
-    }
-}
-
-/// A response whose body is read chunk by chunk.
-pub(crate) struct StreamResponse {
-    pub(crate) status: u16,
-    pub(crate) headers: HeaderMap,
-    rx: mpsc::Receiver<Msg>,
-    idle: Duration,
-    what: String,
-}
+/// A response whose body is read chunk by chunk. Dropping it closes the connection.
+pub(crate) struct StreamResponse(transport::StreamResponse);
 
 impl StreamResponse {
-    /// The next chunk of the body, `None` at its end; waits at most the idle timeout.
+    pub(crate) fn status(&self) -> u16 {
+        self.0.status
+    }
+    pub(crate) fn headers(&self) -> &reqwest::header::HeaderMap {
+        &self.0.headers
+    }
     pub(crate) fn next_chunk(&mut self) -> Result<Option<Bytes>> {
-        match self.rx.recv_timeout(self.idle) {
-            Ok(Msg::Chunk(c)) => Ok(Some(c)),
-            Ok(Msg::Err(e)) => Err(e),
-            Ok(Msg::Head(..)) => Ok(None),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Ok(None),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::timeout(format!(
-                "{}: no data for {}s",
-                self.what,
-                self.idle.as_secs_f64()
-            ))),
-        }
+        run(self.0.next_chunk())
     }
 }
 
-fn io_error(what: &str, e: std::io::Error) -> Error {
-    let timed_out = e.kind() == std::io::ErrorKind::TimedOut
-        || e.get_ref()
-            .and_then(|i| i.downcast_ref::<reqwest::Error>())
-            .is_some_and(reqwest::Error::is_timeout);
-    if timed_out {
-        Error::timeout(format!("{what}: reading the response timed out"))
-    } else {
-        Error::connection(
-            format!("{what}: reading the response failed: {e}"),
-            Some(Box::new(e)),
-        )
+/// An `exec/connect` session whose I/O tasks run on the I/O runtime.
+pub(crate) struct ExecSession(transport::ExecSession);
+
+impl ExecSession {
+    pub(crate) fn connect(dial: ExecDial) -> Result<ExecSession> {
+        Ok(ExecSession(run(transport::ExecSession::connect(dial))?))
     }
+    pub(crate) fn is_settled(&self) -> bool {
+        self.0.is_settled()
+    }
+    pub(crate) fn stdin(&self) -> StdinSender {
+        self.0.stdin()
+    }
+    pub(crate) fn send(&self, msg: transport::Frame) -> Result<()> {
+        run(self.0.stdin().send(msg))
+    }
+    pub(crate) fn wait(&self) -> Outcome {
+        block_on(self.0.wait())
+            .unwrap_or_else(|e| Err(crate::wire::exec::Failure::Stream(e.to_string())))
+    }
+    pub(crate) fn events(&self) -> tokio::sync::mpsc::Receiver<EventItem> {
+        self.0.events()
+    }
+    pub(crate) fn close(&self) {
+        self.0.close();
+    }
+}
+
+/// Runs `work` here: a blocking call cannot be abandoned half-way, so there is nobody to
+/// outlive. (The async flavour runs it on a task of its own.)
+pub(crate) fn outlive_caller<T, W, O>(work: W, _orphan: O) -> Result<T>
+where
+    W: Into<Result<T>>,
+{
+    work.into()
 }

@@ -1,18 +1,16 @@
-//! Async primitives: reqwest, tokio::time, tokio::sync, tokio-tungstenite exec sessions.
+//! Async primitives: the transport on the caller's tokio runtime, tokio::time, tokio::sync.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::HeaderMap;
 
+use super::transport;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::wire::{Req, Resp, USER_AGENT};
+use crate::wire::{Req, Resp};
 
-#[path = "nonblocking_session.rs"]
-mod session;
-pub(crate) use super::ExecDial;
-pub(crate) use session::ExecSession;
+pub(crate) use transport::{binary_frame, text_frame, EventItem, ExecDial, Outcome, StdinSender};
 
 pub(crate) async fn sleep(d: Duration) {
     tokio::time::sleep(d).await;
@@ -34,9 +32,7 @@ impl<T> Mutex<T> {
 pub(crate) struct Upload(pub(crate) reqwest::Body);
 
 /// The configuration's async HTTP client (one connection pool per configuration).
-pub(crate) struct Http {
-    client: reqwest::Client,
-}
+pub(crate) struct Http(transport::Client);
 
 impl Http {
     pub(crate) fn for_config(config: &Config) -> Result<&Http> {
@@ -44,102 +40,93 @@ impl Http {
         if let Some(h) = cell.get() {
             return Ok(h);
         }
-        let client = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .connect_timeout(config.inner.timeouts.connect)
-            .pool_max_idle_per_host(20)
-            .build()
-            .map_err(|e| {
-                Error::connection(format!("cannot build HTTP client: {e}"), Some(Box::new(e)))
-            })?;
-        let _ = cell.set(Http { client });
+        let _ = cell.set(Http(transport::Client::new(config)?));
         cell.get()
             .ok_or_else(|| Error::connection("HTTP client unavailable", None))
     }
 
-    fn builder(&self, req: &Req) -> reqwest::RequestBuilder {
-        super::request_builder!(self.client, req)
+    pub(crate) async fn fetch(
+        &self,
+        req: &Req,
+        timeout: Duration,
+        cap: u64,
+        attempt: u32,
+    ) -> Result<Resp> {
+        self.0.fetch(req, timeout, cap, attempt).await
     }
 
-    /// Sends a request whose whole exchange must finish within `timeout`, and buffers the
-    /// answer (at most `cap` bytes).
-    pub(crate) async fn fetch(&self, req: &Req, timeout: Duration, cap: u64) -> Result<Resp> {
-        let mut resp = self
-            .builder(req)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| crate::rt::transport_error(&req.what, e))?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| {
-            crate::rt::transport_error(&format!("{}: reading the response", req.what), e)
-        })? {
-            super::push_capped(&mut body, &chunk, cap, &req.what)?;
-        }
-        Ok(Resp {
-            status,
-            headers,
-            body: Bytes::from(body),
-        })
-    }
-
-    /// Sends a request whose body is read as it arrives; every wait (for the headers, for each
-    /// chunk) is bounded by `idle`.
     pub(crate) async fn open_stream(
         &self,
         req: &Req,
         upload: Option<Upload>,
         idle: Duration,
+        attempt: u32,
     ) -> Result<StreamResponse> {
-        let mut builder = self.builder(req);
-        if let Some(Upload(body)) = upload {
-            builder = builder
-                .header("content-type", "application/octet-stream")
-                .body(body);
-        }
-        let resp = match tokio::time::timeout(idle, builder.send()).await {
-            Err(_) => {
-                return Err(Error::timeout(format!(
-                    "{}: no response within {}s",
-                    req.what,
-                    idle.as_secs_f64()
-                )))
-            }
-            Ok(r) => r.map_err(|e| crate::rt::transport_error(&req.what, e))?,
-        };
-        Ok(StreamResponse {
-            status: resp.status().as_u16(),
-            headers: resp.headers().clone(),
-            inner: resp,
-            idle,
-            what: req.what.clone(),
-        })
+        let upload = upload.map(|Upload(b)| b);
+        Ok(StreamResponse(
+            self.0.open_stream(req, upload, idle, attempt).await?,
+        ))
     }
 }
 
-/// A response whose body is read chunk by chunk.
-pub(crate) struct StreamResponse {
-    pub(crate) status: u16,
-    pub(crate) headers: HeaderMap,
-    inner: reqwest::Response,
-    idle: Duration,
-    what: String,
-}
+/// A response whose body is read chunk by chunk. Dropping it closes the connection.
+pub(crate) struct StreamResponse(transport::StreamResponse);
 
 impl StreamResponse {
-    /// The next chunk of the body, `None` at its end; waits at most the idle timeout.
-    pub(crate) async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
-        match tokio::time::timeout(self.idle, self.inner.chunk()).await {
-            Err(_) => Err(Error::timeout(format!(
-                "{}: no data for {}s",
-                self.what,
-                self.idle.as_secs_f64()
-            ))),
-            Ok(r) => r.map_err(|e| {
-                crate::rt::transport_error(&format!("{}: reading the response", self.what), e)
-            }),
-        }
+    pub(crate) fn status(&self) -> u16 {
+        self.0.status
     }
+    pub(crate) fn headers(&self) -> &reqwest::header::HeaderMap {
+        &self.0.headers
+    }
+    pub(crate) async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+        self.0.next_chunk().await
+    }
+}
+
+/// An `exec/connect` session on the caller's runtime.
+pub(crate) struct ExecSession(transport::ExecSession);
+
+impl ExecSession {
+    pub(crate) async fn connect(dial: ExecDial) -> Result<ExecSession> {
+        Ok(ExecSession(transport::ExecSession::connect(dial).await?))
+    }
+    pub(crate) fn is_settled(&self) -> bool {
+        self.0.is_settled()
+    }
+    pub(crate) fn stdin(&self) -> StdinSender {
+        self.0.stdin()
+    }
+    pub(crate) async fn send(&self, msg: transport::Frame) -> Result<()> {
+        self.0.stdin().send(msg).await
+    }
+    pub(crate) async fn wait(&self) -> Outcome {
+        self.0.wait().await
+    }
+    pub(crate) fn events(&self) -> tokio::sync::mpsc::Receiver<EventItem> {
+        self.0.events()
+    }
+    pub(crate) async fn close(&self) {
+        self.0.close();
+    }
+}
+
+/// Runs `work` on a task of its own, so that it completes even if the caller's future is
+/// dropped; when nobody is left to receive its output, `orphan` gets it (for cleanup).
+pub(crate) async fn outlive_caller<T, W, O, OF>(work: W, orphan: O) -> Result<T>
+where
+    T: Send + 'static,
+    W: Future<Output = Result<T>> + Send + 'static,
+    O: FnOnce(T) -> OF + Send + 'static,
+    OF: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let result = work.await;
+        if let Err(Ok(value)) = tx.send(result) {
+            orphan(value).await;
+        }
+    });
+    rx.await
+        .unwrap_or_else(|_| Err(Error::stream("the request task ended without an answer")))
 }

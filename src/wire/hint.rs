@@ -2,25 +2,29 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// `true` when the hint carries an expiry at or before now. Unparsable hints are not expired.
-pub(crate) fn is_expired(hint: &str) -> bool {
-    let Some(payload) = hint.split('.').nth(1) else {
-        return false;
-    };
-    let Some(json) = super::base64_decode(payload.as_bytes()) else {
-        return false;
-    };
-    let Some(e) = serde_json::from_slice::<serde_json::Value>(&json)
-        .ok()
-        .and_then(|v| v.get("e").and_then(serde_json::Value::as_f64))
-    else {
-        return false;
-    };
+/// The expiry (unix seconds) a hint carries; `None` when it carries none or cannot be read.
+pub(crate) fn expiry(hint: &str) -> Option<f64> {
+    let payload = hint.split('.').nth(1)?;
+    let json = super::base64_decode(payload.as_bytes())?;
+    serde_json::from_slice::<serde_json::Value>(&json)
+        .ok()?
+        .get("e")?
+        .as_f64()
+}
+
+/// `true` once `expires` (unix seconds) is at or before now.
+pub(crate) fn is_past(expires: f64) -> bool {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
-    e <= now
+    expires <= now
+}
+
+/// `true` when the hint carries an expiry at or before now. Unparsable hints are not expired.
+#[cfg(test)]
+pub(crate) fn is_expired(hint: &str) -> bool {
+    expiry(hint).is_some_and(is_past)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::header::HeaderMap;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -27,8 +27,10 @@ pub(crate) enum Body {
 /// One HTTP request, described without I/O.
 pub(crate) struct Req {
     pub(crate) method: Method,
+    /// The whole URL; the path (with its query) starts at `path_at`.
     pub(crate) url: String,
-    pub(crate) headers: Vec<(&'static str, String)>,
+    path_at: usize,
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
     pub(crate) body: Body,
     /// Per-attempt timeout.
     pub(crate) timeout: Duration,
@@ -36,33 +38,50 @@ pub(crate) struct Req {
     pub(crate) deadline: Option<Instant>,
     /// DELETE of a sandbox: retry 409 too.
     pub(crate) retry_conflict: bool,
-    /// What the request is, for messages (`"GET /sandboxes"`).
-    pub(crate) what: String,
+    /// A data-plane request (errors are mapped with the data plane's conventions).
+    pub(crate) data_plane: bool,
 }
 
 impl Req {
     pub(crate) fn new(method: Method, base: &str, path: &str, timeout: Duration) -> Req {
-        let what = format!("{method} {}", path.split('?').next().unwrap_or(path));
+        let mut url = String::with_capacity(base.len() + path.len());
+        url.push_str(base);
+        url.push_str(path);
         Req {
             method,
-            url: format!("{base}{path}"),
-            headers: Vec::new(),
+            url,
+            path_at: base.len(),
+            headers: Vec::with_capacity(4),
             body: Body::Empty,
             timeout,
             deadline: None,
             retry_conflict: false,
-            what,
+            data_plane: false,
         }
     }
 
-    pub(crate) fn header(mut self, name: &'static str, value: impl Into<String>) -> Req {
-        self.headers.push((name, value.into()));
+    pub(crate) fn header(mut self, name: HeaderName, value: HeaderValue) -> Req {
+        self.headers.push((name, value));
         self
+    }
+
+    /// A header from a string; a value that is not a valid header value is left out (it could
+    /// only come from a server-issued token or hint, and the request fails authentication).
+    pub(crate) fn header_str(self, name: HeaderName, value: &str) -> Req {
+        match HeaderValue::from_str(value) {
+            Ok(mut v) => {
+                v.set_sensitive(true);
+                self.header(name, v)
+            }
+            Err(_) => self,
+        }
     }
 
     pub(crate) fn json(mut self, body: &Value) -> Req {
         // Serializing a Value cannot fail.
         self.body = Body::Json(serde_json::to_vec(body).unwrap_or_default().into());
+        self.headers
+            .push((CONTENT_TYPE, HeaderValue::from_static("application/json")));
         self
     }
 
@@ -73,6 +92,33 @@ impl Req {
 
     pub(crate) fn idempotent(&self) -> bool {
         self.method == Method::GET || self.method == Method::DELETE
+    }
+
+    /// The path and query.
+    pub(crate) fn path(&self) -> &str {
+        &self.url[self.path_at..]
+    }
+
+    /// What the request is, for messages: `"GET /sandboxes/abc"` (no query).
+    pub(crate) fn what(&self) -> String {
+        let path = self.path();
+        format!("{} {}", self.method, path.split('?').next().unwrap_or(path))
+    }
+
+    /// The path with the query's values left out (`/files?path`), for logs: values can be
+    /// file names or filters a caller would not want in a log.
+    pub(crate) fn log_path(&self) -> String {
+        let path = self.path();
+        match path.split_once('?') {
+            None => path.to_owned(),
+            Some((p, q)) => {
+                let keys: Vec<&str> = q
+                    .split('&')
+                    .map(|kv| kv.split('=').next().unwrap_or(kv))
+                    .collect();
+                format!("{p}?{}", keys.join("&"))
+            }
+        }
     }
 
     /// Per-attempt timeout bounded by the deadline; `None` once the deadline has passed.
@@ -128,14 +174,30 @@ pub(crate) fn seg(s: &str) -> String {
 }
 
 /// Maps a non-2xx response to the typed error (protocol §7).
-pub(crate) fn error_from(status: u16, headers: &HeaderMap, body: &[u8]) -> Error {
+///
+/// On the data plane (`data_plane`), an error whose body names no code gets the code of its
+/// status, so that a caller can branch on [`Error::code`] whichever data plane answered (the
+/// hosted one often answers a bare `{"error": "..."}`), and `exec_failed` (a command that could
+/// not start) becomes [`Error::CommandStart`], as on the streamed paths.
+pub(crate) fn error_from(status: u16, headers: &HeaderMap, body: &[u8], data_plane: bool) -> Error {
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-    let (code, message) = parse_error_body(
+    let (mut code, message) = parse_error_body(
         status,
         header("content-type"),
         header("x-content-type-options"),
         body,
     );
+    if data_plane {
+        if code.as_deref() == Some("exec_failed") {
+            return Error::CommandStart {
+                code: "exec_failed".to_owned(),
+                message,
+            };
+        }
+        if code.is_none() {
+            code = status_code_name(status).map(str::to_owned);
+        }
+    }
     let api = ApiError {
         status,
         code,
@@ -153,6 +215,27 @@ pub(crate) fn error_from(status: u16, headers: &HeaderMap, body: &[u8]) -> Error
         500.. => Error::Server(api),
         _ => Error::Api(api),
     }
+}
+
+/// The code a data-plane error without one gets from its status (the local backend sends the
+/// same ones).
+pub(crate) fn status_code_name(status: u16) -> Option<&'static str> {
+    Some(match status {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        409 => "conflict",
+        413 => "too_large",
+        416 => "range_not_satisfiable",
+        429 => "rate_limited",
+        500 => "internal_error",
+        502 => "bad_gateway",
+        503 => "service_unavailable",
+        504 => "gateway_timeout",
+        507 => "sandbox_storage_full",
+        _ => return None,
+    })
 }
 
 /// The three JSON error shapes, then text (protocol §7.1).
@@ -204,30 +287,41 @@ fn parse_error_body(
     }
 }
 
+/// A random (version 4) UUID.
+pub(crate) fn uuid_v4() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 /// Decodes base64 in either alphabet (standard `+/` or URL-safe `-_`), padding optional;
-/// `None` on any other character.
+/// `None` on anything else.
 pub(crate) fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for &c in s {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' | b'+' => 62,
-            b'_' | b'/' => 63,
-            b'=' => break,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
+    use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+    use base64::engine::DecodePaddingMode;
+    use base64::Engine;
+    const CONFIG: GeneralPurposeConfig = GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true);
+    const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, CONFIG);
+    const STANDARD: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, CONFIG);
+    if s.iter().any(|c| matches!(c, b'-' | b'_')) {
+        URL_SAFE.decode(s).ok()
+    } else {
+        STANDARD.decode(s).ok()
     }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -243,7 +337,7 @@ mod tests {
             HeaderValue::from_static("nosniff"),
         );
         h.insert("retry-after", HeaderValue::from_static("3"));
-        error_from(status, &h, body.as_bytes())
+        error_from(status, &h, body.as_bytes(), false)
     }
 
     #[test]
@@ -292,6 +386,51 @@ mod tests {
                 .len(),
             500
         );
+    }
+
+    #[test]
+    fn data_plane_errors_carry_a_code() {
+        let h = HeaderMap::new();
+        let e = error_from(404, &h, br#"{"error":"file not found"}"#, true);
+        assert_eq!(e.code(), Some("not_found"));
+        assert_eq!(e.api_error().unwrap().message, "file not found");
+        let e = error_from(
+            400,
+            &h,
+            br#"{"error":"failed to start command","code":"exec_failed"}"#,
+            true,
+        );
+        assert!(matches!(e, Error::CommandStart { .. }), "{e:?}");
+        assert_eq!(e.code(), Some("exec_failed"));
+        assert_eq!(e.status_code(), None);
+        let e = error_from(404, &h, br#"{"error":"file not found"}"#, false);
+        assert_eq!(
+            e.code(),
+            None,
+            "the control plane's codes are the server's own"
+        );
+    }
+
+    #[test]
+    fn base64_either_alphabet() {
+        assert_eq!(base64_decode(b"dXNlcjpwYXNz").unwrap(), b"user:pass");
+        assert_eq!(base64_decode(b"eyJlIjoxfQ").unwrap(), br#"{"e":1}"#);
+        assert_eq!(base64_decode(b"-_8=").unwrap(), [0xfb, 0xff]);
+        assert_eq!(base64_decode(b"+/8").unwrap(), [0xfb, 0xff]);
+        assert!(base64_decode(b"!!!").is_none());
+    }
+
+    #[test]
+    fn log_paths_drop_query_values() {
+        let r = Req::new(
+            Method::GET,
+            "http://h",
+            "/files?path=%2Fsecret%2Fname&format=zip",
+            Duration::from_secs(1),
+        );
+        assert_eq!(r.log_path(), "/files?path&format");
+        assert_eq!(r.what(), "GET /files");
+        assert_eq!(r.path(), "/files?path=%2Fsecret%2Fname&format=zip");
     }
 
     #[test]

@@ -4,19 +4,21 @@ use serde_json::Value;
 
 /// One decoded `data:` event of an exec stream.
 #[derive(Debug, Default, PartialEq)]
-pub(crate) struct ExecEvent {
+pub(crate) struct SseEvent {
     pub(crate) stdout: Option<String>,
     pub(crate) stderr: Option<String>,
     pub(crate) finished: bool,
     pub(crate) exit_code: Option<i64>,
     pub(crate) error: Option<String>,
+    pub(crate) code: Option<String>,
 }
 
-impl ExecEvent {
-    pub(crate) fn from_json(v: &Value) -> Option<ExecEvent> {
+impl SseEvent {
+    /// An exec event from one `data:` document (non-objects are skipped).
+    pub(crate) fn from_json(v: &Value) -> Option<SseEvent> {
         let obj = v.as_object()?;
         let s = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_owned);
-        Some(ExecEvent {
+        Some(SseEvent {
             stdout: s("stdout"),
             stderr: s("stderr"),
             finished: obj
@@ -25,12 +27,14 @@ impl ExecEvent {
                 .unwrap_or(false),
             exit_code: obj.get("exit_code").and_then(Value::as_i64),
             error: s("error"),
+            code: s("code"),
         })
     }
 }
 
-/// Splits a byte stream into lines and decodes `data:` lines; comments and other fields are
-/// skipped, as are empty data, `[DONE]` and invalid JSON.
+/// Splits a byte stream into lines and decodes each `data:` line as one JSON document (exec
+/// output, build logs); comments and other fields are skipped, as are empty data, `[DONE]`
+/// and invalid JSON.
 #[derive(Default)]
 pub(crate) struct SseDecoder {
     buf: Vec<u8>,
@@ -40,7 +44,7 @@ pub(crate) struct SseDecoder {
 const MAX_LINE: usize = 64 * 1024 * 1024;
 
 impl SseDecoder {
-    pub(crate) fn feed(&mut self, chunk: &[u8], out: &mut Vec<ExecEvent>) {
+    pub(crate) fn feed(&mut self, chunk: &[u8], out: &mut Vec<Value>) {
         let mut start = 0;
         for (i, b) in chunk.iter().enumerate() {
             if *b == b'\n' {
@@ -61,12 +65,12 @@ impl SseDecoder {
     }
 
     /// Flushes a last line without a newline.
-    pub(crate) fn finish(&mut self, out: &mut Vec<ExecEvent>) {
+    pub(crate) fn finish(&mut self, out: &mut Vec<Value>) {
         let line = std::mem::take(&mut self.buf);
         Self::line(&line, out);
     }
 
-    fn line(line: &[u8], out: &mut Vec<ExecEvent>) {
+    fn line(line: &[u8], out: &mut Vec<Value>) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let Some(data) = line.strip_prefix(b"data:") else {
             return;
@@ -76,9 +80,7 @@ impl SseDecoder {
             return;
         }
         if let Ok(v) = serde_json::from_slice::<Value>(data) {
-            if let Some(e) = ExecEvent::from_json(&v) {
-                out.push(e);
-            }
+            out.push(v);
         }
     }
 }
@@ -99,6 +101,7 @@ mod tests {
             d.feed(b, &mut out);
         }
         d.finish(&mut out);
+        let out: Vec<SseEvent> = out.iter().filter_map(SseEvent::from_json).collect();
         assert_eq!(out.len(), 3);
         assert_eq!(out[0].stdout.as_deref(), Some("héllo"));
         assert_eq!(out[1].stderr.as_deref(), Some("e"));

@@ -9,14 +9,89 @@ use std::time::Duration;
 use superserve::local::LocalServer;
 use superserve::Config;
 
+/// Where the end-to-end suite runs: a fresh local backend (the default), or the hosted
+/// service when `SUPERSERVE_TEST_TARGET=hosted` and `SUPERSERVE_API_KEY` are set.
+pub enum Target {
+    /// A local backend started for this test.
+    Local(LocalServer),
+    /// The hosted service, configured from the environment.
+    Hosted(Config),
+}
+
+/// `true` when the suite runs against the hosted service.
+pub fn hosted() -> bool {
+    std::env::var("SUPERSERVE_TEST_TARGET").as_deref() == Ok("hosted")
+}
+
+/// The target of a test that needs nothing but the API.
+pub fn target() -> Target {
+    if hosted() {
+        let config = Config::from_env().unwrap_or_else(|e| {
+            panic!("SUPERSERVE_TEST_TARGET=hosted needs SUPERSERVE_API_KEY: {e}")
+        });
+        Target::Hosted(config)
+    } else {
+        Target::Local(server())
+    }
+}
+
+impl Target {
+    /// The local backend, when the test runs against one.
+    pub fn local(&self) -> Option<&LocalServer> {
+        match self {
+            Target::Local(s) => Some(s),
+            Target::Hosted(_) => None,
+        }
+    }
+}
+
+/// Anything the suite can get an SDK configuration from.
+pub trait SdkConfig {
+    /// The configuration.
+    fn sdk_config(&self) -> Config;
+}
+
+impl SdkConfig for LocalServer {
+    fn sdk_config(&self) -> Config {
+        self.config()
+    }
+}
+
+impl SdkConfig for Target {
+    fn sdk_config(&self) -> Config {
+        match self {
+            Target::Local(s) => s.config(),
+            Target::Hosted(c) => c.clone(),
+        }
+    }
+}
+
+impl SdkConfig for Config {
+    fn sdk_config(&self) -> Config {
+        self.clone()
+    }
+}
+
+/// Skips the rest of a test (with a printed reason) when the suite runs against the hosted
+/// service, for tests that need the local backend's fault injection, request journal, data
+/// directory or restarts.
+macro_rules! local_only {
+    ($why:expr) => {
+        if $crate::common::hosted() {
+            eprintln!("skipped against the hosted service: needs {}", $why);
+            return;
+        }
+    };
+}
+
 /// A fresh local backend (its own data dir, ports and key).
 pub fn server() -> LocalServer {
     LocalServer::start().unwrap_or_else(|e| panic!("local backend failed to start: {e}"))
 }
 
-/// An SDK configuration for `server`.
-pub fn config(server: &LocalServer) -> Config {
-    server.config()
+/// An SDK configuration for a target or a local backend.
+pub fn config(target: &impl SdkConfig) -> Config {
+    target.sdk_config()
 }
 
 /// An SDK configuration for `server` with another retry policy.
@@ -249,3 +324,106 @@ pub fn egress_server() -> LocalServer {
 
 mod upstream;
 pub use upstream::Upstream;
+
+/// The `superserve-local` binary running as a child process (for what an in-process backend
+/// cannot show, such as a descriptor limit of its own). Stopped with SIGTERM on drop.
+pub struct Backend {
+    child: std::process::Child,
+    pub base_url: String,
+    pub sandbox_url: String,
+    pub api_key: String,
+}
+
+impl Backend {
+    /// Starts `superserve-local ARGS` with at most `max_fds` open descriptors (`ulimit -n`).
+    pub fn start_with_fd_limit(max_fds: u32, args: &[&str]) -> Backend {
+        use std::io::BufRead;
+        let bin = env!("CARGO_BIN_EXE_superserve-local");
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -n {max_fds} && exec \"$0\" \"$@\""))
+            .arg(bin)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start superserve-local");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut var = |name: &str| -> String {
+            let line = lines
+                .next()
+                .and_then(Result::ok)
+                .unwrap_or_else(|| panic!("superserve-local printed no {name}"));
+            line.strip_prefix(&format!("{name}="))
+                .unwrap_or_else(|| panic!("expected {name}=..., got {line:?}"))
+                .to_owned()
+        };
+        let (base_url, sandbox_url, api_key) = (
+            var("SUPERSERVE_BASE_URL"),
+            var("SUPERSERVE_SANDBOX_URL"),
+            var("SUPERSERVE_API_KEY"),
+        );
+        Backend {
+            child,
+            base_url,
+            sandbox_url,
+            api_key,
+        }
+    }
+
+    pub fn config(&self) -> Config {
+        Config::builder()
+            .api_key(&self.api_key)
+            .base_url(&self.base_url)
+            .sandbox_url(&self.sandbox_url)
+            .build()
+            .expect("config")
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        // a clean stop: the backend kills its sandboxes on SIGTERM
+        let _ = std::process::Command::new("sh")
+            .args(["-c", "kill -TERM \"$0\"", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `host:port` of a URL such as `http://127.0.0.1:8080`.
+pub fn authority(url: &str) -> String {
+    url.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// One HTTP/1.1 exchange on a fresh connection (`Connection: close`): `request` is the
+/// request line and headers without the blank line; returns the status (0 when the
+/// connection ended without a response) and the raw response. Waits at most `wait` for it.
+pub fn raw_http(addr: &str, request: &str, body: &[u8], wait: Duration) -> (u16, String) {
+    use std::io::Read;
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(wait)).expect("read timeout");
+    let head = format!(
+        "{request}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    if s.write_all(head.as_bytes())
+        .and_then(|()| s.write_all(body))
+        .is_err()
+    {
+        return (0, String::new());
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}

@@ -48,13 +48,19 @@ fn run_ip(args: &[&str]) {
 
 impl Upstream {
     pub fn start() -> Upstream {
+        Upstream::start_in(std::net::Ipv4Addr::new(10, 88, 0, 0), 16384)
+    }
+
+    /// An upstream on a /30 link inside the network starting at `net` that holds `slots` /30s
+    /// (the host's end is the first address of the /30, the upstream the second). The /30 is
+    /// spread by pid so that concurrent test binaries differ.
+    pub fn start_in(net: std::net::Ipv4Addr, slots: u32) -> Upstream {
         use std::sync::atomic::{AtomicU32, Ordering};
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
-        // a /30 per upstream: 10.88.x.y, spread by pid so concurrent test binaries differ
-        let slot = (pid.wrapping_mul(64).wrapping_add(n)) % 16384;
-        let base = u32::from(std::net::Ipv4Addr::new(10, 88, 0, 0)) + slot * 4;
+        let slot = (pid.wrapping_mul(64).wrapping_add(n)) % slots;
+        let base = u32::from(net) + slot * 4;
         let host_ip = std::net::Ipv4Addr::from(base + 1);
         let ip = std::net::Ipv4Addr::from(base + 2);
         let netns = format!("ssup-{pid}-{n}");

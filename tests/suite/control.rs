@@ -14,9 +14,10 @@ use crate::flavor::Sandbox;
 
 #[dual]
 pub async fn lifecycle_and_accessors() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let config = common::config(&server);
-    let sb = Sandbox::create_with(
+    let sb = Sandbox::create_with_config(
         &config,
         CreateOptions::new("data-analyzer")
             .metadata("env", "prod")
@@ -41,21 +42,26 @@ pub async fn lifecycle_and_accessors() {
     // clones share one handle
     let clone = sb.clone();
     sb.kill().await.unwrap();
-    let __a1_v = clone.get_info().await;
-    let __a1 = matches!(__a1_v, Err(Error::SandboxDeleted { .. }));
-    assert!(__a1);
+    let info_after_kill = clone.get_info().await;
+    let refused_as_deleted = matches!(info_after_kill, Err(Error::SandboxDeleted { .. }));
+    assert!(refused_as_deleted);
     // idempotent
     sb.kill().await.unwrap();
-    Sandbox::kill_by_id_with(&config, sb.id()).await.unwrap();
-    Sandbox::kill_by_id_with(&config, "00000000-0000-4000-8000-000000000000")
+    Sandbox::kill_by_id_with_config(&config, sb.id())
         .await
         .unwrap();
-    let err = Sandbox::connect_with(&config, sb.id()).await.unwrap_err();
+    Sandbox::kill_by_id_with_config(&config, "00000000-0000-4000-8000-000000000000")
+        .await
+        .unwrap();
+    let err = Sandbox::connect_with_config(&config, sb.id())
+        .await
+        .unwrap_err();
     assert!(err.is_not_found(), "{err:?}");
 }
 
 #[dual]
 pub async fn create_validation_sends_nothing() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let config = common::config(&server);
     let bad = [
@@ -66,12 +72,15 @@ pub async fn create_validation_sends_nothing() {
         CreateOptions::new("x").env_var("K", "1").secret("K", "s"),
     ];
     for opts in bad {
-        let err = Sandbox::create_with(&config, opts).await.unwrap_err();
-        assert!(matches!(err, Error::Validation(_)), "{err:?}");
-        assert_eq!(err.status_code(), Some(400));
+        let err = Sandbox::create_with_config(&config, opts)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+        assert_eq!(err.status_code(), None, "local errors carry no HTTP status");
+        assert!(err.is_invalid());
     }
-    let err = Sandbox::connect_with(&config, "").await.unwrap_err();
-    assert!(matches!(err, Error::Validation(_)));
+    let err = Sandbox::connect_with_config(&config, "").await.unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { .. }));
     assert_eq!(count(&server, "POST", "/sandboxes"), 0);
     assert!(
         server.requests().is_empty(),
@@ -81,15 +90,18 @@ pub async fn create_validation_sends_nothing() {
 
 #[dual]
 pub async fn connect_rotates_token_and_resumes() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let config = common::config(&server);
     let sb = make(&server, "conn").await;
     sb.commands().run("true").await.unwrap();
     sb.pause_with(PauseOptions::new().wait(true)).await.unwrap();
-    let __a2 = sb.get_info().await.unwrap().status;
-    assert_eq!(__a2, SandboxStatus::Paused);
+    let status_after_pause = sb.get_info().await.unwrap().status;
+    assert_eq!(status_after_pause, SandboxStatus::Paused);
 
-    let other = Sandbox::connect_with(&config, sb.id()).await.unwrap();
+    let other = Sandbox::connect_with_config(&config, sb.id())
+        .await
+        .unwrap();
     assert_eq!(other.status(), &SandboxStatus::Active, "connect resumes");
     server.clear_requests();
     other.commands().run("true").await.unwrap();
@@ -128,15 +140,16 @@ pub async fn connect_rotates_token_and_resumes() {
 
 #[dual]
 pub async fn list_filters_and_query_encoding() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let config = common::config(&server);
-    let a = Sandbox::create_with(&config, CreateOptions::new("a").metadata("env", "prod x"))
+    let a = Sandbox::create_with_config(&config, CreateOptions::new("a").metadata("env", "prod x"))
         .await
         .unwrap();
-    let b = Sandbox::create_with(&config, CreateOptions::new("b").metadata("env", "dev"))
+    let b = Sandbox::create_with_config(&config, CreateOptions::new("b").metadata("env", "dev"))
         .await
         .unwrap();
-    let c = Sandbox::create_with(
+    let c = Sandbox::create_with_config(
         &config,
         CreateOptions::new("c")
             .metadata("env", "prod x")
@@ -146,12 +159,12 @@ pub async fn list_filters_and_query_encoding() {
     .unwrap();
     c.pause_with(PauseOptions::new().wait(true)).await.unwrap();
 
-    let all = Sandbox::list_with(&config, ListOptions::new())
+    let all = Sandbox::list_with_config(&config, ListOptions::new())
         .await
         .unwrap();
     assert_eq!(all.len(), 3);
     server.clear_requests();
-    let prod = Sandbox::list_with(&config, ListOptions::new().metadata("env", "prod x"))
+    let prod = Sandbox::list_with_config(&config, ListOptions::new().metadata("env", "prod x"))
         .await
         .unwrap();
     let mut ids: Vec<_> = prod.iter().map(|i| i.id.clone()).collect();
@@ -161,7 +174,7 @@ pub async fn list_filters_and_query_encoding() {
     assert_eq!(ids, want);
     assert_eq!(server.requests()[0].query, "metadata.env=prod+x");
 
-    let both = Sandbox::list_with(
+    let both = Sandbox::list_with_config(
         &config,
         ListOptions::new()
             .metadata("env", "prod x")
@@ -172,13 +185,14 @@ pub async fn list_filters_and_query_encoding() {
     assert_eq!(both.len(), 1);
     assert_eq!(both[0].id, c.id());
 
-    let paused = Sandbox::list_with(&config, ListOptions::new().status(SandboxStatus::Paused))
-        .await
-        .unwrap();
+    let paused =
+        Sandbox::list_with_config(&config, ListOptions::new().status(SandboxStatus::Paused))
+            .await
+            .unwrap();
     assert_eq!(paused.len(), 1);
     assert_eq!(paused[0].status, SandboxStatus::Paused);
     server.clear_requests();
-    let either = Sandbox::list_with(
+    let either = Sandbox::list_with_config(
         &config,
         ListOptions::new()
             .status(SandboxStatus::Active)
@@ -189,10 +203,10 @@ pub async fn list_filters_and_query_encoding() {
     assert_eq!(either.len(), 3);
     assert_eq!(server.requests()[0].query, "status=active%2Cpaused");
 
-    let page1 = Sandbox::list_with(&config, ListOptions::new().limit(2).offset(0))
+    let page1 = Sandbox::list_with_config(&config, ListOptions::new().limit(2).offset(0))
         .await
         .unwrap();
-    let page2 = Sandbox::list_with(&config, ListOptions::new().limit(2).offset(2))
+    let page2 = Sandbox::list_with_config(&config, ListOptions::new().limit(2).offset(2))
         .await
         .unwrap();
     assert_eq!(page1.len(), 2);
@@ -205,9 +219,9 @@ pub async fn list_filters_and_query_encoding() {
 
 #[dual]
 pub async fn update_tri_state_and_update_by_id() {
-    let server = common::server();
+    let server = common::target();
     let config = common::config(&server);
-    let sb = Sandbox::create_with(
+    let sb = Sandbox::create_with_config(
         &config,
         CreateOptions::new("upd")
             .metadata("env", "prod")
@@ -217,7 +231,7 @@ pub async fn update_tri_state_and_update_by_id() {
     .unwrap();
     sb.update(
         UpdateOptions::new()
-            .metadata("env", "staging")
+            .replace_metadata([("env", "staging")])
             .clear_timeout_seconds()
             .network(NetworkConfig::new().allow_out(["api.openai.com"])),
     )
@@ -233,25 +247,27 @@ pub async fn update_tri_state_and_update_by_id() {
         info.network.and_then(|n| n.allow_out),
         Some(vec!["api.openai.com".to_owned()])
     );
-    let body = server
-        .requests()
-        .into_iter()
-        .find(|r| r.method == "PATCH")
-        .expect("patch sent")
-        .body;
-    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(body["timeout_seconds"], serde_json::Value::Null);
-    assert!(
-        body.get("auto_delete_seconds").is_none(),
-        "untouched fields are left out"
-    );
-    assert_eq!(body["network"]["deny_out"], serde_json::Value::Null);
+    if let Some(local) = server.local() {
+        let body = local
+            .requests()
+            .into_iter()
+            .find(|r| r.method == "PATCH")
+            .expect("patch sent")
+            .body;
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["timeout_seconds"], serde_json::Value::Null);
+        assert!(
+            body.get("auto_delete_seconds").is_none(),
+            "untouched fields are left out"
+        );
+        assert_eq!(body["network"]["deny_out"], serde_json::Value::Null);
+    }
 
     let err = sb.update(UpdateOptions::new()).await.unwrap_err();
-    assert!(matches!(err, Error::Validation(_)));
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
 
     sb.pause_with(PauseOptions::new().wait(true)).await.unwrap();
-    Sandbox::update_by_id_with(
+    Sandbox::update_by_id_with_config(
         &config,
         sb.id(),
         UpdateOptions::new().auto_delete_seconds(3600),
@@ -277,13 +293,13 @@ pub async fn update_tri_state_and_update_by_id() {
 
 #[dual]
 pub async fn pause_resume_keeps_process_state() {
-    let server = common::server();
+    let server = common::target();
     let sb = make(&server, "pause").await;
     let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let s2 = seen.clone();
     let session = sb
         .commands()
-        .spawn(
+        .spawn_with(
             "python3 -u -i -q",
             RunOptions::new().on_stdout(move |s: &str| s2.lock().unwrap().push_str(s)),
         )
@@ -305,11 +321,11 @@ pub async fn pause_resume_keeps_process_state() {
         "python did not start"
     );
     sb.pause_with(PauseOptions::new().wait(true)).await.unwrap();
-    let __a3 = sb.get_info().await.unwrap().status;
-    assert_eq!(__a3, SandboxStatus::Paused);
+    let status_while_paused = sb.get_info().await.unwrap().status;
+    assert_eq!(status_while_paused, SandboxStatus::Paused);
     sb.resume().await.unwrap();
-    let __a4 = sb.get_info().await.unwrap().status;
-    assert_eq!(__a4, SandboxStatus::Active);
+    let status_after_resume = sb.get_info().await.unwrap().status;
+    assert_eq!(status_after_resume, SandboxStatus::Active);
     session.write_stdin("print(x + 1)\n").await.unwrap();
     session.close_stdin().await.unwrap();
     let r = session.wait().await.unwrap();
@@ -320,6 +336,7 @@ pub async fn pause_resume_keeps_process_state() {
 
 #[dual]
 pub async fn pause_wait_and_conflicts() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let sb = make(&server, "pw").await;
     // resume of an active sandbox is a conflict
@@ -337,8 +354,8 @@ pub async fn pause_wait_and_conflicts() {
     assert_eq!(req.header("prefer"), Some("respond-async"));
     // resume while the pause may still be landing: waits, then resumes
     sb.resume().await.unwrap();
-    let __a5 = sb.get_info().await.unwrap().status;
-    assert_eq!(__a5, SandboxStatus::Active);
+    let status_after_resume = sb.get_info().await.unwrap().status;
+    assert_eq!(status_after_resume, SandboxStatus::Active);
     // pausing a paused sandbox is a conflict
     sb.pause_with(
         PauseOptions::new()
@@ -357,7 +374,7 @@ pub async fn pause_wait_and_conflicts() {
 
 #[dual]
 pub async fn secret_bindings() {
-    let server = common::server();
+    let server = common::target();
     let sb = make(&server, "sec").await;
     // binding a secret that does not exist is a 404
     let err = sb
@@ -365,7 +382,7 @@ pub async fn secret_bindings() {
         .await
         .unwrap_err();
     assert!(err.is_not_found(), "{err:?}");
-    crate::flavor::Secret::create_with(
+    crate::flavor::Secret::create_with_config(
         &common::config(&server),
         superserve::SecretCreateOptions::new("anthropic-prod", "sk-ant-x").provider("anthropic"),
     )
@@ -380,19 +397,19 @@ pub async fn secret_bindings() {
     assert_eq!(bindings[0].env_key, "ANTHROPIC_API_KEY");
     assert_eq!(bindings[0].secret_name, "anthropic-prod");
     sb.detach_secret("ANTHROPIC_API_KEY").await.unwrap();
-    let __a6 = sb.get_info().await.unwrap().secrets.is_none();
-    assert!(__a6);
+    let no_bindings = sb.get_info().await.unwrap().secrets.is_none();
+    assert!(no_bindings);
     let err = sb.detach_secret("ANTHROPIC_API_KEY").await.unwrap_err();
     assert!(err.is_not_found(), "detach does not swallow 404: {err:?}");
-    let __a7_v = sb.attach_secret("", "x").await;
-    let __a7 = matches!(__a7_v, Err(Error::Validation(_)));
-    assert!(__a7);
+    let empty_env_key = sb.attach_secret("", "x").await;
+    let rejected_locally = matches!(empty_env_key, Err(Error::InvalidInput { .. }));
+    assert!(rejected_locally, "{empty_env_key:?}");
     sb.kill().await.unwrap();
 }
 
 #[dual]
 pub async fn network_log_paging_empty() {
-    let server = common::server();
+    let server = common::target();
     let sb = make(&server, "net").await;
     let page = sb
         .get_network_log(
@@ -404,17 +421,20 @@ pub async fn network_log_paging_empty() {
         .unwrap();
     assert!(page.events.is_empty());
     assert!(!page.has_more);
-    let req = server
-        .requests()
-        .into_iter()
-        .find(|r| r.path.ends_with("/network"))
-        .unwrap();
-    assert_eq!(req.query, "limit=100&verdict=blocked");
+    if let Some(local) = server.local() {
+        let req = local
+            .requests()
+            .into_iter()
+            .find(|r| r.path.ends_with("/network"))
+            .unwrap();
+        assert_eq!(req.query, "limit=100&verdict=blocked");
+    }
     sb.kill().await.unwrap();
 }
 
 #[dual]
 pub async fn authentication_and_not_found() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let bad = superserve::Config::builder()
         .api_key("ss_live_wrongwrongwrongwrongwrongwrongwr")
@@ -422,7 +442,7 @@ pub async fn authentication_and_not_found() {
         .sandbox_url(server.sandbox_url())
         .build()
         .unwrap();
-    let err = Sandbox::list_with(&bad, ListOptions::new())
+    let err = Sandbox::list_with_config(&bad, ListOptions::new())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Authentication(_)), "{err:?}");
@@ -431,15 +451,15 @@ pub async fn authentication_and_not_found() {
     assert!(!format!("{err} {err:?}").contains("wrongwrong"));
 
     let config = common::config(&server);
-    let err = Sandbox::connect_with(&config, "00000000-0000-4000-8000-000000000000")
+    let err = Sandbox::connect_with_config(&config, "00000000-0000-4000-8000-000000000000")
         .await
         .unwrap_err();
     assert!(matches!(err, Error::NotFound(_)), "{err:?}");
     assert_eq!(err.code(), Some("not_found"));
-    let err = Sandbox::update_by_id_with(
+    let err = Sandbox::update_by_id_with_config(
         &config,
         "00000000-0000-4000-8000-000000000000",
-        UpdateOptions::new().metadata("a", "b"),
+        UpdateOptions::new().replace_metadata([("a", "b")]),
     )
     .await
     .unwrap_err();
@@ -450,15 +470,18 @@ pub async fn authentication_and_not_found() {
         .base_url(server.base_url())
         .build();
     if std::env::var("SUPERSERVE_API_KEY").is_err() {
-        assert!(matches!(err, Err(Error::Authentication(_))));
+        let err = err.unwrap_err();
+        assert!(matches!(err, Error::Config { .. }), "{err:?}");
+        assert_eq!(err.status_code(), None);
     }
 }
 
 #[dual]
 pub async fn request_shapes() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let config = common::config(&server);
-    let sb = Sandbox::create_with(
+    let sb = Sandbox::create_with_config(
         &config,
         CreateOptions::new("shape")
             .metadata("env", "prod")

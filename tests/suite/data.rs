@@ -12,8 +12,8 @@ use crate::flavor::Sandbox;
 
 #[dual]
 pub async fn run_basics() {
-    let server = common::server();
-    let sb = Sandbox::create_with(
+    let server = common::target();
+    let sb = Sandbox::create_with_config(
         &common::config(&server),
         CreateOptions::new("run").env_var("GREETING", "hello from env"),
     )
@@ -41,14 +41,15 @@ pub async fn run_basics() {
         .await
         .unwrap();
     assert_eq!(r.stdout.trim(), "/work");
-    let __a8_v = sb.commands().run("  ").await;
-    let __a8 = matches!(__a8_v, Err(Error::Validation(_)));
-    assert!(__a8);
+    let blank_run = sb.commands().run("  ").await;
+    let rejected_locally = matches!(blank_run, Err(Error::InvalidInput { .. }));
+    assert!(rejected_locally, "{blank_run:?}");
     sb.kill().await.unwrap();
 }
 
 #[dual]
 pub async fn run_streamed_with_callbacks() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let sb = make(&server, "stream").await;
     let out = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -81,6 +82,7 @@ pub async fn run_streamed_with_callbacks() {
 
 #[dual]
 pub async fn stream_cut_before_finished_is_error() {
+    local_only!("the local backend's fault injection");
     let server = common::server();
     let sb = make(&server, "cut").await;
     server
@@ -106,6 +108,7 @@ pub async fn stream_cut_before_finished_is_error() {
 
 #[dual]
 pub async fn stream_idle_timeout() {
+    local_only!("the local backend (request journal, faults, restarts)");
     // A server that sends one event and then nothing: the idle timeout (timeout_s + 5 s)
     // fires; the call does not hang.
     let scripted = common::Scripted::start(vec![
@@ -115,7 +118,7 @@ pub async fn stream_idle_timeout() {
             chunks: vec!["data: {\"stdout\":\"partial\"}\n\n".into()],
         },
     ]);
-    let sb = Sandbox::create_with(&scripted.config(), CreateOptions::new("idle"))
+    let sb = Sandbox::create_with_config(&scripted.config(), CreateOptions::new("idle"))
         .await
         .unwrap();
     let got = Arc::new(Mutex::new(String::new()));
@@ -125,24 +128,28 @@ pub async fn stream_idle_timeout() {
         .run_with(
             "sleep 100",
             RunOptions::new()
-                .timeout_seconds(0)
+                .timeout_seconds(1)
                 .on_stdout(move |s: &str| g.lock().unwrap().push_str(s)),
         )
         .await
         .unwrap_err();
-    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(
+        err.timeout_kind(),
+        Some(superserve::TimeoutKind::StreamIdle),
+        "{err:?}"
+    );
     assert_eq!(*got.lock().unwrap(), "partial");
 }
 
 #[dual]
 pub async fn spawn_stdin_eof_and_signal() {
-    let server = common::server();
+    let server = common::target();
     let sb = make(&server, "spawn").await;
     let out = Arc::new(Mutex::new(String::new()));
     let o = out.clone();
     let s = sb
         .commands()
-        .spawn(
+        .spawn_with(
             "cat; echo done >&2",
             RunOptions::new().on_stdout(move |s: &str| o.lock().unwrap().push_str(s)),
         )
@@ -166,17 +173,14 @@ pub async fn spawn_stdin_eof_and_signal() {
     let r2 = ready.clone();
     let s = sb
         .commands()
-        .spawn(
+        .spawn_with(
             "trap 'echo got-term; exit 42' TERM; echo ready; while true; do sleep 0.05; done",
             RunOptions::new().on_stdout(move |s: &str| r2.lock().unwrap().push_str(s)),
         )
         .await
         .unwrap();
     super::wait_for(&ready, "ready").await;
-    let __a9_v = s.kill("SIGKILL").await;
-    let __a9 = matches!(__a9_v, Err(Error::Validation(_)));
-    assert!(__a9);
-    s.kill("SIGTERM").await.unwrap();
+    s.kill().await.unwrap();
     let r = s.wait().await.unwrap();
     assert_eq!(r.exit_code, 42, "{r:?}");
     assert!(r.stdout.contains("got-term"));
@@ -184,7 +188,7 @@ pub async fn spawn_stdin_eof_and_signal() {
     // close() of a running session ends it
     let s = sb
         .commands()
-        .spawn("sleep 1000", RunOptions::new())
+        .spawn_with("sleep 1000", RunOptions::new())
         .await
         .unwrap();
     s.close().await.unwrap();
@@ -195,13 +199,14 @@ pub async fn spawn_stdin_eof_and_signal() {
 
 #[dual]
 pub async fn session_cut_midway_is_error() {
+    local_only!("the local backend's fault injection");
     let server = common::server();
     let sb = make(&server, "cutws").await;
     server
         .inject(FaultRule::new("GET", "/exec/connect").fault(Fault::CutStream { after_events: 1 }));
     let s = sb
         .commands()
-        .spawn("echo one; sleep 0.3; echo two; sleep 5", RunOptions::new())
+        .spawn_with("echo one; sleep 0.3; echo two; sleep 5", RunOptions::new())
         .await
         .unwrap();
     let err = s.wait().await.unwrap_err();
@@ -216,28 +221,31 @@ pub async fn session_cut_midway_is_error() {
 
 #[dual]
 pub async fn files_round_trips() {
-    let server = common::server();
+    let server = common::target();
     let sb = make(&server, "files").await;
     let f = sb.files();
     f.write("/app/config.json", r#"{"k":1}"#).await.unwrap();
-    let __a10 = f.read_text("/app/config.json").await.unwrap();
-    assert_eq!(__a10, r#"{"k":1}"#);
+    let config_text = f.read_text("/app/config.json").await.unwrap();
+    assert_eq!(config_text, r#"{"k":1}"#);
     let data = common::noise(5 * 1024 * 1024 + 7, 1);
     f.write("/data/blob.bin", &data).await.unwrap();
-    let __a11 = f.read("/data/blob.bin").await.unwrap();
-    assert_eq!(__a11, data);
+    let blob = f.read("/data/blob.bin").await.unwrap();
+    assert_eq!(blob, data);
     // overwrite truncates
     f.write("/data/blob.bin", b"short").await.unwrap();
-    let __a12 = f.read("/data/blob.bin").await.unwrap();
-    assert_eq!(__a12, b"short");
+    let overwritten = f.read("/data/blob.bin").await.unwrap();
+    assert_eq!(overwritten, b"short");
     // visible to commands
     let r = sb.commands().run("cat /app/config.json").await.unwrap();
     assert_eq!(r.stdout, r#"{"k":1}"#);
     // not UTF-8
     f.write("/data/bin", [0xffu8, 0xfe]).await.unwrap();
-    let __a13_v = f.read_text("/data/bin").await;
-    let __a13 = matches!(__a13_v, Err(Error::Decode { .. }));
-    assert!(__a13);
+    let binary_as_text = f.read_text("/data/bin").await;
+    let not_text = matches!(
+        &binary_as_text,
+        Err(Error::NotUtf8 { path, valid_up_to: 0 }) if path == "/data/bin"
+    );
+    assert!(not_text, "{binary_as_text:?}");
     // missing
     let err = f.read("/nope/missing.txt").await.unwrap_err();
     assert!(err.is_not_found(), "{err:?}");
@@ -253,12 +261,16 @@ pub async fn files_round_trips() {
         .read("/data/big")
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Validation(_)), "{err:?}");
+    assert!(
+        matches!(err, Error::TooLarge { limit: 1024, .. }),
+        "{err:?}"
+    );
     sb.kill().await.unwrap();
 }
 
 #[dual]
 pub async fn files_zip_and_validation() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let sb = make(&server, "zip").await;
     let f = sb.files();
@@ -271,8 +283,8 @@ pub async fn files_zip_and_validation() {
     assert!(names.contains(&"out/a.txt".to_owned()), "{names:?}");
     assert!(names.contains(&"out/sub/b.txt".to_owned()), "{names:?}");
     // a regular file comes back as itself
-    let __a14 = f.download_dir("/out/a.txt").await.unwrap();
-    assert_eq!(__a14, b"A");
+    let single_file_download = f.download_dir("/out/a.txt").await.unwrap();
+    assert_eq!(single_file_download, b"A");
     // the zip is a real archive: unzip inside the sandbox agrees
     f.write("/tmp/out.zip", &zip).await.unwrap();
     let r = sb
@@ -285,9 +297,16 @@ pub async fn files_zip_and_validation() {
     server.clear_requests();
     for bad in ["relative.txt", "/a/../etc/passwd", "/a/b\0c", ""] {
         let err = f.read(bad).await.unwrap_err();
-        assert!(matches!(err, Error::Validation(_)), "{bad:?}: {err:?}");
+        assert!(
+            matches!(err, Error::InvalidInput { .. }),
+            "{bad:?}: {err:?}"
+        );
+        assert_eq!(err.status_code(), None, "rejected before sending");
         let err = f.write(bad, "x").await.unwrap_err();
-        assert!(matches!(err, Error::Validation(_)), "{bad:?}: {err:?}");
+        assert!(
+            matches!(err, Error::InvalidInput { .. }),
+            "{bad:?}: {err:?}"
+        );
     }
     assert!(server.requests().is_empty(), "bad paths must not be sent");
     sb.kill().await.unwrap();
@@ -295,24 +314,26 @@ pub async fn files_zip_and_validation() {
 
 #[dual]
 pub async fn paused_sandbox_resumed_by_data_plane() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let sb = make(&server, "auto").await;
     sb.files().write("/note.txt", "kept").await.unwrap();
     sb.pause_with(PauseOptions::new().wait(true)).await.unwrap();
     server.clear_requests();
-    let __a15 = sb.files().read_text("/note.txt").await.unwrap();
-    assert_eq!(__a15, "kept");
+    let note = sb.files().read_text("/note.txt").await.unwrap();
+    assert_eq!(note, "kept");
     assert_eq!(
         count(&server, "POST", &format!("/sandboxes/{}/activate", sb.id())),
         1
     );
-    let __a16 = sb.get_info().await.unwrap().status;
-    assert_eq!(__a16, SandboxStatus::Active);
+    let status_after_resume = sb.get_info().await.unwrap().status;
+    assert_eq!(status_after_resume, SandboxStatus::Active);
     sb.kill().await.unwrap();
 }
 
 #[dual]
 pub async fn stale_token_refresh_once() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let (server, sb) = super::stale_token_setup().await;
     let r = sb.commands().run("echo ok").await.unwrap();
     assert_eq!(r.stdout, "ok\n");
@@ -340,7 +361,7 @@ pub async fn stale_token_refresh_once() {
     server.clear_requests();
     let session = sb
         .commands()
-        .spawn("echo via-ws", superserve::RunOptions::new())
+        .spawn_with("echo via-ws", superserve::RunOptions::new())
         .await
         .unwrap();
     let done = session.wait().await.unwrap();
@@ -362,17 +383,18 @@ pub async fn stale_token_refresh_once() {
 
 #[dual]
 pub async fn isolation_between_sandboxes() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let a = make(&server, "iso-a").await;
     let b = make(&server, "iso-b").await;
     a.files().write("/tmp/secret-a", "only a").await.unwrap();
-    let __a17 = b
+    let closed_before_finished = b
         .files()
         .read("/tmp/secret-a")
         .await
         .unwrap_err()
         .is_not_found();
-    assert!(__a17);
+    assert!(closed_before_finished);
     let host_path = std::path::Path::new("/tmp/secret-a");
     assert!(!host_path.exists() || std::fs::read(host_path).unwrap_or_default() != b"only a");
     // a's processes are invisible to b; each sees its own PID namespace
@@ -380,7 +402,7 @@ pub async fn isolation_between_sandboxes() {
     let st2 = started.clone();
     let s = a
         .commands()
-        .spawn(
+        .spawn_with(
             "echo started; exec sleep 30",
             RunOptions::new().on_stdout(move |s: &str| st2.lock().unwrap().push_str(s)),
         )
@@ -435,6 +457,7 @@ pub async fn isolation_between_sandboxes() {
 
 #[dual]
 pub async fn restart_keeps_records_and_files() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let dir = common::temp_path("superserve-restart");
     let key = "ss_live_restarttestkey0000000000000000";
     let id;
@@ -444,7 +467,7 @@ pub async fn restart_keeps_records_and_files() {
             .api_key(key)
             .start()
             .unwrap();
-        let sb = Sandbox::create_with(
+        let sb = Sandbox::create_with_config(
             &server.config(),
             CreateOptions::new("persist").metadata("keep", "me"),
         )
@@ -463,7 +486,7 @@ pub async fn restart_keeps_records_and_files() {
         .start()
         .unwrap();
     let config = server.config();
-    let list = Sandbox::list_with(&config, superserve::ListOptions::new())
+    let list = Sandbox::list_with_config(&config, superserve::ListOptions::new())
         .await
         .unwrap();
     assert_eq!(list.len(), 1);
@@ -474,11 +497,11 @@ pub async fn restart_keeps_records_and_files() {
         "processes do not survive a restart"
     );
     assert_eq!(list[0].metadata.get("keep").map(String::as_str), Some("me"));
-    let sb = Sandbox::connect_with(&config, &id).await.unwrap();
-    let __a18 = sb.files().read_text("/data/kept.txt").await.unwrap();
-    assert_eq!(__a18, "still here");
-    let __a19 = sb.commands().run("echo alive").await.unwrap().stdout;
-    assert_eq!(__a19, "alive\n");
+    let sb = Sandbox::connect_with_config(&config, &id).await.unwrap();
+    let kept_file = sb.files().read_text("/data/kept.txt").await.unwrap();
+    assert_eq!(kept_file, "still here");
+    let echo_after_restart = sb.commands().run("echo alive").await.unwrap().stdout;
+    assert_eq!(echo_after_restart, "alive\n");
     sb.kill().await.unwrap();
     server.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
@@ -487,7 +510,7 @@ pub async fn restart_keeps_records_and_files() {
 /// Streamed uploads and downloads of several MiB (past the in-memory threshold).
 #[dual]
 pub async fn files_streamed_multi_mib() {
-    let server = common::server();
+    let server = common::target();
     let sb = make(&server, "streamed").await;
     let data = common::noise(3 * 1024 * 1024 + 123, 9);
     let sent = sb
@@ -525,6 +548,7 @@ pub async fn files_streamed_multi_mib() {
 /// the sandbox is activated once, and the whole stream lands.
 #[dual]
 pub async fn streamed_upload_to_a_paused_sandbox_probes_first() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let sb = make(&server, "probe").await;
     sb.pause_with(PauseOptions::new().wait(true)).await.unwrap();
@@ -577,6 +601,7 @@ async fn paused_with_failing_activate(name: &str, code: &str) -> (LocalServer, S
 /// `sandbox_pausing`, waits a second, activates again, and the call goes through.
 #[dual]
 pub async fn data_plane_waits_out_a_pause_in_progress() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let (server, sb, activate) = paused_with_failing_activate("landing", "sandbox_pausing").await;
     let r = sb.commands().run("echo resumed").await.unwrap();
     assert_eq!(r.stdout, "resumed\n");
@@ -594,6 +619,7 @@ pub async fn data_plane_waits_out_a_pause_in_progress() {
 /// is never sent (it would only meet the pause).
 #[dual]
 pub async fn streamed_upload_reports_a_failed_reactivate() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let (server, sb, activate) = paused_with_failing_activate("refused", "conflict").await;
     let err = sb
         .files()

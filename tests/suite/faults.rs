@@ -20,6 +20,7 @@ fn status(status: u16, code: &str) -> Fault {
 
 #[dual]
 pub async fn retries_on_transient_statuses() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let config = common::config(&server);
     let sb = make(&server, "retry").await;
@@ -52,11 +53,11 @@ pub async fn retries_on_transient_statuses() {
             })
             .times(1),
     );
-    let __a20 = Sandbox::list_with(&config, ListOptions::new())
+    let listed_after_retry = Sandbox::list_with_config(&config, ListOptions::new())
         .await
         .unwrap()
         .len();
-    assert_eq!(__a20, 1);
+    assert_eq!(listed_after_retry, 1);
     assert_eq!(count(&server, "GET", "/sandboxes"), 2);
     // exhausted: the last answer becomes the error, after exactly 3 attempts
     server.clear_requests();
@@ -81,18 +82,21 @@ pub async fn retries_on_transient_statuses() {
     let once = common::config_with_retry(&server, RetryPolicy::none());
     server.clear_requests();
     server.inject(FaultRule::new("GET", "/sandboxes").fault(status(502, "bad_gateway")));
-    let __a21 = Sandbox::list_with(&once, ListOptions::new()).await.is_err();
-    assert!(__a21);
+    let failed_without_retry = Sandbox::list_with_config(&once, ListOptions::new())
+        .await
+        .is_err();
+    assert!(failed_without_retry);
     assert_eq!(count(&server, "GET", "/sandboxes"), 1);
     sb.kill().await.unwrap();
 }
 
 #[dual]
 pub async fn no_retry_for_post_and_patch() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let config = common::config(&server);
     server.inject(FaultRule::new("POST", "/sandboxes").fault(status(503, "service_unavailable")));
-    let err = Sandbox::create_with(&config, CreateOptions::new("x"))
+    let err = Sandbox::create_with_config(&config, CreateOptions::new("x"))
         .await
         .unwrap_err();
     assert_eq!(err.status_code(), Some(503));
@@ -102,7 +106,7 @@ pub async fn no_retry_for_post_and_patch() {
             retry_after_secs: 0,
         }),
     );
-    let err = Sandbox::create_with(&config, CreateOptions::new("x"))
+    let err = Sandbox::create_with_config(&config, CreateOptions::new("x"))
         .await
         .unwrap_err();
     assert!(matches!(err, Error::RateLimit { .. }));
@@ -111,7 +115,7 @@ pub async fn no_retry_for_post_and_patch() {
     let path = format!("/sandboxes/{}", sb.id());
     server.inject(FaultRule::new("PATCH", &path).fault(status(502, "bad_gateway")));
     let err = sb
-        .update(UpdateOptions::new().metadata("a", "b"))
+        .update(UpdateOptions::new().replace_metadata([("a", "b")]))
         .await
         .unwrap_err();
     assert_eq!(err.status_code(), Some(502));
@@ -121,12 +125,13 @@ pub async fn no_retry_for_post_and_patch() {
 
 #[dual]
 pub async fn delete_conflict_retried_up_to_eleven() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let config = common::config_with_retry(
         &server,
         RetryPolicy::default().base_delay(Duration::from_millis(5)),
     );
-    let sb = Sandbox::create_with(&config, CreateOptions::new("del"))
+    let sb = Sandbox::create_with_config(&config, CreateOptions::new("del"))
         .await
         .unwrap();
     let path = format!("/sandboxes/{}", sb.id());
@@ -143,10 +148,10 @@ pub async fn delete_conflict_retried_up_to_eleven() {
     );
     sb.kill().await.unwrap();
     assert_eq!(count(&server, "DELETE", &path), 6);
-    let __a22 = sb.get_info().await.is_err();
-    assert!(__a22);
+    let still_refused = sb.get_info().await.is_err();
+    assert!(still_refused);
     // eleven attempts at most
-    let sb = Sandbox::create_with(&config, CreateOptions::new("del2"))
+    let sb = Sandbox::create_with_config(&config, CreateOptions::new("del2"))
         .await
         .unwrap();
     let path = format!("/sandboxes/{}", sb.id());
@@ -162,10 +167,10 @@ pub async fn delete_conflict_retried_up_to_eleven() {
     // a failed kill can be retried
     sb.kill().await.unwrap();
     // other deletes do not retry 409
-    let sb = Sandbox::create_with(&config, CreateOptions::new("sec"))
+    let sb = Sandbox::create_with_config(&config, CreateOptions::new("sec"))
         .await
         .unwrap();
-    crate::flavor::Secret::create_with(
+    crate::flavor::Secret::create_with_config(
         &config,
         superserve::SecretCreateOptions::new("s", "v").provider("openai"),
     )
@@ -178,25 +183,26 @@ pub async fn delete_conflict_retried_up_to_eleven() {
             .fault(status(409, "conflict"))
             .times(3),
     );
-    let __a23 = sb.detach_secret("K").await.is_err();
-    assert!(__a23);
+    let refused_without_retry = sb.detach_secret("K").await.is_err();
+    assert!(refused_without_retry);
     assert_eq!(count(&server, "DELETE", &sp), 1);
     sb.kill().await.unwrap();
 }
 
 #[dual]
 pub async fn dropped_connection_retried_for_get_only() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let config = common::config(&server);
     let sb = make(&server, "drop").await;
     let path = format!("/sandboxes/{}", sb.id());
     server.inject(FaultRule::new("GET", &path).fault(Fault::DropConnection));
-    let __a24 = sb.get_info().await.unwrap().id;
-    assert_eq!(__a24, sb.id());
+    let fetched_id = sb.get_info().await.unwrap().id;
+    assert_eq!(fetched_id, sb.id());
     assert_eq!(count(&server, "GET", &path), 2);
     server.inject(FaultRule::new("POST", "/sandboxes").fault(Fault::DropConnection));
     let before = count(&server, "POST", "/sandboxes");
-    let err = Sandbox::create_with(&config, CreateOptions::new("x"))
+    let err = Sandbox::create_with_config(&config, CreateOptions::new("x"))
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Connection { .. }), "{err:?}");
@@ -207,6 +213,7 @@ pub async fn dropped_connection_retried_for_get_only() {
 
 #[dual]
 pub async fn rate_limit_error_carries_code_and_retry_after() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let config = common::config(&server);
     server.inject(
@@ -216,7 +223,7 @@ pub async fn rate_limit_error_carries_code_and_retry_after() {
             })
             .times(3),
     );
-    let err = Sandbox::list_with(&config, ListOptions::new())
+    let err = Sandbox::list_with_config(&config, ListOptions::new())
         .await
         .unwrap_err();
     match &err {
@@ -246,23 +253,23 @@ pub async fn malformed_responses_are_decode_errors() {
         ),
     ]);
     let config = s.config();
-    let err = Sandbox::list_with(&config, ListOptions::new())
+    let err = Sandbox::list_with_config(&config, ListOptions::new())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Decode { .. }), "{err:?}");
-    let err = Sandbox::list_with(&config, ListOptions::new())
+    let err = Sandbox::list_with_config(&config, ListOptions::new())
         .await
         .unwrap_err();
     assert!(
         matches!(err, Error::Decode { .. }),
         "missing fields: {err:?}"
     );
-    let err = Sandbox::create_with(&config, CreateOptions::new("x"))
+    let err = Sandbox::create_with_config(&config, CreateOptions::new("x"))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("access_token"), "{err}");
     // an unknown enum value is not an error
-    let list = Sandbox::list_with(&config, ListOptions::new())
+    let list = Sandbox::list_with_config(&config, ListOptions::new())
         .await
         .unwrap();
     assert_eq!(list[0].status.as_str(), "hibernating");
@@ -285,16 +292,24 @@ pub async fn html_error_page_is_typed() {
         Reply::json(404, r#"{"error":"file not found"}"#),
     ]);
     let config = s.config();
-    let err = Sandbox::connect_with(&config, "x").await.unwrap_err();
+    let err = Sandbox::connect_with_config(&config, "x")
+        .await
+        .unwrap_err();
     assert!(err.is_not_found());
     assert!(err.to_string().contains("404 Not Found"), "{err}");
-    let err = Sandbox::connect_with(&config, "x").await.unwrap_err();
+    let err = Sandbox::connect_with_config(&config, "x")
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Api(_)), "{err:?}");
     assert_eq!(err.status_code(), Some(418));
-    let err = Sandbox::connect_with(&config, "x").await.unwrap_err();
+    let err = Sandbox::connect_with_config(&config, "x")
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Validation(_)));
     assert_eq!(err.code(), Some("bad_request"));
-    let err = Sandbox::connect_with(&config, "x").await.unwrap_err();
+    let err = Sandbox::connect_with_config(&config, "x")
+        .await
+        .unwrap_err();
     assert_eq!(err.api_error().unwrap().message, "file not found");
     let seen = s.requests();
     assert_eq!(seen.len(), 4, "4xx answers are not retried");
@@ -314,7 +329,7 @@ pub async fn timeouts_are_typed() {
         .timeouts(Timeouts::default().request(Duration::from_millis(300)))
         .build()
         .unwrap();
-    let err = Sandbox::list_with(&config, ListOptions::new())
+    let err = Sandbox::list_with_config(&config, ListOptions::new())
         .await
         .unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
@@ -334,7 +349,7 @@ pub async fn unreachable_server_is_connection_error() {
         .retry_policy(RetryPolicy::default().base_delay(Duration::from_millis(1)))
         .build()
         .unwrap();
-    let err = Sandbox::list_with(&config, ListOptions::new())
+    let err = Sandbox::list_with_config(&config, ListOptions::new())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Connection { .. }), "{err:?}");
@@ -344,22 +359,27 @@ pub async fn unreachable_server_is_connection_error() {
         .base_url("ftp://x")
         .build()
         .unwrap_err();
-    assert!(matches!(err, Error::Validation(_)));
+    assert!(matches!(err, Error::Config { .. }), "{err:?}");
 }
 
 #[dual]
 pub async fn connect_waits_out_sandbox_pausing() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let config = common::config(&server);
     let sb = make(&server, "pausing").await;
     let path = format!("/sandboxes/{}/activate", sb.id());
     server.inject(FaultRule::new("POST", &path).fault(status(409, "sandbox_pausing")));
-    let again = Sandbox::connect_with(&config, sb.id()).await.unwrap();
+    let again = Sandbox::connect_with_config(&config, sb.id())
+        .await
+        .unwrap();
     assert_eq!(again.id(), sb.id());
     assert_eq!(count(&server, "POST", &path), 2, "one 409, then the retry");
     // any other conflict is not retried
     server.inject(FaultRule::new("POST", &path).fault(status(409, "conflict")));
-    let err = Sandbox::connect_with(&config, sb.id()).await.unwrap_err();
+    let err = Sandbox::connect_with_config(&config, sb.id())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some("conflict"));
     assert_eq!(count(&server, "POST", &path), 3);
     sb.kill().await.unwrap();
@@ -374,7 +394,7 @@ pub async fn expired_routing_hint_refreshes_first() {
         Reply::sandbox(200, "sb-1", "t2", Some(fresh)),
         Reply::json(200, r#"{"stdout":"ok\n","stderr":"","exit_code":0}"#),
     ]);
-    let sb = Sandbox::create_with(&s.config(), CreateOptions::new("hint"))
+    let sb = Sandbox::create_with_config(&s.config(), CreateOptions::new("hint"))
         .await
         .unwrap();
     let r = sb.commands().run("echo ok").await.unwrap();
@@ -392,6 +412,7 @@ pub async fn expired_routing_hint_refreshes_first() {
 
 #[dual]
 pub async fn pause_wait_polls_until_paused() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let sb_json = |status: &str| sandbox_json("sb-p", status);
     let s = Scripted::start(vec![
         Reply::sandbox(201, "sb-p", "t1", None),
@@ -400,7 +421,7 @@ pub async fn pause_wait_polls_until_paused() {
         Reply::json(200, &sb_json("pausing")),
         Reply::json(200, &sb_json("paused")),
     ]);
-    let sb = Sandbox::create_with(&s.config(), CreateOptions::new("p"))
+    let sb = Sandbox::create_with_config(&s.config(), CreateOptions::new("p"))
         .await
         .unwrap();
     sb.pause_with(
@@ -442,7 +463,7 @@ pub async fn resume_waits_out_a_pause_in_progress() {
         Reply::json(409, conflict),
         Reply::json(200, &sb_json("active")),
     ]);
-    let sb = Sandbox::create_with(&s.config(), CreateOptions::new("r"))
+    let sb = Sandbox::create_with_config(&s.config(), CreateOptions::new("r"))
         .await
         .unwrap();
     sb.resume().await.unwrap();

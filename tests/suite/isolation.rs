@@ -61,6 +61,7 @@ def res(r, e):
 /// and `pidfd_getfd` cannot take its descriptors; commands inherit no descriptor but 0-2.
 #[dual]
 pub async fn agent_is_out_of_reach_from_inside() {
+    local_only!("the local backend (its sandbox agent is PID 1)");
     let server = common::server();
     let sb = make(&server, "reach").await;
     let program = format!(
@@ -117,6 +118,7 @@ for k, v in out.items(): print(k + \"=\" + v)
 /// start is stopped before or after its exec) delays neither exec nor create elsewhere.
 #[dual]
 pub async fn stopped_children_in_one_sandbox_stall_nobody_else() {
+    local_only!("the local backend (its sandbox agent starts commands)");
     let server = common::server();
     let a = make(&server, "stopper").await;
     let b = make(&server, "bystander").await;
@@ -168,6 +170,7 @@ while time.time() < end:
 /// ownership and attributes as an operator's `cp -a` or a backup would, gain nothing.
 #[dual]
 pub async fn sandbox_root_is_not_host_root() {
+    local_only!("the local backend (the sandbox's files on this host)");
     let server = common::server();
     let sb = make(&server, "rootless").await;
     let r = sb.commands().run("cat /proc/self/uid_map").await.unwrap();
@@ -259,6 +262,7 @@ pub async fn sandbox_root_is_not_host_root() {
 /// Point 2: the data directory is 0700 and the state database 0600.
 #[dual]
 pub async fn data_directory_and_database_are_private() {
+    local_only!("the local backend's data directory");
     let dir = common::temp_path("superserve-private");
     let server = LocalServer::builder().data_dir(&dir).start().unwrap();
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -275,6 +279,7 @@ pub async fn data_directory_and_database_are_private() {
 /// be attached.
 #[dual]
 pub async fn ipc_is_not_shared() {
+    local_only!("the local backend (IPC objects of this host)");
     let server = common::server();
     let a = make(&server, "ipc-a").await;
     let b = make(&server, "ipc-b").await;
@@ -327,6 +332,7 @@ print(\"shm_{id}=\" + (\"err\" if p in (None, 2**64 - 1) else \"attached\"))
 /// seccomp filter), nested user namespaces included.
 #[dual]
 pub async fn dangerous_syscalls_are_blocked() {
+    local_only!("the local backend's seccomp filter");
     let server = common::server();
     let sb = make(&server, "seccomp").await;
     let program = format!(
@@ -375,6 +381,7 @@ for name, args in tests:
 /// keep working.
 #[dual]
 pub async fn fork_bomb_hits_the_sandbox_pids_limit() {
+    local_only!("the local backend's pids limit");
     let server = common::server();
     let bomb = make(&server, "bomb").await;
     let other = make(&server, "calm").await;
@@ -422,6 +429,7 @@ os.killpg(0, signal.SIGKILL)
 /// uploads; another sandbox and the host are unaffected.
 #[dual]
 pub async fn disk_quota_is_enforced() {
+    local_only!("the local backend's disk size option");
     let server = LocalServer::builder().sandbox_disk_mib(64).start().unwrap();
     let full = make(&server, "full").await;
     let other = make(&server, "roomy").await;
@@ -527,6 +535,7 @@ fn start_backend(dir: &Path, key: &str) -> (std::process::Child, String, String)
 /// records and files are back.
 #[dual]
 pub async fn kill_9_in_the_middle_of_creates_then_restart() {
+    local_only!("the local backend binary, killed and restarted");
     let dir = common::temp_path("superserve-crash");
     let key = "ss_live_crashtestkey00000000000000000000";
     let (mut backend, base, data) = start_backend(&dir, key);
@@ -536,7 +545,7 @@ pub async fn kill_9_in_the_middle_of_creates_then_restart() {
         .sandbox_url(data.clone())
         .build()
         .unwrap();
-    let kept = Sandbox::create_with(&config, CreateOptions::new("kept"))
+    let kept = Sandbox::create_with_config(&config, CreateOptions::new("kept"))
         .await
         .unwrap();
     kept.files()
@@ -580,7 +589,9 @@ pub async fn kill_9_in_the_middle_of_creates_then_restart() {
         !mounts.contains(dir.to_str().unwrap()),
         "a mount of the data directory survived"
     );
-    let sb = Sandbox::connect_with(&config, &kept_id).await.unwrap();
+    let sb = Sandbox::connect_with_config(&config, &kept_id)
+        .await
+        .unwrap();
     let r = sb.commands().run("cat /root/notes.txt").await.unwrap();
     assert_eq!(r.stdout, "survives");
     backend.kill().unwrap();

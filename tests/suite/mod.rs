@@ -1,22 +1,37 @@
 //! The shared suite: written once in async style, compiled for each flavour by the including
 //! test target (which defines `dual`, `flavor` and `suite_tests!`).
 
+mod answers;
 mod control;
 mod data;
+mod egress_attacks;
 mod faults;
 mod isolation;
 mod network;
+mod server_attacks;
+mod streams;
+mod wire;
 
+#[allow(unused_imports)]
+pub use answers::*;
 #[allow(unused_imports)]
 pub use control::*;
 #[allow(unused_imports)]
 pub use data::*;
+#[allow(unused_imports)]
+pub use egress_attacks::*;
 #[allow(unused_imports)]
 pub use faults::*;
 #[allow(unused_imports)]
 pub use isolation::*;
 #[allow(unused_imports)]
 pub use network::*;
+#[allow(unused_imports)]
+pub use server_attacks::*;
+#[allow(unused_imports)]
+pub use streams::*;
+#[allow(unused_imports)]
+pub use wire::*;
 
 use superserve::local::LocalServer;
 use superserve::CreateOptions;
@@ -25,10 +40,10 @@ use crate::common;
 use crate::dual;
 use crate::flavor::Sandbox;
 
-/// Creates a sandbox on `server` named `name`.
+/// Creates a sandbox named `name` on a target or local backend.
 #[dual]
-pub async fn make(server: &LocalServer, name: &str) -> Sandbox {
-    Sandbox::create_with(&common::config(server), CreateOptions::new(name))
+pub async fn make(target: &impl common::SdkConfig, name: &str) -> Sandbox {
+    Sandbox::create_with_config(&target.sdk_config(), CreateOptions::new(name))
         .await
         .unwrap_or_else(|e| panic!("create {name}: {e}"))
 }
@@ -54,13 +69,23 @@ pub fn count(server: &LocalServer, method: &str, path: &str) -> usize {
         .count()
 }
 
+/// Requests the backend received with this method and a path starting with `prefix`.
+#[allow(dead_code)] // used by one flavour only
+pub fn count_prefix(server: &LocalServer, method: &str, prefix: &str) -> usize {
+    server
+        .requests()
+        .iter()
+        .filter(|r| r.method == method && r.path.starts_with(prefix))
+        .count()
+}
+
 /// A sandbox whose access token the backend has just invalidated.
 #[dual]
 pub async fn stale_token_setup() -> (LocalServer, Sandbox) {
     let server = common::server();
     let sb = make(&server, "stale").await;
-    let __a25 = sb.commands().run("true").await.unwrap().exit_code;
-    assert_eq!(__a25, 0);
+    let warm_up_exit = sb.commands().run("true").await.unwrap().exit_code;
+    assert_eq!(warm_up_exit, 0);
     server.expire_tokens(sb.id());
     server.clear_requests();
     (server, sb)
@@ -139,6 +164,45 @@ suite_tests!(
     network_log_pages_through_hundreds_of_events,
     brokered_secret_after_restart_and_with_a_replaced_key,
     standin_sent_to_another_secrets_host_is_refused,
+    // output as events, stdin and files as I/O, bounded memory
+    run_stream_yields_output_then_exit,
+    run_stream_cut_short_ends_with_an_error,
+    dropping_run_stream_stops_the_command,
+    session_events_pull_style,
+    session_stdin_is_an_io_writer,
+    signals_are_typed,
+    dropping_a_session_terminates_its_command,
+    callbacks_may_own_and_mutate_state,
+    open_read_streams_a_file,
+    collected_output_is_capped_while_callbacks_see_everything,
+    exec_events_from_a_session_and_a_stream_agree,
+    tracing_spans_never_carry_secrets,
+    network_log_filters_take_system_times,
+    // right answers, cleanup, conveniences
+    a_command_that_cannot_start_is_the_same_error_on_every_path,
+    the_default_timeout_keeps_the_output,
+    a_killed_handle_refuses_everything_before_sending,
+    data_plane_errors_carry_codes,
+    check_turns_a_failed_command_into_an_error,
+    kill_on_drop_kills_and_into_inner_keeps,
+    fault_rules_target_the_nth_request,
+    // wire shapes against a scripted server
+    preview_calls_have_the_hosted_shapes,
+    snapshot_calls_have_the_hosted_shapes,
+    template_calls_have_the_hosted_shapes,
+    desktop_calls_have_the_hosted_shapes,
+    // hostile sandboxes against egress, DNS and the broker
+    special_purpose_ranges_and_the_hosts_networks_are_blocked,
+    brokered_secret_needs_a_matching_host_header,
+    brokered_https_needs_matching_sni_and_host,
+    dns_refuses_names_no_rule_allows,
+    // hostile clients and input against the listeners and handlers
+    idle_and_slowloris_clients_cannot_starve_the_backend,
+    a_full_listener_sheds_with_a_fast_503,
+    idle_and_slow_connections_are_closed,
+    out_of_range_numbers_are_rejected,
+    system_errors_are_client_errors,
+    hostile_directory_trees_cannot_break_zip_downloads,
     // isolation: hostile processes inside sandboxes
     agent_is_out_of_reach_from_inside,
     stopped_children_in_one_sandbox_stall_nobody_else,

@@ -54,7 +54,7 @@ async fn sh(sb: &Sandbox, cmd: &str) -> superserve::CommandResult {
 /// A bearer secret `name` holding `value` for `host`.
 #[dual]
 async fn bearer_secret(config: &superserve::Config, name: &str, value: &str, host: &str) -> Secret {
-    Secret::create_with(
+    Secret::create_with_config(
         config,
         SecretCreateOptions::new(name, value)
             .hosts([host])
@@ -74,7 +74,7 @@ async fn bearer_bound_sandbox(
     host: &str,
 ) -> (Secret, Sandbox) {
     let secret = bearer_secret(config, name, value, host).await;
-    let sb = Sandbox::create_with(config, CreateOptions::new(name).secret("TOKEN", name))
+    let sb = Sandbox::create_with_config(config, CreateOptions::new(name).secret("TOKEN", name))
         .await
         .unwrap();
     (secret, sb)
@@ -105,8 +105,9 @@ async fn assert_refused(sb: &Sandbox, url: &str, status: u16, code: &str) {
 
 #[dual]
 pub async fn egress_allowed_blocked_and_logged() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let (_server, up, config) = egress_with_upstream(&["ok.upstream.test"]);
-    let sb = Sandbox::create_with(
+    let sb = Sandbox::create_with_config(
         &config,
         CreateOptions::new("egress").network(
             NetworkConfig::new()
@@ -144,10 +145,10 @@ pub async fn egress_allowed_blocked_and_logged() {
     assert_eq!(allowed.host.as_deref(), Some("ok.upstream.test"));
     assert_eq!(allowed.dst_ip.as_deref(), Some(up.ip.to_string().as_str()));
     assert_eq!(allowed.dst_port, Some(80));
-    let __sent = allowed.bytes_sent.unwrap_or(0);
-    assert!(__sent > 40, "request bytes counted: {allowed:?}");
-    let __recv = allowed.bytes_recv.unwrap_or(0);
-    assert!(__recv > 40, "response bytes counted: {allowed:?}");
+    let sent = allowed.bytes_sent.unwrap_or(0);
+    assert!(sent > 40, "request bytes counted: {allowed:?}");
+    let received = allowed.bytes_recv.unwrap_or(0);
+    assert!(received > 40, "response bytes counted: {allowed:?}");
     let ip = other.ip.to_string();
     let denied = wait_event(&sb, |e| {
         e.verdict == Some(NetworkVerdict::Blocked) && e.dst_ip.as_deref() == Some(ip.as_str())
@@ -180,8 +181,9 @@ pub async fn egress_allowed_blocked_and_logged() {
 
 #[dual]
 pub async fn egress_rules_updated_on_a_live_sandbox() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let (_server, up, config) = egress_with_upstream(&["svc.live.test"]);
-    let sb = Sandbox::create_with(
+    let sb = Sandbox::create_with_config(
         &config,
         CreateOptions::new("live").network(NetworkConfig::new().deny_out(["0.0.0.0/0"])),
     )
@@ -214,9 +216,10 @@ pub async fn egress_rules_updated_on_a_live_sandbox() {
 
 #[dual]
 pub async fn secrets_crud_rotate_and_providers() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::server();
     let config = common::config(&server);
-    let providers = Provider::list_with(&config).await.unwrap();
+    let providers = Provider::list_with_config(&config).await.unwrap();
     let openai = providers
         .iter()
         .find(|p| p.name == "openai")
@@ -229,7 +232,7 @@ pub async fn secrets_crud_rotate_and_providers() {
     assert!(anthropic.hosts.iter().any(|h| h == "api.anthropic.com"));
 
     let value = "sk-test-value-0123456789";
-    let s = Secret::create_with(
+    let s = Secret::create_with_config(
         &config,
         SecretCreateOptions::new("openai-prod", value).provider("openai"),
     )
@@ -238,7 +241,7 @@ pub async fn secrets_crud_rotate_and_providers() {
     assert_eq!(s.name(), "openai-prod");
     assert_eq!(s.info().provider_shortcut.as_deref(), Some("openai"));
     assert_eq!(s.info().hosts, vec!["api.openai.com".to_owned()]);
-    let custom = Secret::create_with(
+    let custom = Secret::create_with_config(
         &config,
         SecretCreateOptions::new("internal-api", "tok-1")
             .hosts(["api.internal.example.com", "*.svc.example.com"])
@@ -248,21 +251,23 @@ pub async fn secrets_crud_rotate_and_providers() {
     .unwrap();
     assert_eq!(custom.info().auth_type, superserve::SecretAuthType::ApiKey);
     // the value never comes back, in any shape
-    let __dbg = format!("{s:?} {:?} {custom:?}", s.info());
-    assert!(!__dbg.contains(value));
-    let got = Secret::get_with(&config, "openai-prod").await.unwrap();
+    let shown = format!("{s:?} {:?} {custom:?}", s.info());
+    assert!(!shown.contains(value));
+    let got = Secret::get_with_config(&config, "openai-prod")
+        .await
+        .unwrap();
     assert_eq!(got.id(), s.id());
-    let all = Secret::list_with(&config).await.unwrap();
+    let all = Secret::list_with_config(&config).await.unwrap();
     let names: Vec<&str> = all.iter().map(|i| i.name.as_str()).collect();
     assert_eq!(names, vec!["openai-prod", "internal-api"]);
     // duplicates and bad input are typed errors that store nothing
-    let dup = Secret::create_with(
+    let dup = Secret::create_with_config(
         &config,
         SecretCreateOptions::new("openai-prod", "x").provider("openai"),
     )
     .await;
     assert!(matches!(dup, Err(Error::Conflict(_))), "{dup:?}");
-    let bad = Secret::create_with(
+    let bad = Secret::create_with_config(
         &config,
         SecretCreateOptions::new("bad", "v")
             .hosts(["*.com"])
@@ -270,14 +275,14 @@ pub async fn secrets_crud_rotate_and_providers() {
     )
     .await;
     assert!(matches!(bad, Err(Error::Validation(_))), "{bad:?}");
-    let unknown = Secret::create_with(
+    let unknown = Secret::create_with_config(
         &config,
         SecretCreateOptions::new("bad2", "v").provider("nope"),
     )
     .await;
     assert!(matches!(unknown, Err(Error::Validation(_))), "{unknown:?}");
-    let __n = Secret::list_with(&config).await.unwrap().len();
-    assert_eq!(__n, 2);
+    let secret_count = Secret::list_with_config(&config).await.unwrap().len();
+    assert_eq!(secret_count, 2);
 
     let rotated = s.rotate("sk-test-value-rotated").await.unwrap();
     assert_eq!(rotated.id(), s.id());
@@ -299,23 +304,24 @@ pub async fn secrets_crud_rotate_and_providers() {
     assert!(!journal.contains(value) && !journal.contains("sk-test-value-rotated"));
 
     custom.delete().await.unwrap();
-    Secret::delete_by_name_with(&config, "internal-api")
+    Secret::delete_by_name_with_config(&config, "internal-api")
         .await
         .unwrap();
-    Secret::delete_by_name_with(&config, "openai-prod")
+    Secret::delete_by_name_with_config(&config, "openai-prod")
         .await
         .unwrap();
-    let gone = Secret::get_with(&config, "openai-prod").await;
+    let gone = Secret::get_with_config(&config, "openai-prod").await;
     assert!(matches!(gone, Err(ref e) if e.is_not_found()), "{gone:?}");
-    let __n = Secret::list_with(&config).await.unwrap().len();
-    assert_eq!(__n, 0);
+    let secret_count = Secret::list_with_config(&config).await.unwrap().len();
+    assert_eq!(secret_count, 0);
 }
 
 #[dual]
 pub async fn brokered_secret_injected_audited_and_revoked() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let (_server, up, config) = egress_with_upstream(&["api.broker.test", "elsewhere.broker.test"]);
     let real = "real-credential-7f3a9c";
-    let secret = Secret::create_with(
+    let secret = Secret::create_with_config(
         &config,
         SecretCreateOptions::new("broker-key", real)
             .hosts(["api.broker.test"])
@@ -323,7 +329,7 @@ pub async fn brokered_secret_injected_audited_and_revoked() {
     )
     .await
     .unwrap();
-    let sb = Sandbox::create_with(
+    let sb = Sandbox::create_with_config(
         &config,
         CreateOptions::new("broker").secret("API_KEY", "broker-key"),
     )
@@ -412,12 +418,15 @@ pub async fn brokered_secret_injected_audited_and_revoked() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].status, 403);
     assert_eq!(errors[0].error_code.as_deref(), Some("secret_revoked"));
-    let __b = secret.get_sandboxes().await.unwrap();
-    assert!(__b.is_empty(), "{__b:?}");
-    let __env = sh(&sb, "printf %s \"${API_KEY:-unset}\"").await.stdout;
-    assert_eq!(__env, "unset", "new processes no longer get the stand-in");
-    let __name = errors[0].sandbox_name.clone();
-    assert_eq!(__name.as_deref(), Some("broker"));
+    let bindings = secret.get_sandboxes().await.unwrap();
+    assert!(bindings.is_empty(), "{bindings:?}");
+    let env_in_new_process = sh(&sb, "printf %s \"${API_KEY:-unset}\"").await.stdout;
+    assert_eq!(
+        env_in_new_process, "unset",
+        "new processes no longer get the stand-in"
+    );
+    let audited_sandbox_name = errors[0].sandbox_name.clone();
+    assert_eq!(audited_sandbox_name.as_deref(), Some("broker"));
     sb.kill().await.unwrap();
     // once the sandbox is gone its audit events keep its id but lose its name
     let after = secret.get_audit(AuditOptions::new()).await.unwrap();
@@ -430,9 +439,10 @@ pub async fn brokered_secret_injected_audited_and_revoked() {
 
 #[dual]
 pub async fn network_log_pages_through_hundreds_of_events() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::egress_server();
     let config = common::config(&server);
-    let sb = Sandbox::create_with(&config, CreateOptions::new("many"))
+    let sb = Sandbox::create_with_config(&config, CreateOptions::new("many"))
         .await
         .unwrap();
     // 320 connections to a private address: each is refused and logged
@@ -506,6 +516,7 @@ fn test_pki(host: &str) -> (String, String, String) {
 
 #[dual]
 pub async fn brokered_secret_over_https() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let (ca_pem, chain_pem, key_pem) = test_pki("api.tls.test");
     let server = LocalServer::builder()
         .allow_private_destination("10.88.0.0/16")
@@ -539,6 +550,7 @@ pub async fn brokered_secret_over_https() {
 
 #[dual]
 pub async fn brokered_https_never_reaches_an_unverified_upstream() {
+    local_only!("the local backend (request journal, faults, restarts)");
     // the upstream's CA is not given to the backend: its certificate cannot be verified
     let (_ca_pem, chain_pem, key_pem) = test_pki("api.untrusted.test");
     let (_server, up, config) = egress_with_upstream(&["api.untrusted.test"]);
@@ -566,42 +578,44 @@ pub async fn brokered_https_never_reaches_an_unverified_upstream() {
 
 #[dual]
 pub async fn secret_rotation_and_deletion_at_egress() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let (_server, up, config) = egress_with_upstream(&["api.gone.test"]);
     let secret = bearer_secret(&config, "gone-key", "gone-real-1", "api.gone.test").await;
-    let sb = Sandbox::create_with(&config, CreateOptions::new("gone"))
+    let sb = Sandbox::create_with_config(&config, CreateOptions::new("gone"))
         .await
         .unwrap();
     sb.attach_secret("TOKEN", "gone-key").await.unwrap();
     let curl = "curl -sS -m 10 -o /dev/null -w '%{http_code}' -H \"Authorization: Bearer $TOKEN\" http://api.gone.test/x";
-    let __ok = sh(&sb, curl).await.stdout;
-    assert_eq!(__ok, "200");
-    let __seen = up.requests()[0].header("authorization").map(str::to_owned);
-    assert_eq!(__seen.as_deref(), Some("Bearer gone-real-1"));
+    let status_code = sh(&sb, curl).await.stdout;
+    assert_eq!(status_code, "200");
+    let credential_seen = up.requests()[0].header("authorization").map(str::to_owned);
+    assert_eq!(credential_seen.as_deref(), Some("Bearer gone-real-1"));
     // a rotation takes effect at egress at once, with the same stand-in
     secret.rotate("gone-real-2").await.unwrap();
-    let __ok = sh(&sb, curl).await.stdout;
-    assert_eq!(__ok, "200");
-    let __seen = up.requests()[1].header("authorization").map(str::to_owned);
-    assert_eq!(__seen.as_deref(), Some("Bearer gone-real-2"));
+    let status_code = sh(&sb, curl).await.stdout;
+    assert_eq!(status_code, "200");
+    let credential_seen = up.requests()[1].header("authorization").map(str::to_owned);
+    assert_eq!(credential_seen.as_deref(), Some("Bearer gone-real-2"));
     secret.delete().await.unwrap();
     let bindings = sb.get_info().await.unwrap().secrets.unwrap_or_default();
     assert_eq!(bindings.len(), 1, "{bindings:?}");
     assert_eq!(bindings[0].revoked, Some(true));
-    let __refused = sh(&sb, curl).await.stdout;
-    assert_eq!(__refused, "403");
+    let refused_status = sh(&sb, curl).await.stdout;
+    assert_eq!(refused_status, "403");
     assert_eq!(up.requests().len(), 2, "refused before the upstream");
     sb.kill().await.unwrap();
 }
 
 #[dual]
 pub async fn the_hosts_own_addresses_are_blocked() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let server = common::egress_server();
     let up = Upstream::start();
     // a public-range address on this machine: reaching it would reach the host's services
     let own: std::net::Ipv4Addr = "203.0.113.77".parse().unwrap();
     up.add_host_address(own);
     let config = common::config(&server);
-    let sb = Sandbox::create_with(&config, CreateOptions::new("own"))
+    let sb = Sandbox::create_with_config(&config, CreateOptions::new("own"))
         .await
         .unwrap();
     let r = sh(
@@ -624,6 +638,7 @@ pub async fn the_hosts_own_addresses_are_blocked() {
 /// `secret_unavailable`, not mistaken for a deleted secret, and nothing reaches the upstream.
 #[dual]
 pub async fn brokered_secret_after_restart_and_with_a_replaced_key() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let dir = common::temp_path("superserve-keyswap");
     let up = Upstream::start();
     let start = || {
@@ -654,7 +669,7 @@ pub async fn brokered_secret_after_restart_and_with_a_replaced_key() {
     }
     {
         let server = start();
-        let sb = Sandbox::connect_with(&common::config(&server), &id)
+        let sb = Sandbox::connect_with_config(&common::config(&server), &id)
             .await
             .unwrap();
         let ok = sh(&sb, call).await;
@@ -670,7 +685,7 @@ pub async fn brokered_secret_after_restart_and_with_a_replaced_key() {
     // another 32-byte key: the stored value no longer opens
     std::fs::write(dir.join("secrets.key"), [0x5au8; 32]).unwrap();
     let server = start();
-    let sb = Sandbox::connect_with(&common::config(&server), &id)
+    let sb = Sandbox::connect_with_config(&common::config(&server), &id)
         .await
         .unwrap();
     assert_refused(
@@ -682,7 +697,7 @@ pub async fn brokered_secret_after_restart_and_with_a_replaced_key() {
     .await;
     assert_eq!(up.requests().len(), 1, "nothing more reached the upstream");
     // the secret is still listed (nothing was lost), and its audit records the refusal
-    let secret = Secret::get_with(&common::config(&server), "keyswap")
+    let secret = Secret::get_with_config(&common::config(&server), "keyswap")
         .await
         .unwrap();
     let audit = secret.get_audit(AuditOptions::new()).await.unwrap();
@@ -697,6 +712,7 @@ pub async fn brokered_secret_after_restart_and_with_a_replaced_key() {
 /// `secret_host_mismatch`) and audited on its own secret; nothing reaches the upstream.
 #[dual]
 pub async fn standin_sent_to_another_secrets_host_is_refused() {
+    local_only!("the local backend (request journal, faults, restarts)");
     let (_server, up, config) = egress_with_upstream(&["api.one.test", "api.two.test"]);
     let (one, sb) = bearer_bound_sandbox(&config, "one-key", "one-real", "api.one.test").await;
     bearer_secret(&config, "two-key", "two-real", "api.two.test").await;

@@ -1,13 +1,16 @@
-//! Brokered secrets at egress: plain HTTP to a host one of the sandbox's secrets covers is
-//! relayed request by request. A request carrying a binding's stand-in token gets the real
-//! credential in the secret's header(s) instead, and is audited; a stand-in that was revoked
-//! (detached binding, deleted secret) or sent to a host its secret does not cover is refused
-//! with `403` and audited too. Requests without a stand-in pass unchanged.
+//! Brokered secrets at egress: HTTP (and intercepted HTTPS) to an address the sandbox resolved
+//! for a host one of its secrets covers is relayed request by request. A request carrying a
+//! binding's stand-in token gets the real credential in the secret's header(s) instead, and
+//! is audited, only when the host it names (absolute target, else `Host`) is one the sandbox
+//! resolved to this very address, is the TLS server name of the session (HTTPS), and is
+//! covered by the secret; otherwise it is refused with `403 secret_host_mismatch`. A revoked
+//! stand-in (detached binding, deleted secret) is refused with `403 secret_revoked`. Refusals
+//! are audited too. Requests without a stand-in pass unchanged.
 //!
 //! Refusals and their codes are listed in the `superserve::local` module docs.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use axum::body::Body;
@@ -16,12 +19,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::super::app::App;
+use super::super::domain::{domain_matches, host_of_authority};
 use super::super::model::Binding;
-use super::super::secrets::{render_headers, AuditRow};
-use super::super::store::{self, NetworkEventRow};
+use super::super::secrets::{render_headers, AuditRow, SecretLookup};
+use super::super::store::{self, Db, NetworkEventRow};
 use super::super::time::now_ns;
-use super::policy::domain_matches;
 use crate::wire::base64_decode;
 
 /// Whether `host` is covered by a secret bound to the sandbox (live or revoked), so its plain
@@ -32,14 +34,9 @@ pub(crate) fn covers(bindings: &[Binding], host: &str) -> bool {
         .any(|b| b.hosts.iter().any(|p| domain_matches(p, host)))
 }
 
-/// Relays one connection to `host` request by request until either side closes.
-pub(crate) async fn relay<C, U>(
-    app: Arc<App>,
-    sandbox_id: String,
-    host: String,
-    client: C,
-    upstream: U,
-) where
+/// Relays one connection request by request until either side closes.
+pub(crate) async fn relay<C, U>(broker: Broker, client: C, upstream: U)
+where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -49,11 +46,7 @@ pub(crate) async fn relay<C, U>(
     };
     let upstream_task = tokio::spawn(conn);
     let sender = Arc::new(tokio::sync::Mutex::new(sender));
-    let ctx = Arc::new(Ctx {
-        app,
-        sandbox_id,
-        host,
-    });
+    let ctx = Arc::new(broker);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let ctx = ctx.clone();
         let sender = sender.clone();
@@ -91,10 +84,26 @@ const HOST_MISMATCH: (&str, &str) = (
     "the secret is not valid for this host",
 );
 
-struct Ctx {
-    app: Arc<App>,
-    sandbox_id: String,
-    host: String,
+/// What the broker of one intercepted connection works with.
+pub(crate) struct Broker {
+    /// The network log.
+    pub db: Db,
+    /// Secret values and the audit log.
+    pub secrets: SecretLookup,
+    pub sandbox_id: String,
+    /// The sandbox's rules and bindings (asked per request).
+    pub policy: Weak<dyn super::SandboxPolicy>,
+    /// The names the sandbox resolved to the address this connection goes to.
+    pub resolved: Vec<String>,
+    /// The TLS server name of an intercepted HTTPS connection.
+    pub sni: Option<String>,
+}
+
+/// What the audit records of a secret-bearing request.
+struct AuditedRequest<'a> {
+    host: &'a str,
+    method: &'a str,
+    path: &'a str,
 }
 
 /// How a secret-bearing request ended, for the audit log and the network log.
@@ -104,33 +113,43 @@ struct Outcome {
     error_code: Option<&'static str>,
 }
 
-impl Ctx {
+impl Broker {
     async fn handle(
         &self,
         mut req: Request<Incoming>,
         sender: &tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Body>>,
     ) -> Response<Body> {
         let started = Instant::now();
-        let binding = self
-            .app
-            .get(&self.sandbox_id)
-            .and_then(|e| e.with(|r| r.secrets.iter().find(|b| carries(&req, b)).cloned()));
-        let Some(binding) = binding else {
+        let bindings = self
+            .policy
+            .upgrade()
+            .and_then(|p| p.rules())
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let Some(binding) = bindings.iter().find(|b| carries(&req, b)).cloned() else {
             return forward(sender, req.map(Body::new)).await.0;
         };
         let method = req.method().to_string();
         let path = req.uri().path().to_owned();
-        let refusal = if binding.detached || binding.revoked {
-            Some(("secret_revoked", "the secret binding was revoked"))
-        } else if !binding.hosts.iter().any(|p| domain_matches(p, &self.host)) {
-            Some(HOST_MISMATCH)
-        } else {
-            None
+        let (named, host) = self.request_host(&req);
+        let refusal = match &host {
+            // it names a host this connection does not go to
+            None => Some(HOST_MISMATCH),
+            // a host no secret covers: the stand-in is worthless there
+            Some(h) if !covers(&bindings, h) => {
+                return forward(sender, req.map(Body::new)).await.0;
+            }
+            Some(_) if binding.detached || binding.revoked => {
+                Some(("secret_revoked", "the secret binding was revoked"))
+            }
+            Some(h) if !binding.hosts.iter().any(|p| domain_matches(p, h)) => Some(HOST_MISMATCH),
+            Some(_) => None,
         };
+        let host = host.unwrap_or_default();
         let mut secret_id = binding.secret_id.clone();
         let (response, outcome) = match refusal {
             Some((code, message)) => refuse(code, message),
-            None => match self.app.secrets.resolve(&binding.secret_name).await {
+            None => match self.secrets.resolve(&binding.secret_name).await {
                 Err(e) => {
                     // the message names the secret and the failure, never the value
                     eprintln!("superserve-local: secret {:?}: {e}", binding.secret_name);
@@ -143,10 +162,13 @@ impl Ctx {
                 Ok(None) => refuse("secret_revoked", "the secret no longer exists"),
                 Ok(Some((secret, value))) => {
                     secret_id = secret.id.clone();
-                    match render_headers(&secret, &self.host, &value)
+                    match render_headers(&secret, &host, &value)
                         .map(|headers| swap(&mut req, &binding, headers))
                     {
-                        Some(Ok(())) => forward(sender, req.map(Body::new)).await,
+                        Some(Ok(())) => {
+                            origin_form(&mut req);
+                            forward(sender, req.map(Body::new)).await
+                        }
                         Some(Err(())) => {
                             refuse("secret_invalid", "the secret cannot be sent in a header")
                         }
@@ -157,27 +179,54 @@ impl Ctx {
             },
         };
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.audit(&binding, &secret_id, &method, &path, &outcome, latency_ms)
+        let audited = AuditedRequest {
+            host: &named,
+            method: &method,
+            path: &path,
+        };
+        self.audit(&binding, &secret_id, &audited, &outcome, latency_ms)
             .await;
         response
+    }
+
+    /// The host a request names (absolute-form target, else `Host`; for the audit, else the
+    /// connection's own name), and that host again if the broker may act for it: target and
+    /// `Host` agree, the sandbox resolved it to this connection's address, and inside TLS it
+    /// is the session's server name.
+    fn request_host(&self, req: &Request<Incoming>) -> (String, Option<String>) {
+        let header = req
+            .headers()
+            .get(axum::http::header::HOST)
+            .map(|v| host_of_authority(&String::from_utf8_lossy(v.as_bytes())));
+        let target = req.uri().host().map(host_of_authority);
+        let named = target
+            .clone()
+            .or(header.clone())
+            .or_else(|| self.sni.clone())
+            .or_else(|| self.resolved.last().cloned())
+            .unwrap_or_default();
+        let host = match (target, header) {
+            (Some(t), Some(h)) if t != h => None,
+            (Some(h), _) | (None, Some(h)) => Some(h),
+            (None, None) => None,
+        };
+        let host = host
+            .filter(|h| self.resolved.contains(h))
+            .filter(|h| self.sni.as_ref().is_none_or(|s| s == h));
+        (named, host)
     }
 
     async fn audit(
         &self,
         binding: &Binding,
         secret_id: &str,
-        method: &str,
-        path: &str,
+        req: &AuditedRequest<'_>,
         outcome: &Outcome,
         latency_ms: u64,
     ) {
         let ts_ns = now_ns();
-        let sandbox_name = self
-            .app
-            .get(&self.sandbox_id)
-            .map(|e| e.with(|r| r.name.clone()));
+        let sandbox_name = self.policy.upgrade().and_then(|p| p.name());
         let _ = self
-            .app
             .secrets
             .record_audit(AuditRow {
                 ts_ns,
@@ -185,9 +234,9 @@ impl Ctx {
                 secret_name: binding.secret_name.clone(),
                 sandbox_id: self.sandbox_id.clone(),
                 sandbox_name,
-                method: method.to_owned(),
-                host: self.host.clone(),
-                path: path.to_owned(),
+                method: req.method.to_owned(),
+                host: req.host.to_owned(),
+                path: req.path.to_owned(),
                 status: outcome.status,
                 upstream_status: outcome.upstream_status,
                 latency_ms: Some(latency_ms),
@@ -197,9 +246,9 @@ impl Ctx {
         let row = NetworkEventRow {
             ts_ns,
             kind: "request".to_owned(),
-            host: Some(self.host.clone()),
-            method: Some(method.to_owned()),
-            path: Some(path.to_owned()),
+            host: Some(req.host.to_owned()),
+            method: Some(req.method.to_owned()),
+            path: Some(req.path.to_owned()),
             status: Some(i64::from(outcome.status)),
             upstream_status: outcome.upstream_status.map(i64::from),
             latency_ms: Some(i64::try_from(latency_ms).unwrap_or(i64::MAX)),
@@ -209,7 +258,6 @@ impl Ctx {
         };
         let id = self.sandbox_id.clone();
         let _ = self
-            .app
             .db
             .call(move |c| store::insert_network_event(c, &id, &row))
             .await;
@@ -260,6 +308,19 @@ fn swap(
         req.headers_mut().insert(name, value);
     }
     Ok(())
+}
+
+/// Turns an absolute-form request target into origin form (path and query) for the upstream.
+fn origin_form<B>(req: &mut Request<B>) {
+    if req.uri().authority().is_some() {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map_or("/", axum::http::uri::PathAndQuery::as_str);
+        if let Ok(uri) = pq.parse() {
+            *req.uri_mut() = uri;
+        }
+    }
 }
 
 async fn forward(

@@ -1,7 +1,8 @@
 //! The sandbox's DNS server: a minimal responder for the queries stub resolvers send (one
 //! question, class IN). `A` questions are answered from the operator's static names, then the
 //! host's resolver; `AAAA` and other types get an empty answer (sandboxes reach the world over
-//! IPv4 only), unresolvable names `NXDOMAIN`.
+//! IPv4 only), unresolvable names `NXDOMAIN`, names the sandbox's egress rules refuse
+//! `REFUSED`.
 
 use std::net::Ipv4Addr;
 
@@ -12,6 +13,7 @@ const RCODE_FORMERR: u8 = 1;
 const RCODE_SERVFAIL: u8 = 2;
 const RCODE_NXDOMAIN: u8 = 3;
 const RCODE_NOTIMP: u8 = 4;
+const RCODE_REFUSED: u8 = 5;
 
 /// One parsed query.
 #[derive(Debug, PartialEq, Eq)]
@@ -94,6 +96,8 @@ pub(crate) enum Answer {
     NxDomain,
     /// Resolution failed.
     ServFail,
+    /// Policy forbids the name (the sandbox's egress rules).
+    Refused,
 }
 
 /// Whether the query is one this server resolves (class IN, type A); other types are answered
@@ -126,6 +130,7 @@ pub(crate) fn respond(q: &Query, answer: &Answer, ttl: u32) -> Vec<u8> {
         Answer::Addrs(_) => (0, &[]),
         Answer::NxDomain => (RCODE_NXDOMAIN, &[]),
         Answer::ServFail => (RCODE_SERVFAIL, &[]),
+        Answer::Refused => (RCODE_REFUSED, &[]),
     };
     let an = u16::try_from(addrs.len().min(32)).unwrap_or(32);
     let mut v = header(q.id, q.rd, rcode, 1, an);
@@ -200,6 +205,13 @@ mod tests {
         let q = parse(&query(8, "nope.test", TYPE_A)).unwrap();
         assert_eq!(respond(&q, &Answer::NxDomain, 30)[3] & 0x0f, RCODE_NXDOMAIN);
         assert_eq!(respond(&q, &Answer::ServFail, 30)[3] & 0x0f, RCODE_SERVFAIL);
+        let refused = respond(&q, &Answer::Refused, 30);
+        assert_eq!(refused[3] & 0x0f, RCODE_REFUSED);
+        assert_eq!(
+            u16::from_be_bytes([refused[6], refused[7]]),
+            0,
+            "no answers"
+        );
     }
 
     #[test]

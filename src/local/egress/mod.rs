@@ -19,28 +19,31 @@ pub(crate) mod broker;
 pub(crate) mod dns;
 pub(crate) mod policy;
 mod splice;
+mod sys;
 pub(crate) mod tls;
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 
-use super::app::App;
 use super::fault::lock;
-use super::store::{self, NetworkEventRow};
+use super::model::{Binding, Network};
+use super::secrets::SecretLookup;
+use super::store::{self, Db, NetworkEventRow};
 use super::time::now_ns;
-use policy::{Cidr4, Verdict};
+use policy::{Cidr4, HostNetworks, Verdict};
 
 /// The sandbox's own (non-loopback) address, on its loopback device.
 pub(crate) const SANDBOX_ADDR: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
@@ -50,10 +53,15 @@ const PROXY_PORT: u16 = 15001;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// DNS answers' TTL.
 const DNS_TTL: u32 = 30;
-/// How long the list of the host's own addresses is reused.
+/// How long the list of the host's own addresses and networks is reused.
 const HOST_ADDRS_TTL: Duration = Duration::from_secs(2);
-/// Most remembered (address → name) pairs per sandbox.
+/// Most addresses with remembered names per sandbox.
 const MAX_NAMES: usize = 4096;
+/// Most names remembered per address (several names can share one address).
+const NAMES_PER_ADDR: usize = 8;
+/// A refused lookup of the same name again within this time is not logged again (a program
+/// asks for `A` and `AAAA` at once, and retries).
+const DNS_LOG_QUIET: Duration = Duration::from_secs(1);
 
 /// The operator's egress settings (from the server builder).
 #[derive(Clone, Debug, Default)]
@@ -64,7 +72,14 @@ pub(crate) struct EgressSettings {
     pub hosts: HashMap<String, Vec<Ipv4Addr>>,
     /// Extra PEM roots trusted for intercepted upstreams (besides the host's trust store).
     pub upstream_roots: Vec<Vec<u8>>,
+    /// Most connections relayed at once for all sandboxes together (each holds six of the
+    /// backend's descriptors); a sandbox gets a quarter of them (at least 4).
+    pub max_connections: usize,
 }
+
+/// Most DNS lookups a sandbox has in progress at once (each may hold a resolver thread);
+/// further queries are answered `SERVFAIL` at once.
+const MAX_LOOKUPS: usize = 32;
 
 /// The host's CA bundle (Debian / Fedora locations).
 const HOST_BUNDLES: &[&str] = &[
@@ -86,14 +101,31 @@ fn find_tool(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// What the proxy asks about the sandbox it serves, at every connection (so that a live
+/// update of the rules or bindings applies at once). The backend's sandbox records implement
+/// it; the proxy holds it weakly and treats a sandbox that is gone as having no way out.
+pub(crate) trait SandboxPolicy: Send + Sync {
+    /// The sandbox's egress rules and secret bindings now; `None` once it is deleted.
+    fn rules(&self) -> Option<(Option<Network>, Vec<Binding>)>;
+    /// The sandbox's name now (for the secret audit); `None` once it is deleted.
+    fn name(&self) -> Option<String>;
+}
+
 /// The egress service shared by all sandboxes.
 pub(crate) struct Egress {
     allow_private: Vec<Cidr4>,
     hosts: RwLock<HashMap<String, Vec<Ipv4Addr>>>,
     tools: Result<Tools, String>,
     mitm: Result<tls::Mitm, String>,
-    host_addrs: Mutex<(Option<std::time::Instant>, Vec<Ipv4Addr>)>,
-    app: OnceLock<Weak<App>>,
+    host_networks: Mutex<(Option<std::time::Instant>, Arc<HostNetworks>)>,
+    /// Where connections and secret-bearing requests are logged.
+    db: Db,
+    /// The broker's access to secret values and the audit log.
+    secrets: SecretLookup,
+    /// Connections relayed now, all sandboxes together.
+    relays: Arc<Semaphore>,
+    /// The share of one sandbox.
+    relays_per_sandbox: usize,
 }
 
 impl std::fmt::Debug for Egress {
@@ -123,13 +155,51 @@ impl Drop for SandboxNet {
 /// What the proxy and DNS tasks of one sandbox share.
 struct SandboxCtx {
     id: String,
-    /// Address → the name the sandbox resolved it from (most recent).
-    names: Mutex<HashMap<Ipv4Addr, String>>,
+    policy: Weak<dyn SandboxPolicy>,
+    names: Mutex<Names>,
+    /// The last refused lookup that was logged, and when.
+    last_refused: Mutex<Option<(String, std::time::Instant)>>,
+    /// Connections of this sandbox relayed now.
+    relays: Arc<Semaphore>,
+    /// Lookups of this sandbox in progress.
+    lookups: Arc<Semaphore>,
+    /// When a connection over the limit was last logged.
+    last_over_limit: Mutex<Option<std::time::Instant>>,
+}
+
+/// The names a sandbox resolved, by address: an address reached under one of them is
+/// "resolved for" that name (what domain rules and the secret broker go by).
+#[derive(Default)]
+struct Names {
+    by_addr: HashMap<Ipv4Addr, Vec<String>>,
+}
+
+impl Names {
+    /// Remembers that `name` resolved to `addrs`.
+    fn record(&mut self, name: &str, addrs: &[Ipv4Addr]) {
+        if self.by_addr.len() > MAX_NAMES {
+            self.by_addr.clear();
+        }
+        for a in addrs {
+            let names = self.by_addr.entry(*a).or_default();
+            names.retain(|n| n != name);
+            if names.len() >= NAMES_PER_ADDR {
+                names.remove(0);
+            }
+            names.push(name.to_owned());
+        }
+    }
+
+    /// The names resolved to `addr`, most recent last.
+    fn of(&self, addr: Ipv4Addr) -> Vec<String> {
+        self.by_addr.get(&addr).cloned().unwrap_or_default()
+    }
 }
 
 impl Egress {
-    /// The service; without `ip` and `nft` on the host, sandboxes get no egress at all.
-    pub(crate) fn new(settings: EgressSettings) -> Egress {
+    /// The service, logging to `db` and brokering the secrets of `secrets`; without `ip` and
+    /// `nft` on the host, sandboxes get no egress at all.
+    pub(crate) fn new(settings: EgressSettings, db: Db, secrets: SecretLookup) -> Egress {
         let tools = match (find_tool("ip"), find_tool("nft")) {
             (Some(ip), Some(nft)) => Ok(Tools { ip, nft }),
             (ip, nft) => Err(format!(
@@ -153,8 +223,11 @@ impl Egress {
             hosts: RwLock::new(settings.hosts),
             tools,
             mitm,
-            host_addrs: Mutex::new((None, Vec::new())),
-            app: OnceLock::new(),
+            host_networks: Mutex::new((None, Arc::default())),
+            db,
+            secrets,
+            relays: Arc::new(Semaphore::new(settings.max_connections.max(1))),
+            relays_per_sandbox: (settings.max_connections / 4).max(4),
         }
     }
 
@@ -168,15 +241,6 @@ impl Egress {
         self.tools.as_ref().err().map(String::as_str)
     }
 
-    /// Connects the service to the backend (once, right after the backend is built).
-    pub(crate) fn set_app(&self, app: Weak<App>) {
-        let _ = self.app.set(app);
-    }
-
-    fn app(&self) -> Option<Arc<App>> {
-        self.app.get().and_then(Weak::upgrade)
-    }
-
     /// Adds (or replaces) a name the sandboxes' DNS answers with `addrs`.
     pub(crate) fn set_host(&self, name: &str, addrs: Vec<Ipv4Addr>) {
         let mut hosts = self.hosts.write().unwrap_or_else(|e| e.into_inner());
@@ -184,8 +248,14 @@ impl Egress {
     }
 
     /// Sets up the network namespace `ns` of sandbox `id` (loopback up; with the tools, the
-    /// route and redirect rules) and starts its proxy and DNS tasks.
-    pub(crate) async fn attach(self: &Arc<Self>, id: &str, ns: OwnedFd) -> io::Result<SandboxNet> {
+    /// route and redirect rules) and starts its proxy and DNS tasks, which ask `policy` for
+    /// the sandbox's rules.
+    pub(crate) async fn attach(
+        self: &Arc<Self>,
+        id: &str,
+        ns: OwnedFd,
+        policy: &Arc<dyn SandboxPolicy>,
+    ) -> io::Result<SandboxNet> {
         let ns_fd = ns.try_clone()?;
         let tools = self
             .tools
@@ -206,7 +276,12 @@ impl Egress {
         if let Some((tcp, udp)) = sockets {
             let ctx = Arc::new(SandboxCtx {
                 id: id.to_owned(),
-                names: Mutex::new(HashMap::new()),
+                policy: Arc::downgrade(policy),
+                names: Mutex::default(),
+                last_refused: Mutex::default(),
+                relays: Arc::new(Semaphore::new(self.relays_per_sandbox)),
+                lookups: Arc::new(Semaphore::new(MAX_LOOKUPS)),
+                last_over_limit: Mutex::default(),
             });
             let tcp = TcpListener::from_std(tcp)?;
             let udp = UdpSocket::from_std(udp)?;
@@ -226,10 +301,45 @@ impl Egress {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
+            let permits = (
+                self.relays.clone().try_acquire_owned(),
+                ctx.relays.clone().try_acquire_owned(),
+            );
+            let (Ok(all), Ok(own)) = permits else {
+                self.refuse_over_limit(&ctx, client).await;
+                continue;
+            };
             let me = self.clone();
             let ctx = ctx.clone();
-            tokio::spawn(async move { me.handle(ctx, client).await });
+            tokio::spawn(async move {
+                me.handle(ctx, client).await;
+                drop((all, own));
+            });
         }
+    }
+
+    /// Resets a connection past the sandbox's (or the backend's) limit of relayed
+    /// connections; logged as blocked by `connection-limit`, at most once a second.
+    async fn refuse_over_limit(&self, ctx: &SandboxCtx, client: TcpStream) {
+        let dst = original_dst(&client);
+        reset(client);
+        {
+            let mut last = lock(&ctx.last_over_limit);
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let row = NetworkEventRow {
+            ts_ns: now_ns(),
+            kind: "connection".to_owned(),
+            dst_ip: dst.map(|d| d.ip().to_string()),
+            dst_port: dst.map(|d| i64::from(d.port())),
+            verdict: Some("blocked".into()),
+            match_rule: Some("connection-limit".into()),
+            ..Default::default()
+        };
+        self.log(&ctx.id, row).await;
     }
 
     async fn serve_dns(self: Arc<Self>, ctx: Arc<SandboxCtx>, socket: UdpSocket) {
@@ -240,6 +350,14 @@ impl Egress {
                 continue;
             };
             let pkt = buf[..n].to_vec();
+            let Ok(permit) = ctx.lookups.clone().try_acquire_owned() else {
+                // too many lookups in progress: fail this one at once
+                if let Ok(q) = dns::parse(&pkt) {
+                    let reply = dns::respond(&q, &dns::Answer::ServFail, DNS_TTL);
+                    let _ = socket.send_to(&reply, peer).await;
+                }
+                continue;
+            };
             let me = self.clone();
             let ctx = ctx.clone();
             let socket = socket.clone();
@@ -247,29 +365,84 @@ impl Egress {
                 if let Some(reply) = me.answer_dns(&ctx, &pkt).await {
                     let _ = socket.send_to(&reply, peer).await;
                 }
+                drop(permit);
             });
         }
     }
 
+    /// Answers one query under the sandbox's rules: a name no rule could allow is refused
+    /// without being looked up; an answer carries only addresses a connection could go to
+    /// (none left: refused). Refusals are logged.
     async fn answer_dns(&self, ctx: &SandboxCtx, pkt: &[u8]) -> Option<Vec<u8>> {
         let q = match dns::parse(pkt) {
             Ok(q) => q,
             Err(e) => return dns::error_response(&e),
         };
+        let Some((network, _)) = ctx.policy.upgrade().and_then(|p| p.rules()) else {
+            return Some(dns::respond(&q, &dns::Answer::Refused, DNS_TTL));
+        };
+        if let Some(rule) = policy::refuse_name(network.as_ref(), &q.name) {
+            self.log_refused_lookup(ctx, &q.name, &rule).await;
+            return Some(dns::respond(&q, &dns::Answer::Refused, DNS_TTL));
+        }
         if !dns::wants_a(&q) {
             return Some(dns::respond(&q, &dns::Answer::Addrs(Vec::new()), DNS_TTL));
         }
-        let answer = self.resolve(&q.name).await;
-        if let dns::Answer::Addrs(addrs) = &answer {
-            let mut names = lock(&ctx.names);
-            if names.len() > MAX_NAMES {
-                names.clear();
+        let answer = match self.resolve(&q.name).await {
+            dns::Answer::Addrs(addrs) if !addrs.is_empty() => {
+                let host = self.host_networks();
+                let names = [q.name.clone()];
+                let mut refused = None;
+                let allowed: Vec<Ipv4Addr> = addrs
+                    .into_iter()
+                    .filter(|a| {
+                        let net = network.as_ref();
+                        match policy::decide(net, &self.allow_private, &host, &names, *a) {
+                            Verdict::Allowed => true,
+                            Verdict::Blocked(rule) => {
+                                refused.get_or_insert(rule);
+                                false
+                            }
+                        }
+                    })
+                    .collect();
+                match refused {
+                    Some(rule) if allowed.is_empty() => {
+                        self.log_refused_lookup(ctx, &q.name, &rule).await;
+                        dns::Answer::Refused
+                    }
+                    _ => {
+                        lock(&ctx.names).record(&q.name, &allowed);
+                        dns::Answer::Addrs(allowed)
+                    }
+                }
             }
-            for a in addrs {
-                names.insert(*a, q.name.clone());
-            }
-        }
+            other => other,
+        };
         Some(dns::respond(&q, &answer, DNS_TTL))
+    }
+
+    /// Logs a refused lookup of `name` (because of `rule`) as a blocked `connection` row with
+    /// the name as host, port 53 and rule `dns:<rule>`; the same name again within
+    /// [`DNS_LOG_QUIET`] is not logged twice.
+    async fn log_refused_lookup(&self, ctx: &SandboxCtx, name: &str, rule: &str) {
+        {
+            let mut last = lock(&ctx.last_refused);
+            if matches!(&*last, Some((n, at)) if n == name && at.elapsed() < DNS_LOG_QUIET) {
+                return;
+            }
+            *last = Some((name.to_owned(), std::time::Instant::now()));
+        }
+        let row = NetworkEventRow {
+            ts_ns: now_ns(),
+            kind: "connection".to_owned(),
+            host: Some(name.to_owned()),
+            dst_port: Some(53),
+            verdict: Some("blocked".into()),
+            match_rule: Some(format!("dns:{rule}")),
+            ..Default::default()
+        };
+        self.log(&ctx.id, row).await;
     }
 
     async fn resolve(&self, name: &str) -> dns::Answer {
@@ -300,18 +473,22 @@ impl Egress {
         }
     }
 
-    /// The IPv4 addresses of the host's interfaces (refreshed at most every few seconds).
-    fn host_addrs(&self) -> Vec<Ipv4Addr> {
-        let mut cache = lock(&self.host_addrs);
-        if cache.0.map_or(true, |t| t.elapsed() > HOST_ADDRS_TTL) {
-            *cache = (Some(std::time::Instant::now()), local_ipv4_addrs());
+    /// The host's own addresses and networks (refreshed at most every few seconds).
+    fn host_networks(&self) -> Arc<HostNetworks> {
+        let mut cache = lock(&self.host_networks);
+        if cache.0.is_none_or(|t| t.elapsed() > HOST_ADDRS_TTL) {
+            let ifs = sys::interface_addrs();
+            *cache = (
+                Some(std::time::Instant::now()),
+                Arc::new(HostNetworks::from_interfaces(&ifs)),
+            );
         }
         cache.1.clone()
     }
 
-    async fn log(&self, app: &App, sandbox_id: &str, row: NetworkEventRow) -> Option<i64> {
+    async fn log(&self, sandbox_id: &str, row: NetworkEventRow) -> Option<i64> {
         let id = sandbox_id.to_owned();
-        app.db
+        self.db
             .call(move |c| store::insert_network_event(c, &id, &row))
             .await
             .ok()
@@ -321,26 +498,18 @@ impl Egress {
         let Some(dst) = original_dst(&client) else {
             return; // a direct connection to the proxy port: not redirected traffic
         };
-        let Some(app) = self.app() else { return };
-        let Some(entry) = app.get(&ctx.id) else {
-            return;
+        let Some((network, bindings)) = ctx.policy.upgrade().and_then(|p| p.rules()) else {
+            return; // the sandbox is gone
         };
-        // only what the decision needs, not a copy of the whole record
-        let (network, bindings) = entry.with(|r| (r.network.clone(), r.secrets.clone()));
-        let host = lock(&ctx.names).get(dst.ip()).cloned();
-        let mut verdict = policy::decide(
+        let resolved = lock(&ctx.names).of(*dst.ip());
+        let host = resolved.last().cloned();
+        let verdict = policy::decide(
             network.as_ref(),
             &self.allow_private,
-            host.as_deref(),
+            &self.host_networks(),
+            &resolved,
             *dst.ip(),
         );
-        // the machine's own addresses (a public one included) would reach the host's services
-        if verdict == Verdict::Allowed
-            && !self.allow_private.iter().any(|c| c.contains(*dst.ip()))
-            && self.host_addrs().contains(dst.ip())
-        {
-            verdict = Verdict::Blocked(format!("host:{}", dst.ip()));
-        }
         let mut row = NetworkEventRow {
             ts_ns: now_ns(),
             kind: "connection".to_owned(),
@@ -352,7 +521,7 @@ impl Egress {
         if let Verdict::Blocked(rule) = verdict {
             row.verdict = Some("blocked".into());
             row.match_rule = Some(rule);
-            self.log(&app, &ctx.id, row).await;
+            self.log(&ctx.id, row).await;
             reset(client);
             return;
         }
@@ -363,7 +532,7 @@ impl Egress {
                 Ok(Ok(s)) => s,
                 _ => {
                     row.verdict = Some("failed".into());
-                    self.log(&app, &ctx.id, row).await;
+                    self.log(&ctx.id, row).await;
                     reset(client);
                     return;
                 }
@@ -376,46 +545,42 @@ impl Egress {
         // logged off the relay's path: the row (with its start time) is written while the
         // first bytes flow, and gets its byte counts when the connection ends
         let logged = {
-            let app = app.clone();
+            let me = self.clone();
             let id = ctx.id.clone();
-            tokio::spawn(async move {
-                app.db
-                    .call(move |c| store::insert_network_event(c, &id, &row))
-                    .await
-                    .ok()
-            })
+            tokio::spawn(async move { me.log(&id, row).await })
         };
         let counters = Arc::new(Counters::default());
         let client = Counted {
             inner: client,
             counters: counters.clone(),
         };
-        let brokered = host
-            .as_deref()
-            .filter(|h| broker::covers(&bindings, h))
-            .map(str::to_owned);
-        let first = match &brokered {
-            Some(_) => first_bytes(&client.inner).await,
-            None => FirstBytes::Other,
+        // a connection to an address resolved for a host that a bound secret covers goes
+        // through the broker, request by request; HTTPS only when the TLS server name is
+        // such a host (anything else is relayed as is: its stand-ins are worthless there)
+        let brokered = resolved.iter().any(|n| broker::covers(&bindings, n));
+        let first = if brokered {
+            first_bytes(&client.inner).await
+        } else {
+            FirstBytes::Other
         };
-        match (brokered, first, self.mitm.as_ref()) {
-            (Some(h), FirstBytes::Http, _) => {
-                broker::relay(app.clone(), ctx.id.clone(), h, client, upstream).await;
+        match (first, self.mitm.as_ref()) {
+            (FirstBytes::Http, _) => {
+                let b = self.broker(&ctx, resolved, None);
+                broker::relay(b, client, upstream).await;
             }
-            (Some(h), FirstBytes::Tls, Ok(mitm)) => {
-                if let Ok(tls_client) = mitm.accept(&h, client).await {
-                    match mitm.connect(&h, upstream).await {
+            (FirstBytes::Tls(Some(sni)), Ok(mitm))
+                if resolved.contains(&sni) && broker::covers(&bindings, &sni) =>
+            {
+                if let Ok(tls_client) = mitm.accept(&sni, client).await {
+                    match mitm.connect(&sni, upstream).await {
                         Ok(tls_upstream) => {
-                            broker::relay(app.clone(), ctx.id.clone(), h, tls_client, tls_upstream)
-                                .await;
+                            let b = self.broker(&ctx, resolved, Some(sni));
+                            broker::relay(b, tls_client, tls_upstream).await;
                         }
-                        Err(_) => {
-                            broker::refuse_tls(tls_client, &h).await;
-                        }
+                        Err(_) => broker::refuse_tls(tls_client, &sni).await,
                     }
                 }
             }
-            // anything else to a covered host is relayed as is: its stand-ins are worthless
             _ => {
                 let _ =
                     splice::relay(&client.inner, &upstream, &counters.sent, &counters.recv).await;
@@ -426,10 +591,30 @@ impl Egress {
             counters.recv.load(Ordering::Relaxed),
         );
         if let Ok(Some(row_id)) = logged.await {
-            let _ = app
+            let _ = self
                 .db
                 .call(move |c| store::set_connection_bytes(c, row_id, sent, recv))
                 .await;
+        }
+    }
+}
+
+impl Egress {
+    /// The broker of one intercepted connection of sandbox `ctx` to an address resolved for
+    /// the names `resolved`, inside a TLS session for `sni` (if any).
+    fn broker(
+        &self,
+        ctx: &SandboxCtx,
+        resolved: Vec<String>,
+        sni: Option<String>,
+    ) -> broker::Broker {
+        broker::Broker {
+            db: self.db.clone(),
+            secrets: self.secrets.clone(),
+            sandbox_id: ctx.id.clone(),
+            policy: ctx.policy.clone(),
+            resolved,
+            sni,
         }
     }
 }
@@ -485,74 +670,60 @@ impl AsyncWrite for Counted {
 enum FirstBytes {
     /// An HTTP/1 request line.
     Http,
-    /// A TLS handshake record.
-    Tls,
+    /// A TLS ClientHello, with the server name it asks for.
+    Tls(Option<String>),
     /// Anything else, or nothing within a few seconds.
     Other,
 }
 
+/// Largest ClientHello looked at (a post-quantum key share makes it a few KiB).
+const MAX_HELLO: usize = 16 * 1024;
+
+/// Looks at (without consuming) what the client sends first.
 async fn first_bytes(s: &TcpStream) -> FirstBytes {
-    let mut first = [0u8; 8];
-    match tokio::time::timeout(Duration::from_secs(5), s.peek(&mut first)).await {
-        Ok(Ok(n)) if n > 0 => {
-            if first[0] == 0x16 {
-                return FirstBytes::Tls;
-            }
-            let method = match first[..n].iter().position(|b| *b == b' ') {
-                Some(end) => &first[..end],
-                None => &first[..n],
-            };
-            if !method.is_empty() && method.iter().all(u8::is_ascii_uppercase) {
-                FirstBytes::Http
-            } else {
-                FirstBytes::Other
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = vec![0u8; MAX_HELLO];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, s.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return FirstBytes::Other,
+        };
+        if buf[0] == 0x16 {
+            match tls::client_hello_server_name(&buf[..n]) {
+                tls::Hello::ServerName(name) => return FirstBytes::Tls(name),
+                // the rest of the ClientHello is on its way: look again shortly
+                tls::Hello::Incomplete
+                    if n < buf.len() && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                tls::Hello::Incomplete | tls::Hello::Malformed => return FirstBytes::Other,
             }
         }
-        _ => FirstBytes::Other,
+        let head = &buf[..n.min(8)];
+        let method = match head.iter().position(|b| *b == b' ') {
+            Some(end) => &head[..end],
+            None => head,
+        };
+        return if !method.is_empty() && method.iter().all(u8::is_ascii_uppercase) {
+            FirstBytes::Http
+        } else {
+            FirstBytes::Other
+        };
     }
 }
 
 /// Closes a connection with a reset (`SO_LINGER` 0), so the sandbox sees the refusal at once.
 fn reset(s: TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt reads a valid `linger` of the given size.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    let _ = sys::set_linger_zero(s.as_fd());
     drop(s);
 }
 
-/// The destination a redirected connection was addressed to.
+/// The destination a redirected connection was addressed to; `None` for a connection straight
+/// to the proxy port (it has itself as "original" destination).
 fn original_dst(s: &TcpStream) -> Option<SocketAddrV4> {
-    const SO_ORIGINAL_DST: libc::c_int = 80;
-    // SAFETY: getsockopt writes at most `len` bytes into the zeroed sockaddr_in.
-    unsafe {
-        let mut addr: libc::sockaddr_in = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let r = libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_IP,
-            SO_ORIGINAL_DST,
-            (&mut addr as *mut libc::sockaddr_in).cast(),
-            &mut len,
-        );
-        if r != 0 || addr.sin_family != libc::AF_INET as libc::sa_family_t {
-            return None;
-        }
-        let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
-        let port = u16::from_be(addr.sin_port);
-        // a connection straight to the proxy port has itself as "original" destination
-        (ip != Ipv4Addr::LOCALHOST).then_some(SocketAddrV4::new(ip, port))
-    }
+    sys::original_dst(s.as_fd()).filter(|d| *d.ip() != Ipv4Addr::LOCALHOST)
 }
 
 /// nftables rules of every sandbox namespace.
@@ -572,11 +743,8 @@ fn configure(
     ns: &OwnedFd,
     tools: Option<(PathBuf, PathBuf)>,
 ) -> io::Result<Option<(std::net::TcpListener, std::net::UdpSocket)>> {
-    // SAFETY: changes the network namespace of this short-lived thread only.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    loopback_up()?;
+    sys::enter_net_namespace(ns.as_fd())?;
+    sys::loopback_up()?;
     let Some((ip, nft)) = tools else {
         return Ok(None);
     };
@@ -618,52 +786,4 @@ fn run_with_stdin(program: &std::path::Path, args: &[&str], input: &str) -> io::
             String::from_utf8_lossy(&out.stderr).trim()
         )))
     }
-}
-
-/// `ip link set lo up`, by ioctl.
-fn loopback_up() -> io::Result<()> {
-    // SAFETY: plain socket + ioctl calls on a zeroed ifreq naming "lo"; the fd is closed by
-    // OwnedFd.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let sock = <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (i, b) in b"lo".iter().enumerate() {
-            req.ifr_name[i] = *b as libc::c_char;
-        }
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// The IPv4 addresses of this machine's interfaces (`getifaddrs`).
-fn local_ipv4_addrs() -> Vec<Ipv4Addr> {
-    let mut out = Vec::new();
-    // SAFETY: getifaddrs allocates a list that is walked read-only and freed once.
-    unsafe {
-        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-        if libc::getifaddrs(&mut head) != 0 {
-            return out;
-        }
-        let mut cur = head;
-        while !cur.is_null() {
-            let addr = (*cur).ifa_addr;
-            if !addr.is_null() && i32::from((*addr).sa_family) == libc::AF_INET {
-                let sin = &*(addr as *const libc::sockaddr_in);
-                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
-            }
-            cur = (*cur).ifa_next;
-        }
-        libc::freeifaddrs(head);
-    }
-    out
 }

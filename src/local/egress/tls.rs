@@ -140,3 +140,175 @@ impl Mitm {
             .await
     }
 }
+
+/// What the start of a TLS connection says about the server the client wants.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Hello {
+    /// More bytes are needed.
+    Incomplete,
+    /// Not a well-formed ClientHello.
+    Malformed,
+    /// A ClientHello with this server name (lower-cased, no trailing dot), if it sent one.
+    ServerName(Option<String>),
+}
+
+/// Reads the server name (SNI) of the ClientHello at the start of `buf` (RFC 8446 §4.1.2,
+/// RFC 6066 §3). The ClientHello may span several TLS records.
+pub(crate) fn client_hello_server_name(buf: &[u8]) -> Hello {
+    // reassemble the handshake bytes of the leading handshake records
+    let mut hs = Vec::new();
+    let mut at = 0;
+    loop {
+        let Some(head) = buf.get(at..at + 5) else {
+            return Hello::Incomplete;
+        };
+        if head[0] != 0x16 {
+            return Hello::Malformed;
+        }
+        let len = usize::from(u16::from_be_bytes([head[3], head[4]]));
+        let Some(body) = buf.get(at + 5..at + 5 + len) else {
+            return Hello::Incomplete;
+        };
+        hs.extend_from_slice(body);
+        at += 5 + len;
+        if hs.len() >= 4 {
+            if hs[0] != 1 {
+                return Hello::Malformed;
+            }
+            let need =
+                4 + ((usize::from(hs[1]) << 16) | (usize::from(hs[2]) << 8) | usize::from(hs[3]));
+            if hs.len() >= need {
+                hs.truncate(need);
+                break;
+            }
+        }
+        if at > 64 * 1024 {
+            return Hello::Malformed;
+        }
+    }
+    parse_client_hello(&hs[4..]).map_or(Hello::Malformed, Hello::ServerName)
+}
+
+/// The server name of a ClientHello body; `None` for a malformed one.
+fn parse_client_hello(b: &[u8]) -> Option<Option<String>> {
+    let mut r = Reader(b);
+    r.take(2 + 32)?; // legacy_version, random
+    let sid = usize::from(r.u8()?);
+    r.take(sid)?;
+    let suites = usize::from(r.u16()?);
+    r.take(suites)?;
+    let comp = usize::from(r.u8()?);
+    r.take(comp)?;
+    if r.0.is_empty() {
+        return Some(None); // no extensions
+    }
+    let ext_len = usize::from(r.u16()?);
+    let mut exts = Reader(r.take(ext_len)?);
+    while !exts.0.is_empty() {
+        let ty = exts.u16()?;
+        let len = usize::from(exts.u16()?);
+        let data = exts.take(len)?;
+        if ty != 0 {
+            continue;
+        }
+        // server_name: a list of (type, name); type 0 is a host name
+        let mut list = Reader(data);
+        let list_len = usize::from(list.u16()?);
+        let mut names = Reader(list.take(list_len)?);
+        while !names.0.is_empty() {
+            let kind = names.u8()?;
+            let n = usize::from(names.u16()?);
+            let name = names.take(n)?;
+            if kind == 0 {
+                let name = std::str::from_utf8(name).ok()?;
+                return Some(Some(name.trim_end_matches('.').to_ascii_lowercase()));
+            }
+        }
+        return Some(None);
+    }
+    Some(None)
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real ClientHello (rustls) for `name`, split into `records` TLS records.
+    fn hello(name: Option<&str>, records: usize) -> Vec<u8> {
+        let roots = rustls::RootCertStore::empty();
+        let config = Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        let server = match name {
+            Some(n) => ServerName::try_from(n.to_owned()).unwrap(),
+            None => ServerName::IpAddress(std::net::Ipv4Addr::new(10, 0, 0, 1).into()),
+        };
+        let mut conn = rustls::ClientConnection::new(config, server).unwrap();
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).unwrap();
+        if records < 2 {
+            return out;
+        }
+        // re-frame the handshake into `records` records
+        let body = out[5..].to_vec();
+        let step = body.len().div_ceil(records);
+        let mut framed = Vec::new();
+        for chunk in body.chunks(step) {
+            framed.extend_from_slice(&[0x16, 3, 1]);
+            framed.extend_from_slice(&u16::try_from(chunk.len()).unwrap().to_be_bytes());
+            framed.extend_from_slice(chunk);
+        }
+        framed
+    }
+
+    #[test]
+    fn server_names_of_client_hellos() {
+        let h = hello(Some("API.Example.test"), 1);
+        assert_eq!(
+            client_hello_server_name(&h),
+            Hello::ServerName(Some("api.example.test".into()))
+        );
+        assert_eq!(
+            client_hello_server_name(&h[..h.len() - 1]),
+            Hello::Incomplete
+        );
+        assert_eq!(client_hello_server_name(&h[..3]), Hello::Incomplete);
+        let split = hello(Some("split.example.test"), 3);
+        assert_eq!(
+            client_hello_server_name(&split),
+            Hello::ServerName(Some("split.example.test".into()))
+        );
+        // an IP address is never sent as a server name
+        assert_eq!(
+            client_hello_server_name(&hello(None, 1)),
+            Hello::ServerName(None)
+        );
+        assert_eq!(
+            client_hello_server_name(b"GET / HTTP/1.1\r\n"),
+            Hello::Malformed
+        );
+        let mut bad = h.clone();
+        bad[5] = 2; // a ServerHello
+        assert_eq!(client_hello_server_name(&bad), Hello::Malformed);
+    }
+}

@@ -231,12 +231,6 @@ pub(crate) fn sparse_copy(src: &std::fs::File, dst: &std::fs::File) -> io::Resul
     Ok(())
 }
 
-/// `fchown(fd, uid, gid)`.
-pub(crate) fn fchown(fd: &impl AsRawFd, uid: u32, gid: u32) -> io::Result<()> {
-    // SAFETY: fchown on a descriptor the caller keeps open.
-    cvt(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) }).map(drop)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

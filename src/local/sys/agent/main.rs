@@ -606,7 +606,7 @@ fn enter_user_namespace(userns: Fd) -> Result<(), c_int> {
 }
 
 fn install_seccomp(program: &[u8]) -> Result<(), c_int> {
-    if program.is_empty() || program.len() % 8 != 0 || program.len() / 8 > usize::from(u16::MAX) {
+    if program.is_empty() || !program.len().is_multiple_of(8) || program.len() / 8 > usize::from(u16::MAX) {
         return Err(ffi::EINVAL);
     }
     let prog = ffi::sock_fprog {

@@ -1,5 +1,10 @@
-//! HTTP plumbing shared by both listeners: the accept loop (HTTP/1 with upgrades, and the
-//! ability to drop a connection on cue), the journal + fault middleware, response helpers.
+//! HTTP plumbing shared by both listeners: the accept loop ([`serve`]: HTTP/1 with upgrades,
+//! connection caps, timeouts, shedding, and the ability to drop a connection on cue), the
+//! journal + fault middleware, response helpers.
+
+mod serve;
+
+pub(crate) use serve::{serve, Limits, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT};
 
 use std::sync::Arc;
 
@@ -8,15 +13,11 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::Router;
 use futures_util::StreamExt;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
-use tokio::task::JoinSet;
+use tokio::sync::Notify;
 
-use super::app::{ApiError, App};
+use super::app::App;
+use super::error::ApiError;
 use super::fault::{lock, Fault};
 use super::journal::{Plane, RecordedRequest, Slot};
 
@@ -61,9 +62,24 @@ pub(crate) fn text(status: StatusCode, message: &str) -> Response {
     resp
 }
 
-/// boxd's bare JSON error: `{"error":"<message>"}`.
+/// A data-plane JSON error: boxd's `{"error":"<message>"}` plus the `code` a caller can branch
+/// on (the status's code: `bad_request`, `unauthorized`, `not_found`, ...).
 pub(crate) fn boxd_error(status: StatusCode, message: &str) -> Response {
-    json(status, &serde_json::json!({ "error": message }))
+    boxd_error_code(status, status_code_name(status), message)
+}
+
+/// [`boxd_error`] with an explicit code (`exec_failed`, ...).
+pub(crate) fn boxd_error_code(status: StatusCode, code: &str, message: &str) -> Response {
+    json(
+        status,
+        &serde_json::json!({ "error": message, "code": code }),
+    )
+}
+
+/// The code of a data-plane error that has no more specific one: the one the SDK gives
+/// such an error.
+fn status_code_name(status: StatusCode) -> &'static str {
+    crate::wire::status_code_name(status.as_u16()).unwrap_or("internal_error")
 }
 
 /// Decodes a form-encoded query string (`+` is a space) into pairs, in order.
@@ -169,6 +185,11 @@ pub(crate) async fn observe(
             req.extensions_mut().insert(CutAfter(after_events));
             next.run(req).await
         }
+        Some(Fault::DelayResponse { millis }) => {
+            let resp = next.run(req).await;
+            tokio::time::sleep(std::time::Duration::from_millis(millis.min(600_000))).await;
+            resp
+        }
         Some(Fault::DropConnection) => {
             if let Some(ctl) = req.extensions().get::<ConnCtl>() {
                 ctl.0.notify_one();
@@ -211,7 +232,7 @@ pub(crate) async fn require_api_key(
         .headers()
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|k| super::app::ct_eq(k.trim(), &app.api_key));
+        .is_some_and(|k| super::ident::ct_eq(k.trim(), &app.api_key));
     if ok {
         next.run(req).await
     } else {
@@ -230,57 +251,6 @@ pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a s
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
-}
-
-/// Serves `router` on `listener` until `shutdown` flips; then drops every connection.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    router: Router,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    let ctl = ConnCtl(Arc::new(Notify::new()));
-                    let router = router.clone();
-                    let mut stop = shutdown.clone();
-                    conns.spawn(async move {
-                        let req_ctl = ctl.clone();
-                        let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                            req.extensions_mut().insert(req_ctl.clone());
-                            let mut router = router.clone();
-                            async move {
-                                futures_util::future::poll_fn(|cx| {
-                                    tower_service::Service::<hyper::Request<Incoming>>::poll_ready(&mut router, cx)
-                                })
-                                .await?;
-                                tower_service::Service::call(&mut router, req).await
-                            }
-                        });
-                        let conn = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .with_upgrades();
-                        tokio::select! {
-                            _ = conn => {}
-                            _ = ctl.0.notified() => {}
-                            _ = stop.changed() => {}
-                        }
-                    });
-                }
-                Err(_) => {
-                    // e.g. out of file descriptors: back off briefly
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-            },
-        }
-    }
-    conns.abort_all();
-    while conns.join_next().await.is_some() {}
 }
 
 #[cfg(test)]
