@@ -10,7 +10,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
@@ -23,13 +22,11 @@ use super::app::{App, Entry, SpawnFailure, Unavailable};
 use super::exec::{
     command_spec, Collected, Event, ExecBody, Running, Utf8Decoder, DEFAULT_TIMEOUT,
 };
+use super::fault::CutAfter;
 use super::files::{self, ByteRange, ChannelWriter, FileError, ReadTarget};
-use super::http::{
-    boxd_error, boxd_error_code, form_pairs, header_str, json, observe, text, CutAfter,
-};
 use super::ident::ct_eq;
-use super::journal::Plane;
 use super::model::Status;
+use super::reply::{boxd_error, boxd_error_code, form_pairs, header_str, json, text};
 use super::runtime::CommandSpec;
 use super::time::{format_rfc3339, now_ns};
 use super::zip;
@@ -61,7 +58,6 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/exec/connect", get(exec_connect))
         .route("/files", get(files_get).post(files_post))
         .fallback(|| async { text(StatusCode::NOT_FOUND, "404 page not found") })
-        .layer(from_fn_with_state((app.clone(), Plane::Data), observe))
         .with_state(app)
 }
 

@@ -133,6 +133,7 @@ mod idmap;
 mod image;
 mod journal;
 mod model;
+mod reply;
 mod runtime;
 mod secrets;
 mod server;

@@ -18,6 +18,7 @@ use super::egress::policy::Cidr4;
 use super::egress::{Egress, EgressSettings};
 use super::error::LocalError;
 use super::fault::FaultRule;
+use super::http;
 use super::idmap::IdRanges;
 use super::image;
 use super::journal::{Plane, RecordedRequest};
@@ -25,7 +26,6 @@ use super::runtime::Host;
 use super::secrets::{SecretKey, SecretLookup, Secrets, Vault};
 use super::store::Db;
 use super::sys;
-use super::{control, data, http};
 
 /// Smallest sandbox disk, MiB (ext4 needs room for its own metadata).
 const MIN_DISK_MIB: u32 = 64;
@@ -833,13 +833,13 @@ fn run(
         };
         let control = tokio::spawn(http::serve(
             cl,
-            control::router(app.clone()),
+            http::control_plane(app.clone()),
             stop.clone(),
             limits,
         ));
         let data = tokio::spawn(http::serve(
             dl,
-            data::router(app.clone()),
+            http::data_plane(app.clone()),
             stop.clone(),
             limits,
         ));
