@@ -2,6 +2,8 @@
 //! with `RESOLVE_*`, `*at` calls relative to a directory descriptor, `fstatfs`), each behind a
 //! safe function. This is the only place of the files API with `unsafe`.
 
+#![allow(unsafe_code)]
+
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
