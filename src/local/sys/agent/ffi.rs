@@ -102,8 +102,11 @@ pub struct cap_data {
 
 extern "C" {
     pub fn fork() -> pid_t;
-    pub fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char)
-        -> c_int;
+    pub fn execve(
+        path: *const c_char,
+        argv: *const *const c_char,
+        envp: *const *const c_char,
+    ) -> c_int;
     pub fn _exit(code: c_int) -> !;
     pub fn setsid() -> pid_t;
     pub fn dup2(old: c_int, new: c_int) -> c_int;
@@ -121,8 +124,13 @@ extern "C" {
     pub fn sethostname(name: *const c_char, len: usize) -> c_int;
     pub fn mknod(path: *const c_char, mode: mode_t, dev: u64) -> c_int;
     pub fn mkdirat(dirfd: c_int, path: *const c_char, mode: mode_t) -> c_int;
-    pub fn fchownat(dirfd: c_int, path: *const c_char, uid: uid_t, gid: gid_t, flags: c_int)
-        -> c_int;
+    pub fn fchownat(
+        dirfd: c_int,
+        path: *const c_char,
+        uid: uid_t,
+        gid: gid_t,
+        flags: c_int,
+    ) -> c_int;
     pub fn fchmodat(dirfd: c_int, path: *const c_char, mode: mode_t, flags: c_int) -> c_int;
     pub fn setgroups(n: usize, list: *const gid_t) -> c_int;
     pub fn setresuid(r: uid_t, e: uid_t, s: uid_t) -> c_int;

@@ -180,7 +180,7 @@ fn build(s: &Setup) -> Result<Fd, StepError> {
         step(20, write_file(p, "0"))?;
     }
     // SAFETY: mount(2) with valid C strings; only this process's private mount namespace.
-    step(1, check(unsafe {
+    let private = unsafe {
         ffi::mount(
             std::ptr::null(),
             c"/".as_ptr(),
@@ -188,15 +188,15 @@ fn build(s: &Setup) -> Result<Fd, StepError> {
             ffi::MS_REC | ffi::MS_PRIVATE,
             std::ptr::null(),
         )
-    }))?;
+    };
+    step(1, check(private))?;
     // a /proc of the sandbox's PID namespace (the host's one names other processes)
     let flags = ffi::MS_NOSUID | ffi::MS_NODEV | ffi::MS_NOEXEC;
     step(1, mount_fs(c"proc", c"/proc", c"proc", flags, None))?;
     let userns = step(2, user_namespace(s.id_base, s.id_count))?;
     let loopdev = step(3, attach_loop(&s.disk_image))?;
     let disk = step(4, mount_disk(&loopdev))?;
-    let [upper, work, usr_upper, usr_work] =
-        step(5, writable_layers(&disk, s.id_base))?;
+    let [upper, work, usr_upper, usr_work] = step(5, writable_layers(&disk, s.id_base))?;
     let base = step(6, idmapped_tree(&s.base_dir, &userns, false, 0))?;
     let usr = step(6, idmapped_tree(&s.usr_dir, &userns, true, 0))?;
     let root = cstr(&s.root_dir).map_err(|e| (7, e))?;
@@ -221,25 +221,42 @@ fn build(s: &Setup) -> Result<Fd, StepError> {
         p.extend_from_slice(rel.as_bytes());
         cstr(&p)
     };
-    step(10, mount_fs(c"proc", &path("/proc").map_err(|e| (10, e))?, c"proc", flags, None))?;
+    step(
+        10,
+        mount_fs(
+            c"proc",
+            &path("/proc").map_err(|e| (10, e))?,
+            c"proc",
+            flags,
+            None,
+        ),
+    )?;
     step(11, protect_proc(&path))?;
     let id = s.id_base;
     let dev = path("/dev").map_err(|e| (12, e))?;
     let opts = format!("mode=755,size=65536k,uid={id},gid={id}");
-    step(12, mount_fs(c"tmpfs", &dev, c"tmpfs", ffi::MS_NOSUID | ffi::MS_NOEXEC, Some(&opts)))?;
+    step(
+        12,
+        mount_fs(
+            c"tmpfs",
+            &dev,
+            c"tmpfs",
+            ffi::MS_NOSUID | ffi::MS_NOEXEC,
+            Some(&opts),
+        ),
+    )?;
     step(13, populate_dev(&path, id))?;
     // SAFETY: sethostname with a live buffer of the given length (own UTS namespace).
-    step(14, check(unsafe {
-        ffi::sethostname(s.hostname.as_ptr().cast(), s.hostname.len())
-    }))?;
+    let named = unsafe { ffi::sethostname(s.hostname.as_ptr().cast(), s.hostname.len()) };
+    step(14, check(named))?;
     step(15, pivot_root(&root))?;
     step(16, enter_user_namespace(userns))?;
     // A fresh anonymous session keyring: nothing of the host's keyrings is reachable (keyctl
     // itself is then blocked by the seccomp filter).
     // SAFETY: keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL).
-    step(17, check_long(unsafe {
-        ffi::syscall(ffi::nr::KEYCTL, ffi::KEYCTL_JOIN_SESSION_KEYRING, 0usize)
-    }))?;
+    let keyring =
+        unsafe { ffi::syscall(ffi::nr::KEYCTL, ffi::KEYCTL_JOIN_SESSION_KEYRING, 0usize) };
+    step(17, check_long(keyring))?;
     step(18, install_seccomp(&s.seccomp))?;
     Ok(sigfd)
 }
@@ -253,7 +270,11 @@ fn signals() -> Result<Fd, c_int> {
         check(ffi::sigprocmask(ffi::SIG_BLOCK, &all, std::ptr::null_mut()))?;
         ffi::sigemptyset(&mut chld);
         ffi::sigaddset(&mut chld, ffi::SIGCHLD);
-        Ok(Fd(check(ffi::signalfd(-1, &chld, ffi::SFD_CLOEXEC | ffi::SFD_NONBLOCK))?))
+        Ok(Fd(check(ffi::signalfd(
+            -1,
+            &chld,
+            ffi::SFD_CLOEXEC | ffi::SFD_NONBLOCK,
+        ))?))
     }
 }
 
@@ -273,7 +294,11 @@ fn user_namespace(base: u32, count: u32) -> Result<Fd, c_int> {
     if pid == 0 {
         // SAFETY: in the child: unshare, report the result, wait to be killed.
         unsafe {
-            let code: u8 = if ffi::unshare(ffi::CLONE_NEWUSER) == 0 { 0 } else { 1 };
+            let code: u8 = if ffi::unshare(ffi::CLONE_NEWUSER) == 0 {
+                0
+            } else {
+                1
+            };
             ffi::write(w.0, &code, 1);
             loop {
                 ffi::poll(std::ptr::null_mut(), 0, -1);
@@ -293,7 +318,9 @@ fn user_namespace(base: u32, count: u32) -> Result<Fd, c_int> {
         write_file(&format!("/proc/{pid}/gid_map"), &map)?;
         let path = cstr(format!("/proc/{pid}/ns/user").as_bytes())?;
         // SAFETY: open with a valid C string.
-        Ok(Fd(check(unsafe { ffi::open(path.as_ptr(), ffi::O_RDONLY | ffi::O_CLOEXEC) })?))
+        Ok(Fd(check(unsafe {
+            ffi::open(path.as_ptr(), ffi::O_RDONLY | ffi::O_CLOEXEC)
+        })?))
     })();
     // SAFETY: kills and reaps our own child.
     unsafe {
@@ -307,7 +334,9 @@ fn user_namespace(base: u32, count: u32) -> Result<Fd, c_int> {
 fn attach_loop(image: &[u8]) -> Result<Fd, c_int> {
     let image = cstr(image)?;
     // SAFETY: opens with valid C strings.
-    let img = Fd(check(unsafe { ffi::open(image.as_ptr(), ffi::O_RDWR | ffi::O_CLOEXEC) })?);
+    let img = Fd(check(unsafe {
+        ffi::open(image.as_ptr(), ffi::O_RDWR | ffi::O_CLOEXEC)
+    })?);
     // SAFETY: as above.
     let ctl = Fd(check(unsafe {
         ffi::open(c"/dev/loop-control".as_ptr(), ffi::O_RDWR | ffi::O_CLOEXEC)
@@ -317,15 +346,16 @@ fn attach_loop(image: &[u8]) -> Result<Fd, c_int> {
         let n = check(unsafe { ffi::ioctl(ctl.0, ffi::LOOP_CTL_GET_FREE) })?;
         let path = cstr(format!("/dev/loop{n}").as_bytes())?;
         // SAFETY: open with a valid C string.
-        let dev = Fd(check(unsafe { ffi::open(path.as_ptr(), ffi::O_RDWR | ffi::O_CLOEXEC) })?);
+        let dev = Fd(check(unsafe {
+            ffi::open(path.as_ptr(), ffi::O_RDWR | ffi::O_CLOEXEC)
+        })?);
         // SAFETY: a zeroed loop_config is valid; the fields used are set.
         let mut cfg: ffi::loop_config = unsafe { std::mem::zeroed() };
         cfg.fd = img.0 as u32;
         cfg.block_size = 4096;
         cfg.info.lo_flags = ffi::LO_FLAGS_AUTOCLEAR;
         // SAFETY: LOOP_CONFIGURE reads the config struct.
-        if unsafe { ffi::ioctl(dev.0, ffi::LOOP_CONFIGURE, &cfg as *const ffi::loop_config) } == 0
-        {
+        if unsafe { ffi::ioctl(dev.0, ffi::LOOP_CONFIGURE, &cfg as *const ffi::loop_config) } == 0 {
             return Ok(dev);
         }
         // another process took this device between GET_FREE and CONFIGURE: try the next
@@ -336,7 +366,13 @@ fn attach_loop(image: &[u8]) -> Result<Fd, c_int> {
     Err(ffi::EBUSY)
 }
 
-fn fsconfig(fs: &Fd, cmd: u32, key: Option<&std::ffi::CStr>, value: *const u8, aux: c_int) -> Result<(), c_int> {
+fn fsconfig(
+    fs: &Fd,
+    cmd: u32,
+    key: Option<&std::ffi::CStr>,
+    value: *const u8,
+    aux: c_int,
+) -> Result<(), c_int> {
     // SAFETY: fsconfig with valid (or null) C strings on a filesystem context we own.
     check_long(unsafe {
         ffi::syscall(
@@ -359,19 +395,29 @@ fn fsopen(name: &std::ffi::CStr) -> Result<Fd, c_int> {
 
 fn fsmount(fs: &Fd, attrs: u64) -> Result<Fd, c_int> {
     // SAFETY: fsmount on a created context we own.
-    check_long(unsafe {
-        ffi::syscall(ffi::nr_common::FSMOUNT, fs.0, ffi::FSMOUNT_CLOEXEC, attrs)
-    })
-    .map(Fd)
+    check_long(unsafe { ffi::syscall(ffi::nr_common::FSMOUNT, fs.0, ffi::FSMOUNT_CLOEXEC, attrs) })
+        .map(Fd)
 }
 
 /// Mounts the ext4 disk as a detached mount (never attached anywhere).
 fn mount_disk(dev: &Fd) -> Result<Fd, c_int> {
     let fs = fsopen(c"ext4")?;
     let source = cstr(format!("/proc/self/fd/{}", dev.0).as_bytes())?;
-    fsconfig(&fs, ffi::FSCONFIG_SET_STRING, Some(c"source"), source.as_ptr().cast(), 0)?;
+    fsconfig(
+        &fs,
+        ffi::FSCONFIG_SET_STRING,
+        Some(c"source"),
+        source.as_ptr().cast(),
+        0,
+    )?;
     // the kernel would otherwise zero the inode tables in the background, filling the image
-    fsconfig(&fs, ffi::FSCONFIG_SET_FLAG, Some(c"noinit_itable"), std::ptr::null(), 0)?;
+    fsconfig(
+        &fs,
+        ffi::FSCONFIG_SET_FLAG,
+        Some(c"noinit_itable"),
+        std::ptr::null(),
+        0,
+    )?;
     fsconfig(&fs, ffi::FSCONFIG_CMD_CREATE, None, std::ptr::null(), 0)?;
     fsmount(&fs, ffi::MOUNT_ATTR_NODEV)
 }
@@ -404,7 +450,11 @@ fn writable_layers(disk: &Fd, id: u32) -> Result<[Fd; 4], c_int> {
 /// the sandbox's root), plus `attrs`.
 fn idmapped_tree(path: &[u8], userns: &Fd, recursive: bool, attrs: u64) -> Result<Fd, c_int> {
     let p = cstr(path)?;
-    let rec = if recursive { ffi::AT_RECURSIVE as u32 } else { 0 };
+    let rec = if recursive {
+        ffi::AT_RECURSIVE as u32
+    } else {
+        0
+    };
     // SAFETY: open_tree with a valid C string.
     let tree = check_long(unsafe {
         ffi::syscall(
@@ -454,9 +504,27 @@ fn move_mount(tree: &Fd, target: &[u8]) -> Result<(), c_int> {
 /// An overlay of `lower` (idmapped) under `upper` attached at `target`.
 fn overlay(lower: &Fd, upper: &Fd, work: &Fd, target: &[u8]) -> Result<(), c_int> {
     let fs = fsopen(c"overlay")?;
-    fsconfig(&fs, ffi::FSCONFIG_SET_FD, Some(c"lowerdir+"), std::ptr::null(), lower.0)?;
-    fsconfig(&fs, ffi::FSCONFIG_SET_FD, Some(c"upperdir"), std::ptr::null(), upper.0)?;
-    fsconfig(&fs, ffi::FSCONFIG_SET_FD, Some(c"workdir"), std::ptr::null(), work.0)?;
+    fsconfig(
+        &fs,
+        ffi::FSCONFIG_SET_FD,
+        Some(c"lowerdir+"),
+        std::ptr::null(),
+        lower.0,
+    )?;
+    fsconfig(
+        &fs,
+        ffi::FSCONFIG_SET_FD,
+        Some(c"upperdir"),
+        std::ptr::null(),
+        upper.0,
+    )?;
+    fsconfig(
+        &fs,
+        ffi::FSCONFIG_SET_FD,
+        Some(c"workdir"),
+        std::ptr::null(),
+        work.0,
+    )?;
     fsconfig(&fs, ffi::FSCONFIG_CMD_CREATE, None, std::ptr::null(), 0)?;
     let mnt = fsmount(&fs, ffi::MOUNT_ATTR_NODEV)?;
     move_mount(&mnt, target)
@@ -477,7 +545,8 @@ fn mount_fs(
             target.as_ptr(),
             fstype.as_ptr(),
             flags,
-            data.as_ref().map_or(std::ptr::null(), |d| d.as_ptr().cast()),
+            data.as_ref()
+                .map_or(std::ptr::null(), |d| d.as_ptr().cast()),
         )
     })
     .map(drop)
@@ -486,7 +555,13 @@ fn mount_fs(
 fn bind(src: &std::ffi::CStr, target: &std::ffi::CStr, flags: ffi::c_ulong) -> Result<(), c_int> {
     // SAFETY: mount(2) with valid C strings in the agent's own mount namespace.
     check(unsafe {
-        ffi::mount(src.as_ptr(), target.as_ptr(), std::ptr::null(), flags, std::ptr::null())
+        ffi::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
     })
     .map(drop)
 }
@@ -507,10 +582,22 @@ fn protect_proc(path: &dyn Fn(&str) -> Result<CString, c_int>) -> Result<(), c_i
             | ffi::MS_NOEXEC;
         // SAFETY: remount of the bind just made.
         check(unsafe {
-            ffi::mount(std::ptr::null(), p.as_ptr(), std::ptr::null(), flags, std::ptr::null())
+            ffi::mount(
+                std::ptr::null(),
+                p.as_ptr(),
+                std::ptr::null(),
+                flags,
+                std::ptr::null(),
+            )
         })?;
     }
-    for masked in ["kcore", "keys", "timer_list", "sched_debug", "latency_stats"] {
+    for masked in [
+        "kcore",
+        "keys",
+        "timer_list",
+        "sched_debug",
+        "latency_stats",
+    ] {
         let p = path(&format!("/proc/{masked}"))?;
         match bind(c"/dev/null", &p, ffi::MS_BIND) {
             Err(ffi::ENOENT) => {}
@@ -535,7 +622,11 @@ fn populate_dev(path: &dyn Fn(&str) -> Result<CString, c_int>, id: u32) -> Resul
         let p = path(&format!("/dev/{name}"))?;
         // SAFETY: mknod/fchownat with a valid C string on our own tmpfs.
         unsafe {
-            check(ffi::mknod(p.as_ptr(), ffi::S_IFCHR | 0o666, ffi::makedev(major, minor)))?;
+            check(ffi::mknod(
+                p.as_ptr(),
+                ffi::S_IFCHR | 0o666,
+                ffi::makedev(major, minor),
+            ))?;
             check(ffi::fchownat(ffi::AT_FDCWD, p.as_ptr(), id, id, 0))?;
         }
     }
@@ -551,7 +642,13 @@ fn populate_dev(path: &dyn Fn(&str) -> Result<CString, c_int>, id: u32) -> Resul
             .map_err(|e| e.raw_os_error().unwrap_or(ffi::EINVAL))?;
         // SAFETY: fchownat with a valid C string, not following the link.
         check(unsafe {
-            ffi::fchownat(ffi::AT_FDCWD, link.as_ptr(), id, id, ffi::AT_SYMLINK_NOFOLLOW)
+            ffi::fchownat(
+                ffi::AT_FDCWD,
+                link.as_ptr(),
+                id,
+                id,
+                ffi::AT_SYMLINK_NOFOLLOW,
+            )
         })?;
     }
     for (name, mode) in [("pts", 0o755), ("shm", 0o1777)] {
@@ -568,7 +665,9 @@ fn populate_dev(path: &dyn Fn(&str) -> Result<CString, c_int>, id: u32) -> Resul
         &path("/dev/pts")?,
         c"devpts",
         ffi::MS_NOSUID | ffi::MS_NOEXEC,
-        Some(&format!("newinstance,ptmxmode=0666,mode=0620,gid={tty_gid}")),
+        Some(&format!(
+            "newinstance,ptmxmode=0666,mode=0620,gid={tty_gid}"
+        )),
     )?;
     mount_fs(
         c"shm",
@@ -586,7 +685,11 @@ fn pivot_root(root: &CString) -> Result<(), c_int> {
     // SAFETY: chdir/pivot_root/umount2 with valid C strings, in our own mount namespace.
     unsafe {
         check(ffi::chdir(root.as_ptr()))?;
-        check_long(ffi::syscall(ffi::nr::PIVOT_ROOT, c".".as_ptr(), c".".as_ptr()))?;
+        check_long(ffi::syscall(
+            ffi::nr::PIVOT_ROOT,
+            c".".as_ptr(),
+            c".".as_ptr(),
+        ))?;
         check(ffi::umount2(c".".as_ptr(), ffi::MNT_DETACH))?;
         check(ffi::chdir(c"/".as_ptr())).map(drop)
     }
@@ -609,7 +712,10 @@ fn enter_user_namespace(userns: Fd) -> Result<(), c_int> {
 }
 
 fn install_seccomp(program: &[u8]) -> Result<(), c_int> {
-    if program.is_empty() || !program.len().is_multiple_of(8) || program.len() / 8 > usize::from(u16::MAX) {
+    if program.is_empty()
+        || !program.len().is_multiple_of(8)
+        || program.len() / 8 > usize::from(u16::MAX)
+    {
         return Err(ffi::EINVAL);
     }
     let prog = ffi::sock_fprog {
@@ -670,7 +776,10 @@ fn serve(setup: &Setup, sigfd: &Fd, buf: &mut [u8]) -> ! {
         }
         for p in &pfds[2..] {
             if p.revents != 0 {
-                if let Some(c) = cmds.iter_mut().find(|c| c.status.as_ref().is_some_and(|s| s.0 == p.fd)) {
+                if let Some(c) = cmds
+                    .iter_mut()
+                    .find(|c| c.status.as_ref().is_some_and(|s| s.0 == p.fd))
+                {
                     resolve(c);
                 }
             }
@@ -686,7 +795,16 @@ fn serve(setup: &Setup, sigfd: &Fd, buf: &mut [u8]) -> ! {
                     // SAFETY: the backend is gone: end the sandbox.
                     unsafe { ffi::_exit(0) }
                 }
-                Some((Ok(ToAgent::Spawn { id, argv, env, cwd, stdin }), fds)) => {
+                Some((
+                    Ok(ToAgent::Spawn {
+                        id,
+                        argv,
+                        env,
+                        cwd,
+                        stdin,
+                    }),
+                    fds,
+                )) => {
                     if let Some(c) = spawn(setup, id, &argv, &env, &cwd, stdin, fds) {
                         cmds.push(c);
                     }
@@ -725,7 +843,10 @@ fn resolve(c: &mut Command) {
         });
     } else {
         c.started = true;
-        send(&FromAgent::Started { id: c.id, pid: c.pid });
+        send(&FromAgent::Started {
+            id: c.id,
+            pid: c.pid,
+        });
     }
 }
 
@@ -940,6 +1061,13 @@ unsafe fn drop_caps(keep: u64, last_cap: u32) -> Result<(), c_int> {
             &header as *const ffi::cap_header,
             data.as_ptr(),
         ))?;
-        check(ffi::prctl(ffi::PR_SET_NO_NEW_PRIVS, 1 as ffi::c_ulong, 0, 0, 0)).map(drop)
+        check(ffi::prctl(
+            ffi::PR_SET_NO_NEW_PRIVS,
+            1 as ffi::c_ulong,
+            0,
+            0,
+            0,
+        ))
+        .map(drop)
     }
 }
