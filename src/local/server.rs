@@ -495,7 +495,8 @@ impl LocalServer {
         if on_overlay {
             return Err(cleanup_temp(LocalError::InvalidDataDir {
                 path: data_dir.clone(),
-                reason: "it is on overlayfs, which cannot hold the sandboxes' writable layers;                          choose a directory on ext4, xfs, btrfs or tmpfs"
+                reason: "it is on overlayfs, which cannot hold the sandboxes' writable layers; \
+                         choose a directory on ext4, xfs, btrfs or tmpfs"
                     .into(),
             }));
         }
