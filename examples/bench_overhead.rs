@@ -23,6 +23,9 @@
 //! done; done
 //! ```
 
+// `getrusage` for the process CPU time.
+#![allow(unsafe_code)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;

@@ -1,8 +1,14 @@
 //! cgroup v1: one group per sandbox in the `freezer` (pause/resume), `memory`, `cpu` and `pids`
-//! hierarchies, under `<hierarchy>/superserve-local/<sandbox id>`.
+//! hierarchies, under `<hierarchy>/superserve-local/<instance>/<sandbox id>`, where the
+//! instance names one data directory: a backend restarted on it finds (and removes) every
+//! group a crashed predecessor left, and never touches another backend's groups.
+//!
+//! Limits: memory including swap (`memory.memsw.*`; without it the backend refuses to start
+//! on a host with swap), CPU quota, a `pids.max` per sandbox, and one over all sandboxes of
+//! every backend (`superserve-local` itself) so that many sandboxes together cannot take every
+//! pid of the host.
 
 use std::io;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -11,16 +17,20 @@ use super::sys;
 
 /// Name of the parent group in every hierarchy.
 const PARENT: &str = "superserve-local";
-/// Processes per sandbox (fork-bomb guard).
-const PIDS_MAX: u32 = 4096;
+/// Processes (tasks) per sandbox: the fork-bomb guard.
+pub(crate) const PIDS_MAX: u32 = 1024;
+/// Share of the host's `kernel.pid_max` that all sandboxes together may use.
+const PIDS_SHARE_PERCENT: u64 = 50;
 
 /// The parent groups this backend uses.
 #[derive(Clone, Debug)]
 pub(crate) struct Cgroups {
     freezer: PathBuf,
-    memory: Option<PathBuf>,
+    memory: PathBuf,
     cpu: Option<PathBuf>,
-    pids: Option<PathBuf>,
+    pids: PathBuf,
+    /// Whether the kernel offers `memory.memsw.*`.
+    memsw: bool,
 }
 
 /// Undoes the `\040`-style escapes of `/proc/self/mounts`.
@@ -65,9 +75,10 @@ fn v1_mounts() -> io::Result<Vec<(PathBuf, Vec<String>)>> {
 }
 
 impl Cgroups {
-    /// Finds the hierarchies and creates the parent groups. The freezer is required; the
-    /// others are used when present.
-    pub(crate) fn discover() -> Result<Cgroups, LocalError> {
+    /// Finds the hierarchies and creates this instance's parent groups. The freezer, memory
+    /// and pids controllers are required (pause, memory limit, fork-bomb guard); `cpu` is
+    /// used when present.
+    pub(crate) fn discover(instance: &str) -> Result<Cgroups, LocalError> {
         let mounts = v1_mounts().map_err(|e| LocalError::Unsupported {
             what: "cgroups",
             detail: format!("cannot read /proc/self/mounts: {e}"),
@@ -78,25 +89,64 @@ impl Cgroups {
                 .find(|(_, opts)| opts.iter().any(|o| o == ctrl))
                 .map(|(dir, _)| dir.join(PARENT))
         };
-        let freezer = find("freezer").ok_or_else(|| LocalError::Unsupported {
-            what: "the cgroup v1 freezer",
-            detail: "no cgroup v1 hierarchy with the freezer controller is mounted \
+        let required = |ctrl: &'static str, what: &'static str| {
+            find(ctrl).ok_or_else(|| LocalError::Unsupported {
+                what,
+                detail: format!(
+                    "no cgroup v1 hierarchy with the {ctrl} controller is mounted \
                      (cgroup v2-only hosts are not supported yet)"
-                .into(),
+                ),
+            })
+        };
+        let freezer = required("freezer", "the cgroup v1 freezer")?;
+        let memory = required("memory", "the cgroup v1 memory controller")?;
+        let pids = required("pids", "the cgroup v1 pids controller")?;
+        let swap = std::fs::read_to_string("/proc/meminfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("SwapTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let memsw = memory
+            .with_file_name("memory.memsw.limit_in_bytes")
+            .exists();
+        if swap > 0 && !memsw {
+            return Err(LocalError::Unsupported {
+                what: "memory limits that include swap",
+                detail: "the host has swap but the kernel offers no memory.memsw.* (boot with \
+                         swapaccount=1, or disable swap)"
+                    .into(),
+            });
+        }
+        let create = |dir: &Path, what: &'static str| {
+            std::fs::create_dir_all(dir).map_err(|e| LocalError::Unsupported {
+                what,
+                detail: format!("cannot create {}: {e}", dir.display()),
+            })
+        };
+        create(&pids, "the cgroup v1 pids controller")?;
+        let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(32768);
+        let share = (pid_max * PIDS_SHARE_PERCENT / 100).to_string();
+        write(&pids, "pids.max", &share).map_err(|e| LocalError::Unsupported {
+            what: "the cgroup v1 pids controller",
+            detail: format!("cannot limit {}: {e}", pids.display()),
         })?;
         let cg = Cgroups {
-            freezer,
-            memory: find("memory"),
-            cpu: find("cpu"),
-            pids: find("pids"),
+            freezer: freezer.join(instance),
+            memory: memory.join(instance),
+            cpu: find("cpu").map(|p| p.join(instance)),
+            pids: pids.join(instance),
+            memsw,
         };
-        std::fs::create_dir_all(&cg.freezer).map_err(|e| LocalError::Unsupported {
-            what: "the cgroup v1 freezer",
-            detail: format!("cannot create {}: {e}", cg.freezer.display()),
-        })?;
-        for dir in [&cg.memory, &cg.cpu, &cg.pids].into_iter().flatten() {
-            // Optional controllers: a failure here only means no limit of that kind.
-            let _ = std::fs::create_dir_all(dir);
+        create(&cg.freezer, "the cgroup v1 freezer")?;
+        create(&cg.memory, "the cgroup v1 memory controller")?;
+        create(&cg.pids, "the cgroup v1 pids controller")?;
+        if let Some(cpu) = &cg.cpu {
+            // optional: without it there is no CPU quota
+            let _ = std::fs::create_dir_all(cpu);
         }
         Ok(cg)
     }
@@ -105,10 +155,49 @@ impl Cgroups {
     pub(crate) fn sandbox(&self, id: &str) -> SandboxCgroup {
         SandboxCgroup {
             freezer: self.freezer.join(id),
-            memory: self.memory.as_ref().map(|p| p.join(id)),
+            memory: Some(self.memory.join(id)),
             cpu: self.cpu.as_ref().map(|p| p.join(id)),
-            pids: self.pids.as_ref().map(|p| p.join(id)),
+            pids: Some(self.pids.join(id)),
+            memsw: self.memsw,
         }
+    }
+
+    /// Removes this instance's (empty) parent groups; a group still in use stays. Called when
+    /// the backend stops, after every sandbox was killed.
+    pub(crate) fn remove_instance(&self) {
+        for dir in [
+            Some(&self.freezer),
+            Some(&self.memory),
+            self.cpu.as_ref(),
+            Some(&self.pids),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+
+    /// Names of every sandbox group of this instance (in any hierarchy).
+    pub(crate) fn sandbox_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        let dirs = [
+            Some(&self.freezer),
+            Some(&self.memory),
+            self.cpu.as_ref(),
+            Some(&self.pids),
+        ];
+        for dir in dirs.into_iter().flatten() {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    if !names.contains(&n) {
+                        names.push(n);
+                    }
+                }
+            }
+        }
+        names
     }
 }
 
@@ -119,6 +208,7 @@ pub(crate) struct SandboxCgroup {
     memory: Option<PathBuf>,
     cpu: Option<PathBuf>,
     pids: Option<PathBuf>,
+    memsw: bool,
 }
 
 fn write(dir: &Path, file: &str, value: &str) -> io::Result<()> {
@@ -131,14 +221,17 @@ impl SandboxCgroup {
             .chain([&self.memory, &self.cpu, &self.pids].into_iter().flatten())
     }
 
-    /// Creates the groups (idempotent) and applies limits where the controllers allow.
+    /// Creates the groups (idempotent) and applies the limits.
     pub(crate) fn create(&self, vcpu: u32, memory_mib: u32) -> io::Result<()> {
         std::fs::create_dir_all(&self.freezer)?;
         write(&self.freezer, "freezer.state", "THAWED")?;
         if let Some(dir) = &self.memory {
-            if std::fs::create_dir_all(dir).is_ok() {
-                let bytes = u64::from(memory_mib) * 1024 * 1024;
-                let _ = write(dir, "memory.limit_in_bytes", &bytes.to_string());
+            std::fs::create_dir_all(dir)?;
+            let bytes = (u64::from(memory_mib) * 1024 * 1024).to_string();
+            write(dir, "memory.limit_in_bytes", &bytes)?;
+            if self.memsw {
+                // memory + swap together: the same figure, so nothing goes to swap
+                write(dir, "memory.memsw.limit_in_bytes", &bytes)?;
             }
         }
         if let Some(dir) = &self.cpu {
@@ -149,22 +242,18 @@ impl SandboxCgroup {
             }
         }
         if let Some(dir) = &self.pids {
-            if std::fs::create_dir_all(dir).is_ok() {
-                let _ = write(dir, "pids.max", &PIDS_MAX.to_string());
-            }
+            std::fs::create_dir_all(dir)?;
+            write(dir, "pids.max", &PIDS_MAX.to_string())?;
         }
         Ok(())
     }
 
-    /// `cgroup.procs` of every existing group, opened for writing (a child writes `0` to join).
-    pub(crate) fn open_procs(&self) -> io::Result<Vec<OwnedFd>> {
-        let mut out = Vec::new();
-        for dir in self.dirs() {
-            if dir.is_dir() {
-                out.push(sys::open_raw(&dir.join("cgroup.procs"), libc::O_WRONLY)?);
-            }
-        }
-        Ok(out)
+    /// The `tasks` file of every group of the sandbox (a task writes `0` there to join).
+    pub(crate) fn task_files(&self) -> Vec<PathBuf> {
+        self.dirs()
+            .filter(|d| d.is_dir())
+            .map(|d| d.join("tasks"))
+            .collect()
     }
 
     /// Host PIDs of every process in the sandbox.
@@ -220,7 +309,7 @@ impl SandboxCgroup {
                         "sandbox processes did not exit after SIGKILL",
                     ));
                 }
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
         let mut last = Ok(());
@@ -233,10 +322,10 @@ impl SandboxCgroup {
                 match std::fs::remove_dir(dir) {
                     Ok(()) => break,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                    Err(_) if tries < 200 => {
+                    Err(_) if tries < 1000 => {
                         // A task that just died may still be accounted for a moment.
                         tries += 1;
-                        std::thread::sleep(Duration::from_millis(5));
+                        std::thread::sleep(Duration::from_millis(1));
                     }
                     Err(e) => {
                         last = Err(e);

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
@@ -15,9 +14,9 @@ use serde::de::DeserializeOwned;
 use super::app::App;
 use super::error::ApiError;
 use super::fault::FaultRule;
-use super::http::{form_pairs, json, observe, require_api_key};
 use super::journal::{redact_header, Plane};
 use super::model::{Record, Status, KNOWN_STATUSES};
+use super::reply::{form_pairs, json};
 use super::secrets;
 use super::store::{self, decode_cursor, Before, EventQuery};
 use super::time::parse_rfc3339;
@@ -47,8 +46,6 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/_local/requests", get(requests).delete(clear_requests))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(from_fn_with_state(app.clone(), require_api_key))
-        .layer(from_fn_with_state((app.clone(), Plane::Control), observe))
         .with_state(app)
 }
 

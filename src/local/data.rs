@@ -10,7 +10,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
@@ -18,19 +17,17 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::agent::SpawnError;
 use super::app::{App, Entry, SpawnFailure, Unavailable};
 use super::exec::{
     command_spec, Collected, Event, ExecBody, Running, Utf8Decoder, DEFAULT_TIMEOUT,
 };
+use super::fault::CutAfter;
 use super::files::{self, ByteRange, ChannelWriter, FileError, ReadTarget};
-use super::http::{
-    boxd_error, boxd_error_code, form_pairs, header_str, json, observe, text, CutAfter,
-};
 use super::ident::ct_eq;
-use super::journal::Plane;
 use super::model::Status;
+use super::reply::{boxd_error, boxd_error_code, form_pairs, header_str, json, text};
 use super::runtime::CommandSpec;
-use super::sys::SpawnError;
 use super::time::{format_rfc3339, now_ns};
 use super::zip;
 
@@ -61,7 +58,6 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/exec/connect", get(exec_connect))
         .route("/files", get(files_get).post(files_post))
         .fallback(|| async { text(StatusCode::NOT_FOUND, "404 page not found") })
-        .layer(from_fn_with_state((app.clone(), Plane::Data), observe))
         .with_state(app)
 }
 
@@ -779,11 +775,11 @@ fn content_disposition(kind: &str, name: &str) -> Option<HeaderValue> {
 async fn open_in_root<T: Send + 'static>(
     rt: &Arc<super::runtime::Runtime>,
     path: &str,
-    open: fn(&std::os::fd::OwnedFd, &str) -> Result<T, FileError>,
+    open: impl FnOnce(&std::os::fd::OwnedFd, &str) -> Result<T, FileError> + Send + 'static,
 ) -> Result<T, Box<Response>> {
     let rt = rt.clone();
     let path = path.to_owned();
-    match tokio::task::spawn_blocking(move || open(&rt.root, &path)).await {
+    match tokio::task::spawn_blocking(move || open(rt.root(), &path)).await {
         Ok(Ok(t)) => Ok(t),
         Ok(Err(e)) => Err(Box::new(file_error(e))),
         Err(e) => Err(Box::new(boxd_error(
@@ -930,7 +926,9 @@ async fn files_post(
         Ok(t) => t,
         Err(r) => return *r,
     };
-    let file = match open_in_root(&rt, &path, files::open_write).await {
+    let owner = rt.root_id;
+    let open = move |root: &std::os::fd::OwnedFd, p: &str| files::open_write(root, p, owner);
+    let file = match open_in_root(&rt, &path, open).await {
         Ok(f) => f,
         Err(r) => return *r,
     };

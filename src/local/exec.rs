@@ -6,13 +6,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Deserialize;
 use tokio::io::AsyncReadExt;
-use tokio::process::{Child, ChildStdin};
+use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::agent::Process;
 use super::model::Record;
 use super::runtime::{CommandSpec, SANDBOX_HOME, SANDBOX_PATH};
-use super::sys;
 
 /// Default per-command timeout of `/exec` and `/exec/stream` when `timeout_s` is absent or 0.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -131,8 +131,7 @@ enum Chunk {
 
 /// A running command; [`Running::next`] yields its events in order and then `None`.
 pub(crate) struct Running {
-    child: Child,
-    pgid: i32,
+    child: Process,
     rx: mpsc::Receiver<Chunk>,
     rx_open: bool,
     deadline: Option<Instant>,
@@ -140,7 +139,7 @@ pub(crate) struct Running {
     exited: Option<(i32, Instant)>,
     finished: bool,
     /// stdin, if it was requested (take it to write).
-    pub stdin: Option<ChildStdin>,
+    pub stdin: Option<pipe::Sender>,
 }
 
 fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
@@ -165,20 +164,19 @@ fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     });
 }
 
-fn exit_code(status: std::io::Result<std::process::ExitStatus>) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
+/// The exit code of a `waitpid` status: the code, or 128+N when killed by signal N; -1 when
+/// the sandbox's agent died first.
+fn exit_code(status: std::io::Result<i32>) -> i32 {
     match status {
-        Ok(s) => s
-            .code()
-            .or_else(|| s.signal().map(|sig| 128 + sig))
-            .unwrap_or(-1),
-        Err(_) => -1,
+        Ok(s) if libc::WIFEXITED(s) => libc::WEXITSTATUS(s),
+        Ok(s) if libc::WIFSIGNALED(s) => 128 + libc::WTERMSIG(s),
+        _ => -1,
     }
 }
 
 impl Running {
-    /// Wraps a freshly spawned child (stdout and stderr piped).
-    pub(crate) fn new(mut child: Child, timeout: Option<Duration>) -> Running {
+    /// Wraps a freshly started command.
+    pub(crate) fn new(mut child: Process, timeout: Option<Duration>) -> Running {
         let (tx, rx) = mpsc::channel(64);
         if let Some(out) = child.stdout.take() {
             pump(out, tx.clone(), false);
@@ -186,11 +184,9 @@ impl Running {
         if let Some(err) = child.stderr.take() {
             pump(err, tx, true);
         }
-        let pgid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
         let stdin = child.stdin.take();
         Running {
             child,
-            pgid,
             rx,
             rx_open: true,
             deadline: timeout.map(|t| Instant::now() + t),
@@ -203,17 +199,16 @@ impl Running {
 
     /// Sends a signal to the command's main process (as the hosted service does).
     pub(crate) fn signal(&self, sig: i32) {
-        if self.pgid > 0 && !self.finished && self.exited.is_none() {
-            let _ = sys::kill(self.pgid, sig);
+        if !self.finished && self.exited.is_none() {
+            self.child.signal(sig, false);
         }
     }
 
     /// Kills the command's whole process group (timeout, client gone, stream cut).
     pub(crate) fn kill(&mut self) {
-        if self.pgid > 0 && !self.finished {
-            let _ = sys::kill(-self.pgid, libc::SIGKILL);
+        if !self.finished {
+            self.child.signal(libc::SIGKILL, true);
         }
-        let _ = self.child.start_kill();
     }
 
     /// The next event; `None` after [`Event::Exit`].

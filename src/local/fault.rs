@@ -165,6 +165,11 @@ pub(crate) fn path_matches(pattern: &str, path: &str) -> bool {
         .all(|(p, s)| *p == "*" || p == s)
 }
 
+/// What a [`Fault::CutStream`] rule leaves on the request it matched (a request extension):
+/// the streaming handler cuts its stream after this many output events.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CutAfter(pub u32);
+
 /// The live rule list.
 #[derive(Default)]
 pub(crate) struct FaultSet {

@@ -158,15 +158,16 @@ pub(crate) fn open_read(root: &OwnedFd, path: &str) -> Result<ReadTarget, FileEr
 }
 
 /// Opens `path` inside the sandbox for writing: parents are created (0755), the file is
-/// created (0644) or truncated.
-pub(crate) fn open_write(root: &OwnedFd, path: &str) -> Result<File, FileError> {
-    open_write_in(root, path).map_err(|e| match e {
+/// created (0644) or truncated. What is created is owned by `owner` (the host id of the
+/// sandbox's root), as if the sandbox's root had written it.
+pub(crate) fn open_write(root: &OwnedFd, path: &str, owner: u32) -> Result<File, FileError> {
+    open_write_in(root, path, owner).map_err(|e| match e {
         FileError::NotADirectory => FileError::ParentNotADirectory,
         e => e,
     })
 }
 
-fn open_write_in(root: &OwnedFd, path: &str) -> Result<File, FileError> {
+fn open_write_in(root: &OwnedFd, path: &str, owner: u32) -> Result<File, FileError> {
     let trimmed = path.trim_matches('/');
     if trimmed.is_empty() {
         return Err(FileError::IsDirectory);
@@ -194,8 +195,12 @@ fn open_write_in(root: &OwnedFd, path: &str) -> Result<File, FileError> {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 let name = cstr(*comp)?;
                 match fs_sys::mkdir_child(parent.as_fd(), &name, 0o755) {
+                    Ok(()) => {
+                        let dir = openat2(root.as_fd(), &p, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+                        fs_sys::fchown(dir.as_fd(), owner, owner)?;
+                    }
                     Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e.into()),
-                    _ => {}
+                    Err(_) => {}
                 }
                 openat2(root.as_fd(), &p, libc::O_PATH | libc::O_DIRECTORY, 0)?
             }
@@ -206,18 +211,29 @@ fn open_write_in(root: &OwnedFd, path: &str) -> Result<File, FileError> {
         };
     }
     drop(parent);
-    let fd = openat2(
+    let rel = relative(path)?;
+    let flags = libc::O_WRONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
+    let (fd, created) = match openat2(
         root.as_fd(),
-        &relative(path)?,
-        libc::O_WRONLY | libc::O_CREAT | libc::O_NONBLOCK | libc::O_NOCTTY,
+        &rel,
+        flags | libc::O_CREAT | libc::O_EXCL,
         0o644,
-    )?;
+    ) {
+        Ok(fd) => (fd, true),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            (openat2(root.as_fd(), &rel, flags, 0)?, false)
+        }
+        Err(e) => return Err(e.into()),
+    };
     if is_virtual(fd.as_fd())? {
         return Err(FileError::Virtual);
     }
     let st = fstat(fd.as_fd())?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(FileError::NotRegular);
+    }
+    if created {
+        fs_sys::fchown(fd.as_fd(), owner, owner)?;
     }
     let file = File::from(fd);
     file.set_len(0)?;

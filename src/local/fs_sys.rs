@@ -2,6 +2,8 @@
 //! with `RESOLVE_*`, `*at` calls relative to a directory descriptor, `fstatfs`), each behind a
 //! safe function. This is the only place of the files API with `unsafe`.
 
+#![allow(unsafe_code)]
+
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -70,6 +72,15 @@ pub(crate) fn open_child(dir: BorrowedFd<'_>, name: &CStr, flags: c_int) -> io::
 pub(crate) fn mkdir_child(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
     // SAFETY: a valid C string; the directory descriptor is borrowed for the call.
     if unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `fchown(fd, uid, gid)`.
+pub(crate) fn fchown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: plain integers; the descriptor is borrowed for the call.
+    if unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

@@ -10,11 +10,22 @@
 //! * a copy-on-write root filesystem: overlayfs over the `superserve/base` image, a skeleton
 //!   root with a minimal `/etc` (no `/etc/shadow`, no host home directories) plus the host's
 //!   `/usr` as a read-only lower layer (so `sh`, coreutils, `python3`, `curl`, `git` work).
-//!   Writes land in the sandbox's own upper directory under the data directory;
-//! * its own PID, mount and UTS namespaces (hostname = the first 8 characters of its id), with
-//!   an init process as PID 1, `/proc`, a minimal `/dev`, and a reduced capability set;
+//!   Writes land on the sandbox's own disk: an ext4 image of `disk_mib` MiB (4096 unless
+//!   [`LocalServerBuilder::sandbox_disk_mib`] says otherwise), mounted inside the sandbox only;
+//!   a full disk is `ENOSPC` inside and `507` for uploads;
+//! * its own user namespace: root in the sandbox is an unprivileged host id (65536 ids per
+//!   sandbox, from 2^28 up), and still owns the system files (idmapped lower layers), so
+//!   package installs and writes under `/usr` work; what it plants (setuid, file
+//!   capabilities) means nothing on the host;
+//! * its own PID, mount, UTS, IPC and network namespaces (hostname = the first 8 characters of
+//!   its id), all owned by the host, with a small agent as PID 1 that holds nothing of the
+//!   backend and starts commands on its request, `/proc`, a minimal `/dev`, a reduced
+//!   capability set, a fresh session keyring and a seccomp filter in the spirit of Docker's
+//!   default profile (no keyrings, bpf, perf events, userfaultfd, mounts, nested namespaces,
+//!   io_uring, kernel modules, ...);
 //! * a cgroup (v1) per sandbox: the freezer pauses and resumes it with every process keeping its
-//!   memory, `memory_mib` (512) and `vcpu_count` (1) become memory and CPU limits;
+//!   memory, `memory_mib` (512) and `vcpu_count` (1) become memory (swap included) and CPU
+//!   limits, and a pids limit (1024 tasks) stops fork bombs inside the sandbox;
 //! * state (records, tokens, metadata, bindings, network log) in SQLite in the data directory:
 //!   a restart on the same directory keeps every record and file. Processes do not survive a
 //!   restart: sandboxes that were running come back `paused`, and resuming (or `activate`)
@@ -125,8 +136,10 @@
 //! `POST /_local/faults` (a [`FaultRule`] as JSON), `DELETE /_local/faults`,
 //! `GET /_local/requests` (the journal, secrets redacted) and `DELETE /_local/requests`.
 //!
-//! Requirements: Linux, root, overlayfs, cgroup v1 with the freezer controller, Linux 5.6+
-//! (`openat2`). [`LocalServer::start`] fails with a [`LocalError`] naming what is missing.
+//! Requirements: Linux 6.13+, root, overlayfs, user namespaces, loop devices and `mkfs.ext4`
+//! (e2fsprogs), cgroup v1 with the freezer, memory and pids controllers (and `memory.memsw.*`
+//! when the host has swap). [`LocalServer::start`] fails with a [`LocalError`] naming what is
+//! missing rather than run sandboxes with weaker isolation.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -137,16 +150,18 @@
 //! println!("SUPERSERVE_SANDBOX_URL={}", server.sandbox_url());
 //! println!("SUPERSERVE_PREVIEW_URL={}", server.preview_url());
 //! server.inject(FaultRule::new("GET", "/sandboxes/*").fault(Fault::RateLimited { retry_after_secs: 1 }));
-//! let config = server.config(); // for Sandbox::create_with(&config, ...)
+//! let config = server.config(); // for Sandbox::create_with_config(&config, ...)
 //! # let _ = config;
 //! # Ok(())
 //! # }
 //! ```
 
+mod agent;
 mod app;
 mod cgroup;
 mod control;
 mod data;
+mod disk;
 mod domain;
 mod egress;
 mod error;
@@ -156,10 +171,12 @@ mod files;
 mod fs_sys;
 mod http;
 mod ident;
+mod idmap;
 mod image;
 mod journal;
 mod model;
 mod preview;
+mod reply;
 mod runtime;
 mod secrets;
 mod server;

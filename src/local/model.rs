@@ -15,6 +15,8 @@ pub(crate) const BASE_TEMPLATE_ID: &str = "00000000-0000-4000-8000-0000000000b5"
 pub(crate) const DEFAULT_VCPU: u32 = 1;
 /// Memory of the base template, MiB.
 pub(crate) const DEFAULT_MEMORY_MIB: u32 = 512;
+/// Disk size of a sandbox made from the base template, MiB (as the hosted templates).
+pub(crate) const DEFAULT_DISK_MIB: u32 = 4096;
 /// Longest `timeout_seconds` accepted (7 days).
 pub(crate) const MAX_TIMEOUT_SECONDS: u64 = 604_800;
 /// Longest `auto_delete_seconds` accepted (30 days).
@@ -141,6 +143,10 @@ pub(crate) struct Record {
     pub status: Status,
     pub vcpu_count: u32,
     pub memory_mib: u32,
+    /// Size of the sandbox's disk (its writable layer), MiB.
+    pub disk_mib: u32,
+    /// The sandbox's slot of host user/group ids (see `idmap`), once it has one.
+    pub id_slot: Option<u32>,
     pub created_ns: i64,
     pub timeout_seconds: Option<u64>,
     pub auto_delete_seconds: Option<u64>,

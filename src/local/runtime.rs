@@ -1,33 +1,36 @@
-//! A sandbox's running side: its init process (PID 1 of its own PID, mount and UTS
-//! namespaces, root on an overlay), its cgroup, and spawning commands inside it.
+//! A sandbox's running side: its agent (PID 1 of the sandbox's own PID, mount, UTS, IPC,
+//! network and user namespaces, see `sys/agent`), its cgroup, its disk, and starting
+//! commands through the agent.
 //!
-//! Layout on disk: `data_dir/sandboxes/<id>/{upper,work,usr-upper,usr-work,root}`. The overlays
-//! are mounted inside the sandbox's own mount namespace only, so the host's mount table never
-//! shows them and they disappear with the sandbox's last process.
+//! Layout on disk: `data_dir/sandboxes/<id>/{disk.ext4,root}`. The disk holds the writable
+//! layers; the overlays and the disk's mount exist in the sandbox's mount namespace only, so
+//! the host's mount table never shows them and they disappear with the sandbox's last
+//! process (a crashed backend leaves no mount behind).
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use libc::c_ulong;
-
+use super::agent::{AgentConn, Process, SpawnError};
 use super::cgroup::{Cgroups, SandboxCgroup};
+use super::disk::Disks;
 use super::egress::{Egress, SandboxNet, SandboxPolicy};
+use super::idmap::{self, IdRanges};
 use super::image::BaseImage;
-use super::sys::{self, cstr, path_cstr, ChildPlan, PidNs, SpawnError, Step};
+use super::sys::proto::Setup;
+use super::sys::{self, spawn};
 
 /// `PATH` of every sandbox process.
 pub(crate) const SANDBOX_PATH: &str =
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// `HOME` of every sandbox process (the sandbox user is root).
 pub(crate) const SANDBOX_HOME: &str = "/root";
-
-/// PID 1 of a sandbox: reaps orphans, otherwise sleeps.
-const REAPER: &str = "trap '' HUP INT QUIT TERM USR1 USR2; \
-                      while :; do sleep 2147483647 & wait; done";
+/// How long an agent may take to build its sandbox.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Host-side context shared by all sandboxes.
 pub(crate) struct Host {
@@ -35,20 +38,23 @@ pub(crate) struct Host {
     pub cgroups: Cgroups,
     pub sandboxes_dir: PathBuf,
     pub last_cap: u32,
-    pub handle: tokio::runtime::Handle,
-    pub spawner: Arc<sys::Spawner>,
     /// Network namespaces' setup and the egress proxy.
     pub egress: Arc<Egress>,
+    /// Per-sandbox disk images.
+    pub disks: Disks,
+    /// Host id ranges of the sandboxes' user namespaces.
+    pub ids: IdRanges,
+    /// The seccomp program every agent installs.
+    pub seccomp: Vec<u8>,
 }
 
 /// Where a sandbox's files live on the host.
 #[derive(Clone, Debug)]
 pub(crate) struct SandboxDirs {
     pub dir: PathBuf,
-    upper: PathBuf,
-    work: PathBuf,
-    usr_upper: PathBuf,
-    usr_work: PathBuf,
+    /// The disk image (the sandbox's writable layer).
+    pub disk: PathBuf,
+    /// Mount point of the root overlay inside the sandbox's mount namespace.
     root: PathBuf,
 }
 
@@ -56,26 +62,19 @@ impl SandboxDirs {
     pub(crate) fn new(sandboxes_dir: &Path, id: &str) -> SandboxDirs {
         let dir = sandboxes_dir.join(id);
         SandboxDirs {
-            upper: dir.join("upper"),
-            work: dir.join("work"),
-            usr_upper: dir.join("usr-upper"),
-            usr_work: dir.join("usr-work"),
+            disk: dir.join("disk.ext4"),
             root: dir.join("root"),
             dir,
         }
     }
 
     fn create(&self) -> io::Result<()> {
-        for d in [
-            &self.upper,
-            &self.work,
-            &self.usr_upper,
-            &self.usr_work,
-            &self.root,
-        ] {
-            std::fs::create_dir_all(d)?;
-        }
-        Ok(())
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)?;
+        std::fs::create_dir_all(&self.root)
     }
 
     /// Removes everything (the sandbox's files included). Blocking.
@@ -96,22 +95,31 @@ pub(crate) struct CommandSpec {
     pub stdin: bool,
 }
 
+/// What a sandbox is made of.
+pub(crate) struct SandboxSpec<'a> {
+    pub id: &'a str,
+    pub hostname: &'a str,
+    pub vcpu: u32,
+    pub memory_mib: u32,
+    pub disk_mib: u32,
+    pub id_slot: u32,
+    /// What the egress proxy asks for the sandbox's rules and bindings.
+    pub policy: Arc<dyn SandboxPolicy>,
+}
+
 /// A running sandbox.
 pub(crate) struct Runtime {
     pub init_pid: i32,
     pidfd: OwnedFd,
-    pid_ns: OwnedFd,
-    mnt_ns: OwnedFd,
-    uts_ns: OwnedFd,
+    agent: Arc<AgentConn>,
     /// The network namespace and the proxy tasks serving it.
     net: SandboxNet,
-    /// The sandbox's root directory (an `O_PATH` fd), for the files API.
-    pub root: OwnedFd,
-    cgroup_fds: Vec<OwnedFd>,
+    /// The sandbox's root directory (an `O_PATH` fd), for the files API (taken on drop).
+    root: Option<OwnedFd>,
+    /// Host uid/gid of the sandbox's root (owner of what the files API writes).
+    pub root_id: u32,
     pub cgroup: SandboxCgroup,
     dead: Arc<AtomicBool>,
-    last_cap: u32,
-    spawner: Arc<sys::Spawner>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -123,338 +131,121 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
-fn overlay_opts(lower: &Path, upper: &Path, work: &Path) -> io::Result<String> {
-    for p in [lower, upper, work] {
-        let s = p.to_string_lossy();
-        if s.contains([',', ':', '\\']) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("path {s} cannot be used in overlay options"),
-            ));
-        }
-    }
-    Ok(format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.display(),
-        upper.display(),
-        work.display()
-    ))
-}
-
-fn mount(
-    src: &str,
-    target: &Path,
-    fstype: Option<&str>,
-    flags: c_ulong,
-    data: Option<&str>,
-) -> io::Result<Step> {
-    Ok(Step::Mount {
-        src: Some(cstr(src)?),
-        target: path_cstr(target)?,
-        fstype: fstype.map(cstr).transpose()?,
-        flags,
-        data: data.map(cstr).transpose()?,
-        optional: false,
-    })
-}
-
-fn init_plan(
-    host: &Host,
-    dirs: &SandboxDirs,
-    cgroup_fds: &[OwnedFd],
-    hostname: &str,
-) -> io::Result<ChildPlan> {
-    let root = &dirs.root;
-    let mut p = ChildPlan::new()?;
-    // The sandbox dies with the backend, even if the backend is killed or aborts.
-    p.push(
-        "asking for SIGKILL when the backend exits",
-        Step::ParentDeathSignal(libc::SIGKILL),
-    );
-    p.push(
-        "joining the sandbox cgroups",
-        Step::JoinCgroups(cgroup_fds.iter().map(AsRawFd::as_raw_fd).collect()),
-    );
-    p.push(
-        "creating mount and UTS namespaces",
-        Step::Unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWNET),
-    );
-    p.push(
-        "making mounts private",
-        Step::Mount {
-            src: None,
-            target: cstr("/")?,
-            fstype: None,
-            flags: libc::MS_REC | libc::MS_PRIVATE,
-            data: None,
-            optional: false,
-        },
-    );
-    p.push(
-        "mounting the root overlay",
-        mount(
-            "overlay",
-            root,
-            Some("overlay"),
-            libc::MS_NODEV,
-            Some(&overlay_opts(&host.base.dir, &dirs.upper, &dirs.work)?),
-        )?,
-    );
-    p.push(
-        "mounting the /usr overlay",
-        mount(
-            "overlay",
-            &root.join("usr"),
-            Some("overlay"),
-            libc::MS_NODEV,
-            Some(&overlay_opts(
-                Path::new("/usr"),
-                &dirs.usr_upper,
-                &dirs.usr_work,
-            )?),
-        )?,
-    );
-    for d in &host.base.host_dirs {
-        let target = root.join(d);
-        p.push(
-            format!("binding host /{d}"),
-            mount(
-                &format!("/{d}"),
-                &target,
-                None,
-                libc::MS_BIND | libc::MS_REC,
-                None,
-            )?,
-        );
-        p.push(
-            format!("making /{d} read-only"),
-            Step::Mount {
-                src: None,
-                target: path_cstr(&target)?,
-                fstype: None,
-                flags: libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-                data: None,
-                optional: false,
-            },
-        );
-    }
-    p.push(
-        "mounting /proc",
-        mount(
-            "proc",
-            &root.join("proc"),
-            Some("proc"),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            None,
-        )?,
-    );
-    for ro in ["sys", "sysrq-trigger", "irq", "bus", "fs"] {
-        p.push(
-            format!("making /proc/{ro} read-only"),
-            Step::ReadOnlyBind(path_cstr(&root.join("proc").join(ro))?),
-        );
-    }
-    for masked in [
-        "kcore",
-        "keys",
-        "timer_list",
-        "sched_debug",
-        "latency_stats",
-    ] {
-        p.push(
-            format!("masking /proc/{masked}"),
-            Step::Mount {
-                src: Some(cstr("/dev/null")?),
-                target: path_cstr(&root.join("proc").join(masked))?,
-                fstype: None,
-                flags: libc::MS_BIND,
-                data: None,
-                optional: true,
-            },
-        );
-    }
-    let dev = root.join("dev");
-    p.push(
-        "mounting /dev",
-        mount(
-            "tmpfs",
-            &dev,
-            Some("tmpfs"),
-            libc::MS_NOSUID | libc::MS_NOEXEC,
-            Some("mode=755,size=65536k"),
-        )?,
-    );
-    p.push("setting the umask", Step::Umask(0));
-    for (name, major, minor) in [
-        ("null", 1, 3),
-        ("zero", 1, 5),
-        ("full", 1, 7),
-        ("random", 1, 8),
-        ("urandom", 1, 9),
-        ("tty", 5, 0),
-    ] {
-        p.push(
-            format!("creating /dev/{name}"),
-            Step::CharDev(path_cstr(&dev.join(name))?, 0o666, major, minor),
-        );
-    }
-    for (target, name) in [
-        ("/proc/self/fd", "fd"),
-        ("/proc/self/fd/0", "stdin"),
-        ("/proc/self/fd/1", "stdout"),
-        ("/proc/self/fd/2", "stderr"),
-        ("pts/ptmx", "ptmx"),
-    ] {
-        p.push(
-            format!("creating /dev/{name}"),
-            Step::Symlink(cstr(target)?, path_cstr(&dev.join(name))?),
-        );
-    }
-    p.push(
-        "creating /dev/pts",
-        Step::Mkdir(path_cstr(&dev.join("pts"))?, 0o755),
-    );
-    p.push(
-        "creating /dev/shm",
-        Step::Mkdir(path_cstr(&dev.join("shm"))?, 0o1777),
-    );
-    p.push(
-        "mounting /dev/pts",
-        mount(
-            "devpts",
-            &dev.join("pts"),
-            Some("devpts"),
-            libc::MS_NOSUID | libc::MS_NOEXEC,
-            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-        )?,
-    );
-    p.push(
-        "mounting /dev/shm",
-        mount(
-            "shm",
-            &dev.join("shm"),
-            Some("tmpfs"),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            Some("mode=1777,size=65536k"),
-        )?,
-    );
-    p.push("setting the hostname", Step::Hostname(cstr(hostname)?));
-    p.push(
-        "switching to the sandbox root",
-        Step::PivotRoot(path_cstr(root)?),
-    );
-    p.push("starting a session", Step::Setsid);
-    p.push(
-        "dropping capabilities",
-        Step::DropCaps {
-            keep: sys::KEEP_CAPS,
-            last_cap: host.last_cap,
-        },
-    );
-    p.push("setting the umask", Step::Umask(0o022));
-    Ok(p)
-}
-
-fn open_ns(pid: i32, ns: &str) -> io::Result<OwnedFd> {
-    sys::open_raw(Path::new(&format!("/proc/{pid}/ns/{ns}")), libc::O_RDONLY)
+fn bytes(p: &Path) -> Vec<u8> {
+    p.as_os_str().as_bytes().to_vec()
 }
 
 impl Runtime {
-    /// Starts a sandbox: creates its directories (kept if present) and cgroup, then its init
-    /// process. Any processes left over from an earlier run of the same sandbox are killed.
-    /// The egress proxy asks `policy` for the sandbox's rules and bindings.
-    pub(crate) async fn start(
-        host: &Host,
-        id: &str,
-        hostname: &str,
-        vcpu: u32,
-        memory_mib: u32,
-        policy: Arc<dyn SandboxPolicy>,
-    ) -> Result<Arc<Runtime>, String> {
-        let dirs = SandboxDirs::new(&host.sandboxes_dir, id);
-        let cgroup = host.cgroups.sandbox(id);
-        let prep = {
-            let dirs = dirs.clone();
-            let cgroup = cgroup.clone();
-            tokio::task::spawn_blocking(move || -> io::Result<Vec<OwnedFd>> {
-                cgroup.destroy()?;
-                dirs.create()?;
-                cgroup.create(vcpu, memory_mib)?;
-                cgroup.open_procs()
-            })
+    /// Starts a sandbox: its directory, disk (kept if present) and cgroup, then its agent.
+    /// Any processes left over from an earlier run of the same sandbox are killed first.
+    /// The egress proxy asks `spec.policy` for the sandbox's rules and bindings.
+    pub(crate) async fn start(host: &Host, spec: SandboxSpec<'_>) -> Result<Arc<Runtime>, String> {
+        let dirs = SandboxDirs::new(&host.sandboxes_dir, spec.id);
+        let cgroup = host.cgroups.sandbox(spec.id);
+        let (vcpu, memory_mib, disk_mib) = (spec.vcpu, spec.memory_mib, spec.disk_mib);
+        let prep = tokio::task::block_in_place(|| -> io::Result<()> {
+            if !dirs.disk.exists() && dirs.dir.join("upper").is_dir() {
+                // made by a backend that kept files in plain directories, owned by host root:
+                // never hand such a sandbox an empty disk as if it were its own
+                return Err(io::Error::other(format!(
+                    "the sandbox was created by an older version of the backend; its files are \
+                     in {} and are not used by this version",
+                    dirs.dir.join("upper").display()
+                )));
+            }
+            cgroup.destroy()?;
+            dirs.create()?;
+            host.disks.ensure(&dirs.disk, disk_mib)?;
+            cgroup.create(vcpu, memory_mib)
+        });
+        prep.map_err(|e| format!("preparing the sandbox: {e}"))?;
+        let agent = spawn::spawn_agent().map_err(|e| format!("starting the sandbox agent: {e}"))?;
+        let pid = agent.pid;
+        let kill = |pidfd: &OwnedFd| {
+            let _ = sys::pidfd_kill(pidfd, libc::SIGKILL);
         };
-        let cgroup_fds = prep
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("preparing the sandbox: {e}"))?;
-        let plan = init_plan(host, &dirs, &cgroup_fds, hostname)
-            .map_err(|e| format!("preparing the sandbox: {e}"))?;
-        let mut cmd = tokio::process::Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(REAPER)
-            .env_clear()
-            .env("PATH", SANDBOX_PATH)
-            .env("HOME", SANDBOX_HOME)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(false);
-        let mut child = host
-            .spawner
-            .spawn(PidNs::New, Arc::new(plan), cmd)
-            .await
-            .map_err(|e| format!("starting the sandbox init: {e}"))?;
-        let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) else {
-            return Err("the sandbox init exited at once".into());
+        let id_base = idmap::base(spec.id_slot);
+        let setup = Setup {
+            hostname: spec.hostname.as_bytes().to_vec(),
+            id_base,
+            id_count: idmap::ID_COUNT,
+            disk_image: bytes(&dirs.disk),
+            base_dir: bytes(&host.base.dir),
+            usr_dir: b"/usr".to_vec(),
+            host_dirs: host
+                .base
+                .host_dirs
+                .iter()
+                .map(|d| d.as_bytes().to_vec())
+                .collect(),
+            root_dir: bytes(&dirs.root),
+            keep_caps: sys::KEEP_CAPS,
+            last_cap: host.last_cap,
+            seccomp: host.seccomp.clone(),
+            cgroup_tasks: cgroup.task_files().iter().map(|p| bytes(p)).collect(),
+        };
+        let dead = Arc::new(AtomicBool::new(false));
+        let fail = |pidfd: OwnedFd, dead: Arc<AtomicBool>, msg: String| {
+            kill(&pidfd);
+            reap_later(pidfd, dead);
+            Err(msg)
+        };
+        // The network namespace exists from the clone on: its egress setup (which runs `ip`
+        // and `nft`) proceeds while the agent builds the rest of the sandbox.
+        let net_ns = match sys::open_raw(Path::new(&format!("/proc/{pid}/ns/net")), libc::O_RDONLY)
+        {
+            Ok(fd) => fd,
+            Err(e) => return fail(agent.pidfd, dead, format!("the sandbox agent is gone: {e}")),
+        };
+        let built = tokio::time::timeout(SETUP_TIMEOUT, AgentConn::setup(agent.channel, setup));
+        let (built, net) = tokio::join!(built, host.egress.attach(spec.id, net_ns, &spec.policy));
+        let conn = match built {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return fail(agent.pidfd, dead, format!("building the sandbox: {e}")),
+            Err(_) => {
+                let msg = "building the sandbox: the agent did not answer".to_owned();
+                return fail(agent.pidfd, dead, msg);
+            }
+        };
+        let net = match net {
+            Ok(net) => net,
+            Err(e) => {
+                return fail(
+                    agent.pidfd,
+                    dead,
+                    format!("setting up the sandbox network: {e}"),
+                )
+            }
         };
         let opened = (|| -> io::Result<_> {
             Ok((
-                sys::pidfd_open(pid)?,
-                open_ns(pid, "pid")?,
-                open_ns(pid, "mnt")?,
-                open_ns(pid, "uts")?,
-                open_ns(pid, "net")?,
                 sys::open_raw(
                     Path::new(&format!("/proc/{pid}/root")),
                     libc::O_PATH | libc::O_DIRECTORY,
                 )?,
+                agent.pidfd.try_clone()?,
             ))
         })();
-        let (pidfd, pid_ns, mnt_ns, uts_ns, net_ns, root) = match opened {
+        let (root, watch_fd) = match opened {
             Ok(v) => v,
             Err(e) => {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                return Err(format!("the sandbox init is not usable: {e}"));
+                return fail(
+                    agent.pidfd,
+                    dead,
+                    format!("the sandbox agent is not usable: {e}"),
+                )
             }
         };
-        let net = match host.egress.attach(id, net_ns, &policy).await {
-            Ok(net) => net,
-            Err(e) => {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                return Err(format!("setting up the sandbox network: {e}"));
-            }
-        };
-        let dead = Arc::new(AtomicBool::new(false));
-        let flag = dead.clone();
-        host.handle.spawn(async move {
-            let _ = child.wait().await;
-            flag.store(true, Ordering::SeqCst);
-        });
+        reap_later(watch_fd, dead.clone());
         Ok(Arc::new(Runtime {
             init_pid: pid,
-            pidfd,
-            pid_ns,
-            mnt_ns,
-            uts_ns,
+            pidfd: agent.pidfd,
+            agent: conn,
             net,
-            root,
-            cgroup_fds,
+            root: Some(root),
+            root_id: id_base,
             cgroup,
             dead,
-            last_cap: host.last_cap,
-            spawner: host.spawner.clone(),
         }))
     }
 
@@ -463,65 +254,30 @@ impl Runtime {
         std::os::fd::AsFd::as_fd(&self.net.ns)
     }
 
-    /// Whether the init process has exited.
-    pub(crate) fn is_dead(&self) -> bool {
-        self.dead.load(Ordering::SeqCst)
+    /// The sandbox's root directory (an `O_PATH` descriptor), for the files API.
+    pub(crate) fn root(&self) -> &OwnedFd {
+        self.root.as_ref().expect("the root is only taken on drop")
     }
 
-    /// Spawns a command inside the sandbox: its namespaces and cgroup, the sandbox root,
-    /// `cwd`, a session of its own, the sandbox's reduced capabilities.
-    pub(crate) async fn spawn(
-        &self,
-        spec: CommandSpec,
-    ) -> Result<tokio::process::Child, SpawnError> {
-        let plan = (|| -> io::Result<ChildPlan> {
-            let mut p = ChildPlan::new()?;
-            p.push(
-                "joining the sandbox cgroups",
-                Step::JoinCgroups(self.cgroup_fds.iter().map(AsRawFd::as_raw_fd).collect()),
-            );
-            p.push(
-                "entering the sandbox mount namespace",
-                Step::Setns(self.mnt_ns.as_raw_fd(), libc::CLONE_NEWNS),
-            );
-            p.push(
-                "entering the sandbox UTS namespace",
-                Step::Setns(self.uts_ns.as_raw_fd(), libc::CLONE_NEWUTS),
-            );
-            p.push(
-                "entering the sandbox network namespace",
-                Step::Setns(self.net.ns.as_raw_fd(), libc::CLONE_NEWNET),
-            );
-            p.push(
-                format!("changing to the working directory {}", spec.cwd),
-                Step::Chdir(cstr(spec.cwd.as_str())?),
-            );
-            p.push("starting a session", Step::Setsid);
-            p.push(
-                "dropping capabilities",
-                Step::DropCaps {
-                    keep: sys::KEEP_CAPS,
-                    last_cap: self.last_cap,
-                },
-            );
-            p.push("setting the umask", Step::Umask(0o022));
-            Ok(p)
-        })()
-        .map_err(|source| SpawnError { step: None, source })?;
-        let mut cmd = tokio::process::Command::new(&spec.program);
-        cmd.args(&spec.args)
-            .env_clear()
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .stdin(if spec.stdin {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(false);
-        self.spawner
-            .spawn(PidNs::Join(self.pid_ns.as_raw_fd()), Arc::new(plan), cmd)
+    /// Whether the agent has exited.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::SeqCst) || self.agent.is_closed()
+    }
+
+    /// Starts a command inside the sandbox (through its agent): the sandbox root, `cwd`, a
+    /// session of its own, the sandbox's capabilities.
+    pub(crate) async fn spawn(&self, spec: CommandSpec) -> Result<Process, SpawnError> {
+        let argv = std::iter::once(spec.program)
+            .chain(spec.args)
+            .map(String::into_bytes)
+            .collect();
+        let env = spec
+            .env
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}").into_bytes())
+            .collect();
+        self.agent
+            .spawn(argv, env, spec.cwd.into_bytes(), spec.stdin)
             .await
     }
 
@@ -541,4 +297,42 @@ impl Runtime {
             .await
             .map_err(io::Error::other)?
     }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        // The root descriptor may hold the sandbox's last reference to its overlay: closing it
+        // unmounts the overlay and the sandbox disk and frees the loop device, which takes
+        // tens of milliseconds. That happens on a blocking thread, not on a runtime worker.
+        if let (Some(root), Ok(h)) = (self.root.take(), tokio::runtime::Handle::try_current()) {
+            h.spawn_blocking(move || drop(root));
+        }
+    }
+}
+
+/// Waits (in a task) until the agent exits, reaps it and sets `dead`.
+fn reap_later(pidfd: OwnedFd, dead: Arc<AtomicBool>) {
+    let fd = match pidfd.try_clone().and_then(spawn::async_fd) {
+        Ok(fd) => fd,
+        Err(_) => {
+            // cannot watch: reap on a thread
+            std::thread::spawn(move || {
+                while !matches!(spawn::reap_pidfd(&pidfd), Ok(true) | Err(_)) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                dead.store(true, Ordering::SeqCst);
+            });
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while let Ok(mut g) = fd.readable().await {
+            g.clear_ready();
+            if !matches!(spawn::reap_pidfd(fd.get_ref()), Ok(false)) {
+                break;
+            }
+        }
+        dead.store(true, Ordering::SeqCst);
+        drop(pidfd);
+    });
 }

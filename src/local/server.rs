@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -13,10 +13,13 @@ use tokio::sync::watch;
 
 use super::app::{App, Tuning};
 use super::cgroup::Cgroups;
+use super::disk::Disks;
 use super::egress::policy::Cidr4;
 use super::egress::{Egress, EgressSettings};
 use super::error::LocalError;
 use super::fault::FaultRule;
+use super::http;
+use super::idmap::IdRanges;
 use super::image;
 use super::journal::{Plane, RecordedRequest};
 use super::preview::{self, Previews};
@@ -24,7 +27,9 @@ use super::runtime::Host;
 use super::secrets::{SecretKey, SecretLookup, Secrets, Vault};
 use super::store::Db;
 use super::sys;
-use super::{control, data, http};
+
+/// Smallest sandbox disk, MiB (ext4 needs room for its own metadata).
+const MIN_DISK_MIB: u32 = 64;
 
 /// Default interval of `: keepalive` comments on `/exec/stream`.
 const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
@@ -53,6 +58,7 @@ pub struct LocalServerBuilder {
     allow_private: Vec<String>,
     dns_hosts: Vec<(String, Ipv4Addr)>,
     upstream_roots: Vec<Vec<u8>>,
+    disk_mib: u32,
     max_connections: Option<usize>,
     header_read_timeout: Duration,
     idle_timeout: Duration,
@@ -71,6 +77,7 @@ impl fmt::Debug for LocalServerBuilder {
             .field("allow_private", &self.allow_private)
             .field("dns_hosts", &self.dns_hosts)
             .field("upstream_roots", &self.upstream_roots.len())
+            .field("disk_mib", &self.disk_mib)
             .field("max_connections", &self.max_connections)
             .field("header_read_timeout", &self.header_read_timeout)
             .field("idle_timeout", &self.idle_timeout)
@@ -91,6 +98,7 @@ impl Default for LocalServerBuilder {
             allow_private: Vec::new(),
             dns_hosts: Vec::new(),
             upstream_roots: Vec::new(),
+            disk_mib: super::model::DEFAULT_DISK_MIB,
             max_connections: None,
             header_read_timeout: http::DEFAULT_HEADER_READ_TIMEOUT,
             idle_timeout: http::DEFAULT_IDLE_TIMEOUT,
@@ -198,6 +206,17 @@ impl LocalServerBuilder {
         self
     }
 
+    /// The disk size of new sandboxes, in MiB (default 4096, as the hosted base template):
+    /// the sandbox's writable layer, its own file system. Writing past it fails with
+    /// `ENOSPC` inside the sandbox (and `507 sandbox_storage_full` for uploads); the host and
+    /// other sandboxes are unaffected. Disks are sparse: only what is written takes room.
+    /// Values below 64 MiB are raised to 64.
+    #[must_use]
+    pub fn sandbox_disk_mib(mut self, mib: u32) -> Self {
+        self.disk_mib = mib.max(MIN_DISK_MIB);
+        self
+    }
+
     /// The most connections each listener keeps open (default: an eighth of the process's
     /// open-file limit, between 32 and 4096). At the cap, a new connection closes the one that
     /// has waited longest without a request in progress; when every connection has a request
@@ -298,7 +317,7 @@ fn preflight() -> Result<(), LocalError> {
     if uid != 0 {
         return Err(LocalError::NotRoot { uid });
     }
-    for ns in ["pid", "mnt", "uts"] {
+    for ns in ["pid", "mnt", "uts", "ipc", "net", "user"] {
         let p = format!("/proc/self/ns/{ns}");
         if !Path::new(&p).exists() {
             return Err(LocalError::Unsupported {
@@ -336,6 +355,23 @@ fn preflight() -> Result<(), LocalError> {
             detail: e.to_string(),
         });
     }
+    // overlay layers given as descriptors (`lowerdir+` with FSCONFIG_SET_FD): Linux 6.13
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    if (major, minor) < (6, 13) {
+        return Err(LocalError::Unsupported {
+            what: "Linux 6.13 or later",
+            detail: format!(
+                "this kernel is {}; sandboxes need idmapped mounts and overlayfs layers \
+                 given as file descriptors (6.13)",
+                release.trim()
+            ),
+        });
+    }
     if let Err(e) = sys::pidfd_open(std::process::id() as i32) {
         return Err(LocalError::Unsupported {
             what: "pidfd_open (Linux 5.3+)",
@@ -343,6 +379,25 @@ fn preflight() -> Result<(), LocalError> {
         });
     }
     Ok(())
+}
+
+/// The name of this data directory's cgroups: a random id kept in `data_dir/.instance`.
+fn instance_id(data_dir: &Path) -> Result<String, LocalError> {
+    let path = data_dir.join(".instance");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim();
+        if s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(s.to_owned());
+        }
+    }
+    let mut r = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut r);
+    let id: String = r.iter().map(|x| format!("{x:02x}")).collect();
+    std::fs::write(&path, format!("{id}\n")).map_err(|source| LocalError::DataDir {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(id)
 }
 
 /// The soft limit on open descriptors of this process (`/proc/self/limits`; 1024 if it cannot
@@ -401,14 +456,17 @@ impl LocalServer {
 
     fn start_with(b: LocalServerBuilder) -> Result<LocalServer, LocalError> {
         preflight()?;
-        let cgroups = Cgroups::discover()?;
 
         let (data_dir, temporary) = match &b.data_dir {
             Some(d) => {
-                std::fs::create_dir_all(d).map_err(|source| LocalError::DataDir {
-                    path: d.clone(),
-                    source,
-                })?;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(d)
+                    .map_err(|source| LocalError::DataDir {
+                        path: d.clone(),
+                        source,
+                    })?;
                 (d.clone(), false)
             }
             None => {
@@ -462,17 +520,24 @@ impl LocalServer {
         if on_overlay {
             return Err(cleanup_temp(LocalError::InvalidDataDir {
                 path: data_dir.clone(),
-                reason: "it is on overlayfs, which cannot hold the sandboxes' writable layers;                          choose a directory on ext4, xfs, btrfs or tmpfs"
+                reason: "it is on overlayfs, which cannot hold the sandboxes' writable layers; \
+                         choose a directory on ext4, xfs, btrfs or tmpfs"
                     .into(),
             }));
         }
-        let server = Self::start_in(b, cgroups, data_dir.clone(), temporary);
+        // private to root: it holds every sandbox's files, the state and the secrets key
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|source| LocalError::DataDir {
+                path: data_dir.clone(),
+                source,
+            })
+            .map_err(cleanup_temp)?;
+        let server = Self::start_in(b, data_dir.clone(), temporary);
         server.map_err(cleanup_temp)
     }
 
     fn start_in(
         b: LocalServerBuilder,
-        cgroups: Cgroups,
         data_dir: PathBuf,
         temporary: bool,
     ) -> Result<LocalServer, LocalError> {
@@ -483,10 +548,20 @@ impl LocalServer {
         else {
             return Err(LocalError::DataDirInUse { path: data_dir });
         };
+        let cgroups = Cgroups::discover(&instance_id(&data_dir)?)?;
         let sandboxes_dir = data_dir.join("sandboxes");
         std::fs::create_dir_all(&sandboxes_dir).map_err(dd_err(sandboxes_dir.clone()))?;
         let base = image::prepare(&data_dir)?;
         let db_path = data_dir.join("state.db");
+        // the database holds access tokens: 0600 (SQLite gives its -wal/-shm files the same)
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&db_path)
+            .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
+            .map_err(dd_err(db_path.clone()))?;
         let db = Db::open(&db_path).map_err(|e| LocalError::Database {
             path: db_path.clone(),
             source: Box::new(e),
@@ -554,8 +629,6 @@ impl LocalServer {
             .thread_name("superserve-local")
             .build()
             .map_err(LocalError::Runtime)?;
-        let spawner =
-            Arc::new(sys::Spawner::start(runtime.handle().clone()).map_err(LocalError::Runtime)?);
         let mut settings = EgressSettings::default();
         for c in &b.allow_private {
             let cidr = Cidr4::parse(c.trim()).ok_or_else(|| {
@@ -604,14 +677,20 @@ impl LocalServer {
         if let Some(pem) = egress.ca_pem() {
             image::install_ca(&base, pem)?;
         }
+        let disks = Disks::new(data_dir.join("images"))?;
+        let ids = IdRanges::open(&data_dir).map_err(|e| LocalError::Unsupported {
+            what: "sandbox user id ranges",
+            detail: format!("cannot open the registry of id ranges: {e}"),
+        })?;
         let host = Host {
             base,
             cgroups,
             sandboxes_dir,
             last_cap: sys::last_cap(),
-            handle: runtime.handle().clone(),
-            spawner: spawner.clone(),
             egress: egress.clone(),
+            disks,
+            ids,
+            seccomp: sys::seccomp::program(),
         };
         let app = Arc::new(App::new(
             api_key,
@@ -625,6 +704,7 @@ impl LocalServer {
                 } else {
                     b.keepalive
                 },
+                disk_mib: b.disk_mib,
             },
         )?);
 
@@ -708,11 +788,15 @@ impl LocalServer {
         port: u16,
     ) -> std::io::Result<std::net::TcpStream> {
         let app = self.app.clone();
-        let handle = self.app.host.handle.clone();
         let id = sandbox_id.to_owned();
-        std::thread::spawn(move || handle.block_on(preview::proxy::connect_direct(&app, &id, port)))
-            .join()
-            .map_err(|_| std::io::Error::other("the connecting thread panicked"))?
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(preview::proxy::connect_direct(&app, &id, port))
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("the connecting thread panicked"))?
     }
 
     /// The API key the control plane accepts.
@@ -798,6 +882,8 @@ impl LocalServer {
         self.lock_file.take();
         if self.temporary {
             self.temporary = false;
+            // its sandboxes' id ranges are free again
+            self.app.host.ids.release_all_except(&[]);
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }
     }
@@ -836,19 +922,19 @@ fn run(
         };
         let control = tokio::spawn(http::serve(
             cl,
-            control::router(app.clone()),
+            http::control_plane(app.clone()),
             stop.clone(),
             limits,
         ));
         let data = tokio::spawn(http::serve(
             dl,
-            data::router(app.clone()),
+            http::data_plane(app.clone()),
             stop.clone(),
             limits,
         ));
         let previews = tokio::spawn(http::serve(
             pl,
-            preview::proxy::router(app.clone()),
+            http::preview_plane(app.clone()),
             stop.clone(),
             limits,
         ));
@@ -875,7 +961,6 @@ fn run(
         let _ = reaper.await;
         app.shutdown().await;
     });
-    app.host.spawner.stop();
     runtime.shutdown_timeout(Duration::from_secs(2));
 }
 

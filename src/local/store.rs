@@ -32,7 +32,9 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     preview_access      TEXT NOT NULL,
     access_token        TEXT NOT NULL,
     template            TEXT NOT NULL,
-    hostname            TEXT NOT NULL
+    hostname            TEXT NOT NULL,
+    disk_mib            INTEGER NOT NULL DEFAULT 4096,
+    id_slot             INTEGER
 );
 CREATE TABLE IF NOT EXISTS network_events (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -174,6 +176,18 @@ impl Db {
         let _: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
         conn.execute_batch(SCHEMA)?;
+        // databases made before the per-sandbox disk and id range
+        for column in ["disk_mib INTEGER NOT NULL DEFAULT 4096", "id_slot INTEGER"] {
+            let name = column.split(' ').next().unwrap_or(column);
+            let has: bool = conn.query_row(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info('sandboxes') WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )?;
+            if !has {
+                conn.execute_batch(&format!("ALTER TABLE sandboxes ADD COLUMN {column}"))?;
+            }
+        }
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -226,9 +240,9 @@ pub(crate) fn upsert(c: &Connection, r: &Record) -> Result<(), StoreError> {
         "INSERT OR REPLACE INTO sandboxes (id, seq, name, status, vcpu_count, memory_mib,
             created_ns, timeout_seconds, auto_delete_seconds, auto_delete_at_ns, active_since_ns,
             paused_at_ns, network, metadata, env_vars, secrets, preview_access, access_token,
-            template, hostname)
+            template, hostname, disk_mib, id_slot)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-            ?18, ?19, ?20)",
+            ?18, ?19, ?20, ?21, ?22)",
         params![
             r.id,
             r.seq,
@@ -250,6 +264,8 @@ pub(crate) fn upsert(c: &Connection, r: &Record) -> Result<(), StoreError> {
             r.access_token,
             r.template,
             r.hostname,
+            r.disk_mib,
+            r.id_slot,
         ],
     )?;
     Ok(())
@@ -273,6 +289,8 @@ fn record_from_row(row: &Row<'_>) -> Result<Record, StoreError> {
             .ok_or_else(|| StoreError::Corrupt(format!("unknown status {status:?}")))?,
         vcpu_count: row.get("vcpu_count")?,
         memory_mib: row.get("memory_mib")?,
+        disk_mib: row.get("disk_mib")?,
+        id_slot: row.get("id_slot")?,
         created_ns: row.get("created_ns")?,
         timeout_seconds: opt_u64(row.get("timeout_seconds")?),
         auto_delete_seconds: opt_u64(row.get("auto_delete_seconds")?),
@@ -616,6 +634,8 @@ mod tests {
             status: Status::Paused,
             vcpu_count: 1,
             memory_mib: 512,
+            disk_mib: 4096,
+            id_slot: Some(7),
             created_ns: 42,
             timeout_seconds: Some(60),
             auto_delete_seconds: None,

@@ -1,6 +1,8 @@
 //! An HTTP/1.1 upstream in a network namespace of its own (a real remote host for egress
 //! tests and benchmarks). Shared by the test targets and `examples/bench_egress.rs`.
 #![allow(dead_code)]
+// `setns` moves the upstream's thread into its network namespace.
+#![allow(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -117,8 +119,7 @@ impl Upstream {
         std::thread::spawn(move || {
             use std::os::fd::AsRawFd;
             let ns = std::fs::File::open(&ns_path).expect("open netns");
-            // SAFETY: moves only this thread into the upstream's namespace.
-            assert_eq!(unsafe { libc_setns(ns.as_raw_fd()) }, 0, "setns");
+            assert_eq!(enter_net_namespace(ns.as_raw_fd()), 0, "setns");
             let listener = TcpListener::bind((ip, port)).expect("bind upstream");
             tx.send(()).unwrap();
             for conn in listener.incoming().flatten() {
@@ -161,9 +162,12 @@ extern "C" {
     fn setns(fd: i32, nstype: i32) -> i32;
 }
 
-unsafe fn libc_setns(fd: i32) -> i32 {
+/// `setns(fd, CLONE_NEWNET)`: moves the calling thread (only) into a network namespace.
+fn enter_net_namespace(fd: i32) -> i32 {
     const CLONE_NEWNET: i32 = 0x4000_0000;
-    setns(fd, CLONE_NEWNET)
+    // SAFETY: a system call with plain integer arguments, on a descriptor the caller keeps
+    // open; it changes nothing but the calling thread's network namespace.
+    unsafe { setns(fd, CLONE_NEWNET) }
 }
 
 /// One HTTP/1.1 request as read off the wire.

@@ -6,6 +6,7 @@ mod control;
 mod data;
 mod egress_attacks;
 mod faults;
+mod isolation;
 mod network;
 mod preview;
 mod server_attacks;
@@ -22,6 +23,8 @@ pub use data::*;
 pub use egress_attacks::*;
 #[allow(unused_imports)]
 pub use faults::*;
+#[allow(unused_imports)]
+pub use isolation::*;
 #[allow(unused_imports)]
 pub use network::*;
 #[allow(unused_imports)]
@@ -203,6 +206,16 @@ suite_tests!(
     out_of_range_numbers_are_rejected,
     system_errors_are_client_errors,
     hostile_directory_trees_cannot_break_zip_downloads,
+    // isolation: hostile processes inside sandboxes
+    agent_is_out_of_reach_from_inside,
+    stopped_children_in_one_sandbox_stall_nobody_else,
+    sandbox_root_is_not_host_root,
+    data_directory_and_database_are_private,
+    ipc_is_not_shared,
+    dangerous_syscalls_are_blocked,
+    fork_bomb_hits_the_sandbox_pids_limit,
+    disk_quota_is_enforced,
+    kill_9_in_the_middle_of_creates_then_restart,
     // preview ports through the local preview proxy (raw HTTP, curl, WebSocket, Chromium)
     private_preview_with_header_token_and_signed_url,
     preview_tokens_open_only_their_own_port_and_sandbox,

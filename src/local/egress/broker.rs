@@ -92,7 +92,7 @@ pub(crate) struct Broker {
     pub secrets: SecretLookup,
     pub sandbox_id: String,
     /// The sandbox's rules and bindings (asked per request).
-    pub policy: Weak<dyn super::SandboxPolicy>,
+    pub policy: Weak<dyn super::policy::SandboxPolicy>,
     /// The names the sandbox resolved to the address this connection goes to.
     pub resolved: Vec<String>,
     /// The TLS server name of an intercepted HTTPS connection.

@@ -39,10 +39,10 @@ use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 
 use super::fault::lock;
-use super::model::{Binding, Network};
 use super::secrets::SecretLookup;
 use super::store::{self, Db, NetworkEventRow};
 use super::time::now_ns;
+pub(crate) use policy::SandboxPolicy;
 use policy::{Cidr4, HostNetworks, Verdict};
 
 /// The sandbox's own (non-loopback) address, on its loopback device.
@@ -101,16 +101,6 @@ fn find_tool(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// What the proxy asks about the sandbox it serves, at every connection (so that a live
-/// update of the rules or bindings applies at once). The backend's sandbox records implement
-/// it; the proxy holds it weakly and treats a sandbox that is gone as having no way out.
-pub(crate) trait SandboxPolicy: Send + Sync {
-    /// The sandbox's egress rules and secret bindings now; `None` once it is deleted.
-    fn rules(&self) -> Option<(Option<Network>, Vec<Binding>)>;
-    /// The sandbox's name now (for the secret audit); `None` once it is deleted.
-    fn name(&self) -> Option<String>;
-}
-
 /// The egress service shared by all sandboxes.
 pub(crate) struct Egress {
     allow_private: Vec<Cidr4>,
@@ -139,6 +129,7 @@ impl std::fmt::Debug for Egress {
 
 /// A sandbox's network: the namespace plus the proxy and DNS tasks serving it (aborted on drop).
 pub(crate) struct SandboxNet {
+    #[allow(dead_code)] // held: the namespace lives as long as its proxy
     pub ns: OwnedFd,
     tasks: Mutex<Vec<AbortHandle>>,
 }

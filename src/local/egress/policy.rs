@@ -1,5 +1,5 @@
 //! Egress rules: which destinations a sandbox may connect to, and which names its DNS may
-//! resolve.
+//! resolve; [`SandboxPolicy`] is how the proxy asks the backend for a sandbox's rules.
 //!
 //! Order of evaluation, per connection (protocol.md §8 NetworkConfig):
 //! 1. unless the backend's operator allowed the destination explicitly
@@ -18,7 +18,17 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::super::domain::domain_matches;
-use super::super::model::Network;
+use super::super::model::{Binding, Network};
+
+/// What the proxy asks about the sandbox it serves, at every connection (so that a live
+/// update of the rules or bindings applies at once). The backend's sandbox records implement
+/// it; the proxy holds it weakly and treats a sandbox that is gone as having no way out.
+pub(crate) trait SandboxPolicy: Send + Sync {
+    /// The sandbox's egress rules and secret bindings now; `None` once it is deleted.
+    fn rules(&self) -> Option<(Option<Network>, Vec<Binding>)>;
+    /// The sandbox's name now (for the secret audit); `None` once it is deleted.
+    fn name(&self) -> Option<String>;
+}
 
 /// An IPv4 network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,6 +1,8 @@
 //! The system calls of the egress proxy that neither the standard library nor tokio wrap, each
 //! behind a safe function. This is the only place in `egress` with `unsafe`.
 
+#![allow(unsafe_code)]
+
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

@@ -1,123 +1,48 @@
-//! HTTP plumbing shared by the listeners (control plane, data plane, preview proxy): the accept loop ([`serve`]: HTTP/1 with upgrades,
-//! connection caps, timeouts, shedding, and the ability to drop a connection on cue), the
-//! journal + fault middleware, response helpers.
+//! HTTP plumbing shared by the listeners (control plane, data plane, preview proxy): the
+//! accept loop ([`serve`]: HTTP/1 with upgrades, connection caps, timeouts, shedding, and the
+//! ability to drop a connection on cue), and each plane's service: its handlers' routes behind
+//! the journal + fault middleware (and, on the control plane, the API-key check; the preview
+//! proxy keeps no journal: its requests carry preview tokens).
 
 mod serve;
 
+use serve::ConnCtl;
 pub(crate) use serve::{serve, Limits, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT};
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::Next;
+use axum::http::StatusCode;
+use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
+use axum::Router;
 use futures_util::StreamExt;
-use tokio::sync::Notify;
 
 use super::app::App;
 use super::error::ApiError;
-use super::fault::{lock, Fault};
+use super::fault::{lock, CutAfter, Fault};
 use super::journal::{Plane, RecordedRequest, Slot};
+use super::{control, data, preview};
 
-/// Per-connection handle: notifying it drops the TCP connection without a response.
-#[derive(Clone)]
-pub(crate) struct ConnCtl(Arc<Notify>);
-
-/// Request extension set by a [`Fault::CutStream`] rule.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct CutAfter(pub u32);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        let mut resp = (self.status, axum::Json(body)).into_response();
-        if let Some(secs) = self.retry_after {
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-        }
-        resp
-    }
+/// The control plane: its routes behind the API-key check (all but `/health`), the request
+/// journal and the fault rules.
+pub(crate) fn control_plane(app: Arc<App>) -> Router {
+    control::router(app.clone())
+        .layer(from_fn_with_state(app.clone(), require_api_key))
+        .layer(from_fn_with_state((app, Plane::Control), observe))
 }
 
-/// A JSON response.
-pub(crate) fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
-    (status, axum::Json(body)).into_response()
+/// The data plane: its routes (each authorised by the sandbox's access token) behind the
+/// request journal and the fault rules.
+pub(crate) fn data_plane(app: Arc<App>) -> Router {
+    data::router(app.clone()).layer(from_fn_with_state((app, Plane::Data), observe))
 }
 
-/// A `text/plain` error as Go's `http.Error` writes it (newline-terminated, `nosniff`).
-pub(crate) fn text(status: StatusCode, message: &str) -> Response {
-    let mut resp = (status, format!("{message}\n")).into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    resp
-}
-
-/// A data-plane JSON error: boxd's `{"error":"<message>"}` plus the `code` a caller can branch
-/// on (the status's code: `bad_request`, `unauthorized`, `not_found`, ...).
-pub(crate) fn boxd_error(status: StatusCode, message: &str) -> Response {
-    boxd_error_code(status, status_code_name(status), message)
-}
-
-/// [`boxd_error`] with an explicit code (`exec_failed`, ...).
-pub(crate) fn boxd_error_code(status: StatusCode, code: &str, message: &str) -> Response {
-    json(
-        status,
-        &serde_json::json!({ "error": message, "code": code }),
-    )
-}
-
-/// The code of a data-plane error that has no more specific one: the one the SDK gives
-/// such an error.
-fn status_code_name(status: StatusCode) -> &'static str {
-    crate::wire::status_code_name(status.as_u16()).unwrap_or("internal_error")
-}
-
-/// Decodes a form-encoded query string (`+` is a space) into pairs, in order.
-pub(crate) fn form_pairs(query: &str) -> Vec<(String, String)> {
-    fn decode(s: &str) -> String {
-        let b = s.as_bytes();
-        let mut out = Vec::with_capacity(b.len());
-        let mut i = 0;
-        while i < b.len() {
-            match b[i] {
-                b'+' => out.push(b' '),
-                b'%' if i + 2 < b.len() => {
-                    let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                        .ok()
-                        .and_then(|h| u8::from_str_radix(h, 16).ok());
-                    match hex {
-                        Some(v) => {
-                            out.push(v);
-                            i += 3;
-                            continue;
-                        }
-                        None => out.push(b'%'),
-                    }
-                }
-                c => out.push(c),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (decode(k), decode(v)),
-            None => (decode(p), String::new()),
-        })
-        .collect()
+/// The preview proxy: its own routing (by `Host` or path) and access rules, no journal (its
+/// requests carry preview tokens) and no fault rules.
+pub(crate) fn preview_plane(app: Arc<App>) -> Router {
+    preview::proxy::router(app)
 }
 
 fn capture_body(req: &mut Request, app: Arc<App>, slot: Slot) {
@@ -138,7 +63,7 @@ fn is_streaming(plane: Plane, method: &str, path: &str) -> bool {
 }
 
 /// Journals the request, applies a matching fault rule, and records the response status.
-pub(crate) async fn observe(
+async fn observe(
     State((app, plane)): State<(Arc<App>, Plane)>,
     mut req: Request,
     next: Next,
@@ -192,7 +117,7 @@ pub(crate) async fn observe(
         }
         Some(Fault::DropConnection) => {
             if let Some(ctl) = req.extensions().get::<ConnCtl>() {
-                ctl.0.notify_one();
+                ctl.drop_connection();
                 // The connection task drops this request (and the socket) now.
                 std::future::pending::<()>().await;
             }
@@ -220,11 +145,7 @@ pub(crate) async fn observe(
 }
 
 /// Control-plane authentication (everything but `/health`).
-pub(crate) async fn require_api_key(
-    State(app): State<Arc<App>>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn require_api_key(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     if req.uri().path() == "/health" {
         return next.run(req).await;
     }
@@ -242,33 +163,5 @@ pub(crate) async fn require_api_key(
             "missing or invalid API key (X-API-Key)",
         )
         .into_response()
-    }
-}
-
-/// A header's value as text.
-pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn form_decoding() {
-        let p = form_pairs("metadata.env=prod+x&status=active%2Cpaused&path=%2Fa%20b&flag&bad=%zz");
-        assert_eq!(
-            p,
-            vec![
-                ("metadata.env".to_owned(), "prod x".to_owned()),
-                ("status".to_owned(), "active,paused".to_owned()),
-                ("path".to_owned(), "/a b".to_owned()),
-                ("flag".to_owned(), String::new()),
-                ("bad".to_owned(), "%zz".to_owned()),
-            ]
-        );
     }
 }

@@ -33,7 +33,18 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use super::super::fault::lock;
-use super::ConnCtl;
+
+/// Per-connection handle, given to every request as an extension: a fault rule drops the TCP
+/// connection through it, without a response.
+#[derive(Clone)]
+pub(crate) struct ConnCtl(Arc<Notify>);
+
+impl ConnCtl {
+    /// Drops the connection at once (the request in progress gets no answer).
+    pub(crate) fn drop_connection(&self) {
+        self.0.notify_one();
+    }
+}
 
 /// What one listener allows its clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

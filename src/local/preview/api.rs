@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::super::app::App;
 use super::super::error::ApiError;
-use super::super::http::json;
+use super::super::reply::json;
 use super::super::time::{format_rfc3339, now_ns};
 use super::{check_port, Access, PortState, MAX_TOKEN_SECONDS, TOKEN_HEADER, TOKEN_QUERY_PARAM};
 

@@ -34,8 +34,8 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 use super::super::app::{App, Entry};
-use super::super::http::form_pairs;
 use super::super::model::Status;
+use super::super::reply::form_pairs;
 use super::super::runtime::Runtime;
 use super::netns::DialError;
 use super::pool::Pool;
