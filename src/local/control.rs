@@ -41,7 +41,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/secrets/{name}/audit", get(secret_audit))
         .route("/secrets/{name}/sandboxes", get(secret_sandboxes))
         .route("/providers", get(providers))
-        .merge(super::preview::api::routes())
+        .merge(super::preview_api::routes())
         .route("/_local/faults", post(add_fault).delete(clear_faults))
         .route("/_local/requests", get(requests).delete(clear_requests))
         .fallback(not_found)

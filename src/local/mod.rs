@@ -176,6 +176,8 @@ mod image;
 mod journal;
 mod model;
 mod preview;
+mod preview_api;
+mod preview_proxy;
 mod reply;
 mod runtime;
 mod secrets;

@@ -793,7 +793,7 @@ impl LocalServer {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(preview::proxy::connect_direct(&app, &id, port))
+                .block_on(super::preview_proxy::connect_direct(&app, &id, port))
         })
         .join()
         .map_err(|_| std::io::Error::other("the connecting thread panicked"))?

@@ -23,7 +23,7 @@ use super::app::App;
 use super::error::ApiError;
 use super::fault::{lock, CutAfter, Fault};
 use super::journal::{Plane, RecordedRequest, Slot};
-use super::{control, data, preview};
+use super::{control, data, preview_proxy};
 
 /// The control plane: its routes behind the API-key check (all but `/health`), the request
 /// journal and the fault rules.
@@ -42,7 +42,7 @@ pub(crate) fn data_plane(app: Arc<App>) -> Router {
 /// The preview proxy: its own routing (by `Host` or path) and access rules, no journal (its
 /// requests carry preview tokens) and no fault rules.
 pub(crate) fn preview_plane(app: Arc<App>) -> Router {
-    preview::proxy::router(app)
+    preview_proxy::router(app)
 }
 
 fn capture_body(req: &mut Request, app: Arc<App>, slot: Slot) {

@@ -1,11 +1,13 @@
-//! Preview ports: how a port inside a sandbox becomes a URL (protocol.md §1.5, §3.4).
+//! Preview ports: how a port inside a sandbox becomes a URL (protocol.md §1.5, §3.4). This
+//! module holds their state and what reaches them; the handlers above it are
+//! `preview_api` (the control-plane endpoints: list, publish, unpublish, mint, rotate) and
+//! `preview_proxy` (the preview listener, which routes `http://{port}-{id}.localhost:{P}/…`
+//! and `http://{listener}/_preview/{port}-{id}/…` to the port inside the sandbox's network
+//! namespace, enforcing the sandbox's preview access).
 //!
-//! * [`api`]: the control-plane endpoints (list, publish, unpublish, mint, rotate);
-//! * [`proxy`]: the preview listener, which routes `http://{port}-{id}.localhost:{P}/…` (and
-//!   `http://{listener}/_preview/{port}-{id}/…`) to the port inside the sandbox's network
-//!   namespace, enforcing the sandbox's preview access;
-//! * [`token`]: the signed `spv1.` tokens; [`netns`]: connections into a sandbox's network
-//!   namespace.
+//! * [`token`]: the signed `spv1.` tokens;
+//! * [`netns`]: connections into a sandbox's network namespace;
+//! * [`pool`]: kept-alive connections to apps inside sandboxes.
 //!
 //! Published ports and their token versions live in memory for the proxy and in SQLite
 //! (table `preview_ports`), so they survive a restart; the token key is a file in the data
@@ -13,10 +15,8 @@
 //! so a token minted before an unpublish never works again, even after the port is
 //! published anew.
 
-pub(crate) mod api;
-mod netns;
-mod pool;
-pub(crate) mod proxy;
+pub(crate) mod netns;
+pub(crate) mod pool;
 mod sys;
 pub(crate) mod token;
 
@@ -259,6 +259,16 @@ impl Previews {
             })
         })
         .await
+    }
+
+    /// What connects into sandboxes' network namespaces.
+    pub(crate) fn dialer(&self) -> &Dialer {
+        &self.dialer
+    }
+
+    /// Kept-alive connections to apps inside sandboxes.
+    pub(crate) fn pool(&self) -> &Arc<pool::Pool> {
+        &self.pool
     }
 
     /// Forgets a deleted sandbox's ports.

@@ -33,14 +33,14 @@ use hyper::body::{Frame, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
-use super::super::app::{App, Entry};
-use super::super::model::Status;
-use super::super::reply::form_pairs;
-use super::super::runtime::Runtime;
-use super::netns::DialError;
-use super::pool::Pool;
-use super::token::Refusal;
-use super::{check_port, Access, TOKEN_COOKIE, TOKEN_HEADER, TOKEN_QUERY_PARAM};
+use super::app::{App, Entry};
+use super::model::Status;
+use super::preview::netns::DialError;
+use super::preview::pool::Pool;
+use super::preview::token::Refusal;
+use super::preview::{check_port, Access, TOKEN_COOKIE, TOKEN_HEADER, TOKEN_QUERY_PARAM};
+use super::reply::form_pairs;
+use super::runtime::Runtime;
 
 /// The path prefix of the form that needs no resolver for `*.localhost` names.
 pub(crate) const PATH_PREFIX: &str = "/_preview/";
@@ -379,7 +379,7 @@ pub(crate) async fn connect_direct(
         .map_err(|_| Error::other(format!("sandbox {id} is not running")))?;
     let stream = app
         .previews
-        .dialer
+        .dialer()
         .connect(rt.net_ns(), port)
         .await
         .map_err(|e| match e {
@@ -496,7 +496,7 @@ async fn connection(
     t: &Target,
     rt: &Arc<Runtime>,
 ) -> Result<(SendRequest<Body>, bool), Page> {
-    if let Some(tx) = app.previews.pool.take(&t.id, t.port, rt) {
+    if let Some(tx) = app.previews.pool().take(&t.id, t.port, rt) {
         return Ok((tx, true));
     }
     Ok((dial(app, t, rt).await?, false))
@@ -506,7 +506,7 @@ async fn connection(
 async fn dial(app: &App, t: &Target, rt: &Arc<Runtime>) -> Result<SendRequest<Body>, Page> {
     let stream = app
         .previews
-        .dialer
+        .dialer()
         .connect(rt.net_ns(), t.port)
         .await
         .map_err(|e| match e {
@@ -635,7 +635,7 @@ async fn forward(
         stop,
         done: false,
         give_back: Some(GiveBack {
-            pool: app.previews.pool.clone(),
+            pool: app.previews.pool().clone(),
             id: t.id,
             port: t.port,
             runtime: Arc::downgrade(&rt),
@@ -769,7 +769,7 @@ fn redirect_into_cookie(uri: &Uri, token: &str, exp: Option<i64>) -> Response {
     };
     let mut cookie = format!("{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax");
     if let Some(exp) = exp {
-        let now = super::super::time::now_ns().div_euclid(1_000_000_000);
+        let now = super::time::now_ns().div_euclid(1_000_000_000);
         cookie.push_str(&format!("; Max-Age={}", exp.saturating_sub(now).max(0)));
     }
     let mut r = StatusCode::FOUND.into_response();

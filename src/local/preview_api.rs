@@ -11,11 +11,13 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use serde::Deserialize;
 
-use super::super::app::App;
-use super::super::error::ApiError;
-use super::super::reply::json;
-use super::super::time::{format_rfc3339, now_ns};
-use super::{check_port, Access, PortState, MAX_TOKEN_SECONDS, TOKEN_HEADER, TOKEN_QUERY_PARAM};
+use super::app::App;
+use super::error::ApiError;
+use super::preview::{
+    check_port, Access, PortState, MAX_TOKEN_SECONDS, TOKEN_HEADER, TOKEN_QUERY_PARAM,
+};
+use super::reply::json;
+use super::time::{format_rfc3339, now_ns};
 
 /// The routes, merged into the control-plane router (which authenticates them).
 pub(crate) fn routes() -> Router<Arc<App>> {
