@@ -132,6 +132,7 @@ mod ident;
 mod idmap;
 mod image;
 mod journal;
+mod layers;
 mod model;
 mod reply;
 mod runtime;

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::layers::Stack;
 use super::time::format_rfc3339;
 
 /// The only template this backend has.
@@ -162,6 +163,8 @@ pub(crate) struct Record {
     pub access_token: String,
     pub template: String,
     pub hostname: String,
+    /// The read-only layers under the sandbox's root.
+    pub stack: Stack,
 }
 
 impl Record {

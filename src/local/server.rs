@@ -22,6 +22,7 @@ use super::http;
 use super::idmap::IdRanges;
 use super::image;
 use super::journal::{Plane, RecordedRequest};
+use super::layers::LayerStore;
 use super::runtime::Host;
 use super::secrets::{SecretKey, SecretLookup, Secrets, Vault};
 use super::store::Db;
@@ -629,7 +630,12 @@ impl LocalServer {
         if let Some(pem) = egress.ca_pem() {
             image::install_ca(&base, pem)?;
         }
-        let disks = Disks::new(data_dir.join("images"))?;
+        let layers = Arc::new(LayerStore::open(
+            &data_dir,
+            db.clone(),
+            image::runtime_layer(&data_dir),
+        )?);
+        let disks = Disks::new(layers.pool().path(super::layers::pool::DISKS))?;
         let ids = IdRanges::open(&data_dir).map_err(|e| LocalError::Unsupported {
             what: "sandbox user id ranges",
             detail: format!("cannot open the registry of id ranges: {e}"),
@@ -641,6 +647,7 @@ impl LocalServer {
             last_cap: sys::last_cap(),
             egress: egress.clone(),
             disks,
+            layers,
             ids,
             seccomp: sys::seccomp::program(),
         };

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::super::error::ApiError;
 use super::super::ident::{new_token, uuid_v4};
+use super::super::layers::{sandbox_holder, Stack};
 use super::super::model::{
     self, CreateBody, PatchBody, Record, Status, DEFAULT_MEMORY_MIB, DEFAULT_VCPU,
 };
@@ -29,6 +30,7 @@ impl App {
             memory_mib: rec.memory_mib,
             disk_mib: rec.disk_mib,
             id_slot,
+            stack: &rec.stack,
             policy: entry.clone(),
         };
         Runtime::start(&self.host, spec)
@@ -128,6 +130,7 @@ impl App {
             preview_access,
             access_token: new_token(),
             template: model::BASE_TEMPLATE.to_owned(),
+            stack: Stack::default(),
         };
         let entry = Arc::new(Entry::new(rec.clone()));
         {
@@ -138,6 +141,17 @@ impl App {
             map.insert(id.clone(), entry.clone());
         }
         let _ops = entry.ops.lock().await;
+        if !rec.stack.layers.is_empty() {
+            if let Err(e) = self
+                .host
+                .layers
+                .hold(&sandbox_holder(&id), &rec.stack)
+                .await
+            {
+                self.discard(&entry, None).await;
+                return Err(e.into());
+            }
+        }
         let started = self.start_runtime(&entry).await;
         let rt = match started {
             Ok(rt) => rt,
@@ -167,7 +181,7 @@ impl App {
         }
         *entry.rt.write().await = None;
         let cgroup = self.host.cgroups.sandbox(&entry.id);
-        let dirs = SandboxDirs::new(&self.host.sandboxes_dir, &entry.id);
+        let dirs = SandboxDirs::new(&self.host, &entry.id);
         let (ids, id, slot) = (self.host.ids.clone(), entry.id.clone(), entry.rec().id_slot);
         let _ = tokio::task::spawn_blocking(move || {
             let _ = cgroup.destroy();
@@ -177,6 +191,7 @@ impl App {
             }
         })
         .await;
+        let _ = self.host.layers.release(&sandbox_holder(&entry.id)).await;
     }
 
     /// Thaws (or restarts) a paused sandbox. Caller holds `ops`.
@@ -351,7 +366,7 @@ impl App {
             }
         }
         let cgroup = self.host.cgroups.sandbox(id);
-        let dirs = SandboxDirs::new(&self.host.sandboxes_dir, id);
+        let dirs = SandboxDirs::new(&self.host, id);
         let (ids, sid, slot) = (self.host.ids.clone(), id.to_owned(), entry.rec().id_slot);
         let cleanup = tokio::task::spawn_blocking(move || {
             let mut p = Vec::new();
@@ -370,6 +385,9 @@ impl App {
         .unwrap_or_default();
         problems.extend(cleanup);
         self.db.delete(id.to_owned()).await?;
+        if let Err(e) = self.host.layers.release(&sandbox_holder(id)).await {
+            problems.push(format!("releasing its layers: {e}"));
+        }
         if problems.is_empty() {
             Ok(())
         } else {

@@ -2,14 +2,16 @@
 //! directory (processes, cgroups, unrecorded sandbox directories, id-range claims), records
 //! come back paused; shutdown kills every sandbox's processes and records them paused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use super::super::disk::Disks;
 use super::super::error::LocalError;
 use super::super::fault::FaultSet;
 use super::super::journal::Journal;
+use super::super::layers::sandbox_holder;
 use super::super::model::Status;
 use super::super::runtime::Host;
 use super::super::secrets::Secrets;
@@ -75,7 +77,8 @@ impl App {
             max_seq = max_seq.max(rec.seq);
             map.insert(rec.id.clone(), Arc::new(Entry::new(rec)));
         }
-        // directories of sandboxes that have no record (a create interrupted by a crash)
+        // directories and disks of sandboxes that have no record (a create interrupted by a
+        // crash)
         if let Ok(dirs) = std::fs::read_dir(&host.sandboxes_dir) {
             for d in dirs.flatten() {
                 let name = d.file_name().to_string_lossy().into_owned();
@@ -84,6 +87,22 @@ impl App {
                 }
             }
         }
+        if let Ok(disks) = std::fs::read_dir(host.disks.dir()) {
+            for d in disks.flatten() {
+                let name = d.file_name().to_string_lossy().into_owned();
+                let orphan = match Disks::sandbox_of(&name) {
+                    Some(id) => !map.contains_key(id),
+                    // a disk being made when the backend stopped
+                    None => name.ends_with(".tmp"),
+                };
+                if orphan {
+                    let _ = std::fs::remove_file(d.path());
+                }
+            }
+        }
+        // layers: references of holders that are gone, half-made and unreferenced layers
+        let live: HashSet<String> = map.keys().map(|id| sandbox_holder(id)).collect();
+        host.layers.recover(&live).map_err(db_err)?;
         let keep: Vec<String> = map.keys().cloned().collect();
         host.ids.release_all_except(&keep);
         Ok(App {
