@@ -18,6 +18,7 @@ use super::journal::{redact_header, Plane};
 use super::model::{Record, Status, KNOWN_STATUSES};
 use super::reply::{form_pairs, json};
 use super::secrets;
+use super::snapshots;
 use super::store::{self, decode_cursor, Before, EventQuery};
 use super::time::parse_rfc3339;
 
@@ -33,6 +34,14 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/sandboxes/{id}/secrets", post(bind_secret))
         .route("/sandboxes/{id}/secrets/{env_key}", delete(unbind_secret))
         .route("/sandboxes/{id}/network", get(network_log))
+        .route("/sandboxes/{id}/snapshot", post(create_snapshot))
+        .route("/sandboxes/{id}/snapshots", get(list_snapshots))
+        .route(
+            "/snapshots/{sid}",
+            get(get_snapshot)
+                .patch(rename_snapshot)
+                .delete(delete_snapshot),
+        )
         .route("/secrets", post(create_secret).get(list_secrets))
         .route(
             "/secrets/{name}",
@@ -309,6 +318,75 @@ async fn network_log(
         .call(move |c| store::query_network_events(c, &id, &q))
         .await?;
     Ok(json(StatusCode::OK, &page))
+}
+
+async fn create_snapshot(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    // an empty body asks for an unnamed snapshot without a key
+    let body: snapshots::CreateBody = if body.iter().all(u8::is_ascii_whitespace) {
+        snapshots::CreateBody::default()
+    } else {
+        parse_body(&body)?
+    };
+    let (row, status) = app.snapshot(&id, body).await?;
+    Ok(json(status, &row.view()))
+}
+
+/// `limit` and `offset` of a list query.
+fn paging(query: Option<&str>) -> Result<(Option<usize>, usize), ApiError> {
+    let (mut limit, mut offset) = (None, 0);
+    for (k, v) in form_pairs(query.unwrap_or("")) {
+        let n = || {
+            v.parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("{k} must be a non-negative integer")))
+        };
+        match k.as_str() {
+            "limit" => limit = Some(n()?),
+            "offset" => offset = n()?,
+            _ => {}
+        }
+    }
+    Ok((limit, offset))
+}
+
+async fn list_snapshots(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let (limit, offset) = paging(query.as_deref())?;
+    let rows = app.list_snapshots(&id, limit, offset).await?;
+    let views: Vec<serde_json::Value> = rows.iter().map(snapshots::SnapshotRow::view).collect();
+    Ok(json(StatusCode::OK, &views))
+}
+
+async fn get_snapshot(
+    State(app): State<Arc<App>>,
+    Path(sid): Path<String>,
+) -> Result<Response, ApiError> {
+    let row = app.get_snapshot(&sid).await?;
+    Ok(json(StatusCode::OK, &row.view()))
+}
+
+async fn rename_snapshot(
+    State(app): State<Arc<App>>,
+    Path(sid): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body = parse_body(&body)?;
+    let row = app.rename_snapshot(&sid, body).await?;
+    Ok(json(StatusCode::OK, &row.view()))
+}
+
+async fn delete_snapshot(
+    State(app): State<Arc<App>>,
+    Path(sid): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.delete_snapshot(&sid).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn add_fault(State(app): State<Arc<App>>, body: Bytes) -> Result<StatusCode, ApiError> {

@@ -1,7 +1,7 @@
 //! The local backend (feature `local`): a Superserve-compatible server on this machine.
 //!
 //! [`LocalServer`] answers the Superserve control plane (sandbox lifecycle, list, update,
-//! secret bindings, network log, secrets, providers) and data plane (`/exec`, `/exec/stream`, the
+//! secret bindings, network log, snapshots, secrets, providers) and data plane (`/exec`, `/exec/stream`, the
 //! `/exec/connect` WebSocket, `/files`, whose reads honour single byte ranges) with the same
 //! JSON bodies, status codes and error shapes as the hosted service, and runs every sandbox as
 //! an isolated process tree:
@@ -29,6 +29,22 @@
 //!   a restart on the same directory keeps every record and file. Processes do not survive a
 //!   restart: sandboxes that were running come back `paused`, and resuming (or `activate`)
 //!   starts a fresh process tree on the same files.
+//!
+//! Snapshots and the layer store: the sandboxes' disks live in a btrfs file system the
+//! backend keeps for itself (a sparse image `pool.btrfs` in the data directory), and read-only
+//! layers shared by sandboxes, snapshots and templates live beside them, each kept while
+//! something uses it. A snapshot (`POST /sandboxes/{id}/snapshot`) is of kind `fs`: it
+//! captures the sandbox's whole filesystem (both overlays' writes, deletions included) and its
+//! configuration (template, vCPUs, memory, disk size, env vars, network rules, secret bindings
+//! by secret name) at one instant: a running sandbox is frozen for the capture (milliseconds:
+//! the disk is flushed and reflinked, no data is copied whatever its size) and thawed after,
+//! and keeps running. **Processes and memory are not captured** (this kernel offers no working
+//! checkpoint/restore): a sandbox created `from_snapshot` boots fresh on the snapshot's files
+//! with its configuration (what the create request sets wins; bound secrets get new
+//! stand-ins). It gets an empty disk of its own over the snapshot's layers, so only its own
+//! writes count against its disk. Snapshots of such sandboxes make chains; deleting a
+//! snapshot keeps the layers that sandboxes or later snapshots still use; snapshots outlive
+//! their sandbox and a restart.
 //!
 //! Commands run as root inside the sandbox with `HOME=/root`, working directory `/` unless
 //! `working_dir` says otherwise, `PATH`, `LANG=C.UTF-8`, the sandbox's `env_vars` and the
@@ -95,9 +111,9 @@
 //! `POST /_local/faults` (a [`FaultRule`] as JSON), `DELETE /_local/faults`,
 //! `GET /_local/requests` (the journal, secrets redacted) and `DELETE /_local/requests`.
 //!
-//! Requirements: Linux 6.13+, root, overlayfs, user namespaces, loop devices and `mkfs.ext4`
-//! (e2fsprogs), cgroup v1 with the freezer, memory and pids controllers (and `memory.memsw.*`
-//! when the host has swap). [`LocalServer::start`] fails with a [`LocalError`] naming what is
+//! Requirements: Linux 6.13+, root, overlayfs, user namespaces, loop devices, `mkfs.ext4`
+//! (e2fsprogs), btrfs with `mkfs.btrfs` (btrfs-progs), cgroup v1 with the freezer, memory and
+//! pids controllers (and `memory.memsw.*` when the host has swap). [`LocalServer::start`] fails with a [`LocalError`] naming what is
 //! missing rather than run sandboxes with weaker isolation.
 //!
 //! ```no_run
@@ -138,6 +154,7 @@ mod reply;
 mod runtime;
 mod secrets;
 mod server;
+mod snapshots;
 mod store;
 mod sys;
 mod time;

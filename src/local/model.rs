@@ -165,6 +165,8 @@ pub(crate) struct Record {
     pub hostname: String,
     /// The read-only layers under the sandbox's root.
     pub stack: Stack,
+    /// The snapshot it was created from.
+    pub source_snapshot: Option<String>,
 }
 
 impl Record {
@@ -195,6 +197,7 @@ impl Record {
                     .collect();
                 (!v.is_empty()).then_some(v)
             },
+            source_snapshot_id: self.source_snapshot.as_deref(),
             access_token: if with_token {
                 Some(&self.access_token)
             } else {
@@ -242,6 +245,8 @@ pub(crate) struct SandboxView<'a> {
     preview_access: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     secrets: Option<Vec<BindingView<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_snapshot_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     access_token: Option<&'a str>,
 }

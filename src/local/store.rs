@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     hostname            TEXT NOT NULL,
     disk_mib            INTEGER NOT NULL DEFAULT 4096,
     id_slot             INTEGER,
-    stack               TEXT NOT NULL DEFAULT '{}'
+    stack               TEXT NOT NULL DEFAULT '{}',
+    source_snapshot     TEXT
 );
 CREATE TABLE IF NOT EXISTS network_events (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -182,6 +183,7 @@ impl Db {
             "disk_mib INTEGER NOT NULL DEFAULT 4096",
             "id_slot INTEGER",
             "stack TEXT NOT NULL DEFAULT '{}'",
+            "source_snapshot TEXT",
         ] {
             let name = column.split(' ').next().unwrap_or(column);
             let has: bool = conn.query_row(
@@ -245,9 +247,9 @@ pub(crate) fn upsert(c: &Connection, r: &Record) -> Result<(), StoreError> {
         "INSERT OR REPLACE INTO sandboxes (id, seq, name, status, vcpu_count, memory_mib,
             created_ns, timeout_seconds, auto_delete_seconds, auto_delete_at_ns, active_since_ns,
             paused_at_ns, network, metadata, env_vars, secrets, preview_access, access_token,
-            template, hostname, disk_mib, id_slot, stack)
+            template, hostname, disk_mib, id_slot, stack, source_snapshot)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-            ?18, ?19, ?20, ?21, ?22, ?23)",
+            ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
         params![
             r.id,
             r.seq,
@@ -272,6 +274,7 @@ pub(crate) fn upsert(c: &Connection, r: &Record) -> Result<(), StoreError> {
             r.disk_mib,
             r.id_slot,
             to_json(&r.stack)?,
+            r.source_snapshot,
         ],
     )?;
     Ok(())
@@ -316,6 +319,7 @@ fn record_from_row(row: &Row<'_>) -> Result<Record, StoreError> {
         template: row.get("template")?,
         hostname: row.get("hostname")?,
         stack: serde_json::from_str(&stack)?,
+        source_snapshot: row.get("source_snapshot")?,
     })
 }
 
@@ -673,6 +677,7 @@ mod tests {
                 layers: vec!["cap-1".into()],
                 base: crate::local::layers::Base::Host,
             },
+            source_snapshot: Some("snap-1".into()),
         };
         db.call_sync(|c| upsert(c, &rec))?;
         let back = db.call_sync(|c| load(c, "id-1"))?;

@@ -9,6 +9,7 @@ mod faults;
 mod isolation;
 mod network;
 mod server_attacks;
+mod snapshots;
 mod streams;
 mod wire;
 
@@ -28,6 +29,8 @@ pub use isolation::*;
 pub use network::*;
 #[allow(unused_imports)]
 pub use server_attacks::*;
+#[allow(unused_imports)]
+pub use snapshots::*;
 #[allow(unused_imports)]
 pub use streams::*;
 #[allow(unused_imports)]
@@ -109,6 +112,13 @@ pub fn assert_single_activate(server: &LocalServer, sb: &Sandbox) {
 }
 
 suite_tests!(
+    // snapshots
+    snapshot_boots_independent_forks_with_the_snapshot_time_state,
+    snapshot_chains_and_deletes_while_in_use,
+    snapshot_idempotency_key_rename_and_errors,
+    snapshot_bad_bodies_are_refused_by_the_backend,
+    snapshots_survive_a_restart,
+    a_fork_counts_only_its_own_writes,
     // control plane
     lifecycle_and_accessors,
     create_validation_sends_nothing,

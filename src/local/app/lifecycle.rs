@@ -57,7 +57,7 @@ impl App {
         }
         let metadata = body.metadata.unwrap_or_default();
         model::validate_metadata(&metadata).map_err(ApiError::bad_request)?;
-        let env_vars = body.env_vars.unwrap_or_default();
+        let mut env_vars = body.env_vars.unwrap_or_default();
         model::validate_env(&env_vars).map_err(ApiError::bad_request)?;
         let mut secrets = Vec::new();
         for (env_key, secret_name) in body.secrets.unwrap_or_default() {
@@ -88,8 +88,40 @@ impl App {
             }
             None => "legacy_public".to_owned(),
         };
-        if let Some(snap) = &body.from_snapshot {
-            return Err(ApiError::not_found(format!("snapshot {snap:?} not found")));
+        // a snapshot brings its files and its configuration; what the request sets wins
+        let snap = match &body.from_snapshot {
+            Some(sid) => Some(self.boot_snapshot(sid).await?),
+            None => None,
+        };
+        let mut network = body.network;
+        if let Some(snap) = &snap {
+            let cfg = &snap.config;
+            for (env_key, secret_name) in &cfg.secrets {
+                if env_vars.contains_key(env_key) || secrets.iter().any(|b| &b.env_key == env_key) {
+                    continue;
+                }
+                let binding = self
+                    .new_binding(env_key.clone(), secret_name.clone())
+                    .await
+                    .map_err(|e| {
+                        let mut c = ApiError::conflict(format!(
+                            "the snapshot binds {env_key} to secret {secret_name:?}, which is \
+                             unavailable: {}",
+                            e.message
+                        ));
+                        c.code = "snapshot_secret_unavailable".into();
+                        c
+                    })?;
+                secrets.push(binding);
+            }
+            for (k, v) in &cfg.env_vars {
+                if !secrets.iter().any(|b| &b.env_key == k) {
+                    env_vars.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+            if network.is_none() {
+                network = cfg.network.clone();
+            }
         }
         if let Some(t) = &body.from_template {
             if !model::is_base_template(t) {
@@ -113,9 +145,13 @@ impl App {
             seq: self.seq.fetch_add(1, Ordering::SeqCst),
             name,
             status: Status::Starting,
-            vcpu_count: DEFAULT_VCPU,
-            memory_mib: DEFAULT_MEMORY_MIB,
-            disk_mib: self.tuning.disk_mib,
+            vcpu_count: snap.as_ref().map_or(DEFAULT_VCPU, |s| s.config.vcpu_count),
+            memory_mib: snap
+                .as_ref()
+                .map_or(DEFAULT_MEMORY_MIB, |s| s.config.memory_mib),
+            disk_mib: snap
+                .as_ref()
+                .map_or(self.tuning.disk_mib, |s| s.config.disk_mib),
             id_slot: Some(id_slot),
             created_ns: now,
             timeout_seconds: body.timeout_seconds,
@@ -123,14 +159,20 @@ impl App {
             auto_delete_at_ns: None,
             active_since_ns: None,
             paused_at_ns: None,
-            network: body.network,
+            network,
             metadata,
             env_vars,
             secrets,
             preview_access,
             access_token: new_token(),
-            template: model::BASE_TEMPLATE.to_owned(),
-            stack: Stack::default(),
+            template: snap.as_ref().map_or_else(
+                || model::BASE_TEMPLATE.to_owned(),
+                |s| s.config.template.clone(),
+            ),
+            stack: snap
+                .as_ref()
+                .map_or_else(Stack::default, |s| s.stack.clone()),
+            source_snapshot: snap.as_ref().map(|s| s.id.clone()),
         };
         let entry = Arc::new(Entry::new(rec.clone()));
         {
@@ -141,16 +183,19 @@ impl App {
             map.insert(id.clone(), entry.clone());
         }
         let _ops = entry.ops.lock().await;
-        if !rec.stack.layers.is_empty() {
-            if let Err(e) = self
+        let held = match &snap {
+            Some(s) => self.hold_snapshot_stack(&id, &s.id, &rec.stack).await,
+            None if rec.stack.layers.is_empty() => Ok(()),
+            None => self
                 .host
                 .layers
                 .hold(&sandbox_holder(&id), &rec.stack)
                 .await
-            {
-                self.discard(&entry, None).await;
-                return Err(e.into());
-            }
+                .map_err(ApiError::from),
+        };
+        if let Err(e) = held {
+            self.discard(&entry, None).await;
+            return Err(e);
         }
         let started = self.start_runtime(&entry).await;
         let rt = match started {

@@ -8,6 +8,7 @@
 //!   auto-delete timers;
 //! * `spawn`: starting commands in a running sandbox (restarting its runtime if it died);
 //! * `bindings`: secrets bound to sandboxes;
+//! * `snapshots`: capturing sandboxes into snapshots, and the snapshots' endpoints;
 //! * `recovery`: restart recovery (loading the state, cleaning what a crash left) and
 //!   shutdown.
 
@@ -15,6 +16,7 @@ mod bindings;
 mod lifecycle;
 mod records;
 mod recovery;
+mod snapshots;
 mod spawn;
 
 use std::collections::HashMap;

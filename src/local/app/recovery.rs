@@ -15,6 +15,7 @@ use super::super::layers::sandbox_holder;
 use super::super::model::Status;
 use super::super::runtime::Host;
 use super::super::secrets::Secrets;
+use super::super::snapshots;
 use super::super::store::{self, Db};
 use super::super::time::now_ns;
 use super::{App, Entry, Tuning};
@@ -34,6 +35,14 @@ impl App {
             source: Box::new(e),
         };
         let records = db.call_sync(store::load_all).map_err(db_err)?;
+        // snapshots a stop interrupted failed (their half-made layers go below)
+        let snapshot_ids = db
+            .call_sync(|c| {
+                snapshots::init(c)?;
+                snapshots::fail_interrupted(c)?;
+                snapshots::all_ids(c)
+            })
+            .map_err(db_err)?;
         // Nothing of a previous backend on this data directory survives: every cgroup of this
         // instance is emptied (its processes killed, frozen ones included) and removed,
         // whatever the records say; processes never survive a restart.
@@ -101,7 +110,11 @@ impl App {
             }
         }
         // layers: references of holders that are gone, half-made and unreferenced layers
-        let live: HashSet<String> = map.keys().map(|id| sandbox_holder(id)).collect();
+        let live: HashSet<String> = map
+            .keys()
+            .map(|id| sandbox_holder(id))
+            .chain(snapshot_ids.iter().map(|id| snapshots::holder(id)))
+            .collect();
         host.layers.recover(&live).map_err(db_err)?;
         let keep: Vec<String> = map.keys().cloned().collect();
         host.ids.release_all_except(&keep);

@@ -422,27 +422,6 @@ impl LayerStore {
         }
         Ok(())
     }
-
-    /// One layer's row.
-    pub(crate) fn row(&self, id: &str) -> Result<Option<LayerRow>, StoreError> {
-        self.db.call_sync(|c| layer_row(c, id))
-    }
-
-    /// Total bytes of the distinct layers `stacks` use.
-    pub(crate) fn size_of(&self, layers: &[String]) -> Result<u64, StoreError> {
-        self.db.call_sync(|c| {
-            let mut seen = HashSet::new();
-            let mut total = 0u64;
-            for id in layers {
-                if seen.insert(id.clone()) {
-                    if let Some(r) = layer_row(c, id)? {
-                        total += r.size_bytes;
-                    }
-                }
-            }
-            Ok(total)
-        })
-    }
 }
 
 fn remove_path(p: &Path) {

@@ -42,8 +42,8 @@ fn find_tool(name: &str) -> Option<PathBuf> {
 /// The mounted pool.
 #[derive(Debug)]
 pub(crate) struct Pool {
-    /// The detached mount's root.
-    mnt: OwnedFd,
+    /// The detached mount's root, kept open: every path of the pool goes through it.
+    _mnt: OwnedFd,
     /// `/proc/<pid>/fd/<mnt>`: the pool's root as a path of this process.
     root: PathBuf,
 }
@@ -86,7 +86,7 @@ impl Pool {
             std::process::id(),
             mnt.as_raw_fd()
         ));
-        let pool = Pool { mnt, root };
+        let pool = Pool { _mnt: mnt, root };
         for dir in [DISKS, LAYERS] {
             let p = pool.path(dir);
             match std::fs::create_dir(&p) {
@@ -104,12 +104,6 @@ impl Pool {
     /// A path inside the pool.
     pub(crate) fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
         self.root.join(rel)
-    }
-
-    /// Bytes the pool's file system has allocated (data and metadata).
-    pub(crate) fn used_bytes(&self) -> io::Result<u64> {
-        let (total, free) = sys::statvfs(self.mnt.as_fd())?;
-        Ok(total.saturating_sub(free))
     }
 }
 

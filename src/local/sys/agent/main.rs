@@ -348,7 +348,7 @@ fn user_namespace(inside: u32, outside: u32, count: u32) -> Result<Fd, c_int> {
 /// Attaches an image to a free loop device (freed by the kernel once unmounted), read-only
 /// when `ro`.
 fn attach_loop(img: &Fd, ro: bool) -> Result<Fd, c_int> {
-    // SAFETY: as above.
+    // SAFETY: open with a valid C string.
     let ctl = Fd(check(unsafe {
         ffi::open(c"/dev/loop-control".as_ptr(), ffi::O_RDWR | ffi::O_CLOEXEC)
     })?);
@@ -356,8 +356,8 @@ fn attach_loop(img: &Fd, ro: bool) -> Result<Fd, c_int> {
         // SAFETY: ioctl without argument on the loop control device.
         let n = check(unsafe { ffi::ioctl(ctl.0, ffi::LOOP_CTL_GET_FREE) })?;
         let path = cstr(format!("/dev/loop{n}").as_bytes())?;
-        // SAFETY: open with a valid C string.
         let mode = if ro { ffi::O_RDONLY } else { ffi::O_RDWR };
+        // SAFETY: open with a valid C string.
         let dev = Fd(check(unsafe {
             ffi::open(path.as_ptr(), mode | ffi::O_CLOEXEC)
         })?);
