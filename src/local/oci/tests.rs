@@ -465,12 +465,7 @@ fn hostile_layers_write_nothing_outside_the_layer() {
         .raw(b"lnk/.wh..wh..opq", file, b"", b"");
     cases.push(("opaque marker through a symlink", t));
     let mut t = Tar::new();
-    t.raw(
-        b"hl",
-        tar::EntryType::Link,
-        format!("../../outside/victim").as_bytes(),
-        b"",
-    );
+    t.raw(b"hl", tar::EntryType::Link, b"../../outside/victim", b"");
     cases.push(("hard link out", t));
     let mut t = Tar::new();
     t.raw(b"lnk", sym, out.as_bytes(), b"")
