@@ -61,6 +61,7 @@ pub struct LocalServerBuilder {
     max_connections: Option<usize>,
     header_read_timeout: Duration,
     idle_timeout: Duration,
+    registry_mirror: Option<String>,
 }
 
 impl fmt::Debug for LocalServerBuilder {
@@ -79,6 +80,7 @@ impl fmt::Debug for LocalServerBuilder {
             .field("max_connections", &self.max_connections)
             .field("header_read_timeout", &self.header_read_timeout)
             .field("idle_timeout", &self.idle_timeout)
+            .field("registry_mirror", &self.registry_mirror)
             .finish()
     }
 }
@@ -99,6 +101,7 @@ impl Default for LocalServerBuilder {
             max_connections: None,
             header_read_timeout: http::DEFAULT_HEADER_READ_TIMEOUT,
             idle_timeout: http::DEFAULT_IDLE_TIMEOUT,
+            registry_mirror: None,
         }
     }
 }
@@ -232,6 +235,18 @@ impl LocalServerBuilder {
         self
     }
 
+    /// A registry mirror for Docker Hub images (`http(s)://host[:port]`): template builds
+    /// whose `from` is a Docker Hub image (`python:3.11`, `user/img`, `docker.io/...`) pull it
+    /// from the mirror first and from Docker Hub if the mirror fails, as Docker's
+    /// `registry-mirrors` setting does. Images of other registries are pulled from their own.
+    /// A URL that is not `http`/`https`, or carries credentials, a query or a fragment, is
+    /// rejected by [`start`](Self::start).
+    #[must_use]
+    pub fn registry_mirror(mut self, url: impl Into<String>) -> Self {
+        self.registry_mirror = Some(url.into());
+        self
+    }
+
     /// Checks the machine, prepares the data directory and base image, binds both listeners
     /// and starts serving on a background thread. Returns once both listeners accept
     /// connections. Works from plain threads and from inside an async runtime.
@@ -284,6 +299,34 @@ impl fmt::Debug for LocalServer {
             .field("api_key", &"<redacted>")
             .finish()
     }
+}
+
+/// The registry mirror option as a URL: `http` or `https`, a host, no credentials, query or
+/// fragment.
+fn parse_registry_mirror(raw: &str) -> Result<url::Url, LocalError> {
+    let bad = |why: &str| {
+        LocalError::InvalidOption(format!(
+            "registry_mirror {:?}: {why}",
+            raw.chars().take(200).collect::<String>()
+        ))
+    };
+    let url = url::Url::parse(raw.trim()).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("must be an http:// or https:// URL"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(LocalError::InvalidOption(
+            "registry_mirror: credentials in the URL are not supported (anonymous pulls only)"
+                .into(),
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("must not have a query or fragment"));
+    }
+    Ok(url)
 }
 
 fn random_api_key() -> String {
@@ -569,6 +612,11 @@ impl LocalServer {
                 "header_read_timeout and idle_timeout must not be zero".into(),
             ));
         }
+        let registry_mirror = b
+            .registry_mirror
+            .as_deref()
+            .map(parse_registry_mirror)
+            .transpose()?;
         limits.header_read_timeout = b.header_read_timeout;
         limits.idle_timeout = b.idle_timeout;
         let control_listener = bind(b.bind, control_port)?;
@@ -663,6 +711,7 @@ impl LocalServer {
                     b.keepalive
                 },
                 disk_mib: b.disk_mib,
+                registry_mirror,
             },
         )?);
 
@@ -776,6 +825,12 @@ impl LocalServer {
     /// its own network namespace, with loopback only.
     pub fn egress_available(&self) -> bool {
         self.app.host.egress.unavailable().is_none()
+    }
+
+    /// The registry mirror Docker Hub pulls go to first
+    /// ([`LocalServerBuilder::registry_mirror`]), normalised (`http://127.0.0.1:5000/`).
+    pub fn registry_mirror(&self) -> Option<&str> {
+        self.app.tuning.registry_mirror.as_ref().map(|u| u.as_str())
     }
 
     /// Invalidates the sandbox's current access token: its next data-plane call gets
@@ -892,5 +947,38 @@ mod tests {
             super::LocalServer::builder().api_key("ss_live_topsecret")
         );
         assert!(!dbg.contains("topsecret"), "{dbg}");
+    }
+
+    #[test]
+    fn registry_mirror_option_is_checked_and_kept() {
+        for bad in [
+            "ftp://mirror.example",
+            "http://user:secret@mirror.example",
+            "mirror.example:5000",
+            "http://mirror.example/?ns=docker.io",
+            "",
+        ] {
+            match super::parse_registry_mirror(bad) {
+                Err(super::LocalError::InvalidOption(m)) => {
+                    assert!(m.starts_with("registry_mirror"), "{m}");
+                    assert!(!m.contains("secret"), "{m}");
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        let e = super::LocalServer::builder()
+            .registry_mirror("ftp://mirror.example")
+            .start()
+            .map(|_| ())
+            .unwrap_err();
+        assert!(matches!(e, super::LocalError::InvalidOption(_)), "{e:?}");
+        let server = super::LocalServer::builder()
+            .registry_mirror("http://127.0.0.1:5000")
+            .start()
+            .unwrap();
+        assert_eq!(server.registry_mirror(), Some("http://127.0.0.1:5000/"));
+        server.shutdown();
+        let server = super::LocalServer::builder().start().unwrap();
+        assert_eq!(server.registry_mirror(), None);
     }
 }

@@ -110,6 +110,8 @@ pub(crate) struct Tuning {
     pub keepalive: Duration,
     /// Disk size of new sandboxes, MiB.
     pub disk_mib: u32,
+    /// Docker Hub pulls of template builds try this registry first.
+    pub registry_mirror: Option<url::Url>,
 }
 
 /// The backend.
