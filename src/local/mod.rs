@@ -160,6 +160,7 @@ mod server;
 mod snapshots;
 mod store;
 mod sys;
+mod templates;
 mod time;
 mod zip;
 

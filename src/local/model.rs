@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::layers::Stack;
+use super::templates::Boot;
 use super::time::format_rfc3339;
 
 /// The only template this backend has.
@@ -167,6 +168,9 @@ pub(crate) struct Record {
     pub stack: Stack,
     /// The snapshot it was created from.
     pub source_snapshot: Option<String>,
+    /// What its template gives its commands and its boot (env, working directory, user,
+    /// start and ready commands).
+    pub boot: Boot,
 }
 
 impl Record {
@@ -464,11 +468,6 @@ pub(crate) fn validate_auto_delete(t: u64) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// Whether a template reference names the base template.
-pub(crate) fn is_base_template(t: &str) -> bool {
-    t == BASE_TEMPLATE || t == BASE_TEMPLATE_ID
 }
 
 #[cfg(test)]

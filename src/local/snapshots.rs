@@ -19,6 +19,7 @@ use serde_json::json;
 use super::layers::Stack;
 use super::model::{Network, Record};
 use super::store::StoreError;
+use super::templates::Boot;
 use super::time::format_rfc3339;
 
 /// The only kind this backend captures.
@@ -71,6 +72,10 @@ pub(crate) struct Captured {
     /// gets new stand-ins for the same secrets.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    /// The template's boot configuration (env, working directory, user, start and ready
+    /// commands).
+    #[serde(default)]
+    pub boot: Boot,
 }
 
 impl Captured {
@@ -89,6 +94,7 @@ impl Captured {
                 .filter(|b| b.visible() && !b.revoked)
                 .map(|b| (b.env_key.clone(), b.secret_name.clone()))
                 .collect(),
+            boot: rec.boot.clone(),
         }
     }
 }

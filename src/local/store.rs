@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     disk_mib            INTEGER NOT NULL DEFAULT 4096,
     id_slot             INTEGER,
     stack               TEXT NOT NULL DEFAULT '{}',
-    source_snapshot     TEXT
+    source_snapshot     TEXT,
+    boot                TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS network_events (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -184,6 +185,7 @@ impl Db {
             "id_slot INTEGER",
             "stack TEXT NOT NULL DEFAULT '{}'",
             "source_snapshot TEXT",
+            "boot TEXT NOT NULL DEFAULT '{}'",
         ] {
             let name = column.split(' ').next().unwrap_or(column);
             let has: bool = conn.query_row(
@@ -247,9 +249,9 @@ pub(crate) fn upsert(c: &Connection, r: &Record) -> Result<(), StoreError> {
         "INSERT OR REPLACE INTO sandboxes (id, seq, name, status, vcpu_count, memory_mib,
             created_ns, timeout_seconds, auto_delete_seconds, auto_delete_at_ns, active_since_ns,
             paused_at_ns, network, metadata, env_vars, secrets, preview_access, access_token,
-            template, hostname, disk_mib, id_slot, stack, source_snapshot)
+            template, hostname, disk_mib, id_slot, stack, source_snapshot, boot)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-            ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
+            ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
         params![
             r.id,
             r.seq,
@@ -275,6 +277,7 @@ pub(crate) fn upsert(c: &Connection, r: &Record) -> Result<(), StoreError> {
             r.id_slot,
             to_json(&r.stack)?,
             r.source_snapshot,
+            to_json(&r.boot)?,
         ],
     )?;
     Ok(())
@@ -320,6 +323,7 @@ fn record_from_row(row: &Row<'_>) -> Result<Record, StoreError> {
         hostname: row.get("hostname")?,
         stack: serde_json::from_str(&stack)?,
         source_snapshot: row.get("source_snapshot")?,
+        boot: serde_json::from_str(&row.get::<_, String>("boot")?)?,
     })
 }
 
@@ -678,6 +682,10 @@ mod tests {
                 base: crate::local::layers::Base::Host,
             },
             source_snapshot: Some("snap-1".into()),
+            boot: crate::local::templates::Boot {
+                workdir: Some("/srv".into()),
+                ..Default::default()
+            },
         };
         db.call_sync(|c| upsert(c, &rec))?;
         let back = db.call_sync(|c| load(c, "id-1"))?;

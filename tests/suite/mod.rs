@@ -11,6 +11,7 @@ mod network;
 mod server_attacks;
 mod snapshots;
 mod streams;
+mod templates;
 mod wire;
 
 #[allow(unused_imports)]
@@ -33,6 +34,8 @@ pub use server_attacks::*;
 pub use snapshots::*;
 #[allow(unused_imports)]
 pub use streams::*;
+#[allow(unused_imports)]
+pub use templates::*;
 #[allow(unused_imports)]
 pub use wire::*;
 
@@ -119,6 +122,13 @@ suite_tests!(
     snapshot_bad_bodies_are_refused_by_the_backend,
     snapshots_survive_a_restart,
     a_fork_counts_only_its_own_writes,
+    // templates
+    template_build_steps_show_up_in_sandboxes,
+    template_user_step_sets_the_default_user,
+    template_from_a_template_and_a_failing_step,
+    template_cancel_and_rebuild_idempotency,
+    templates_survive_a_restart_and_interrupted_builds_fail,
+    template_from_oci_images_by_reference_and_through_a_mirror,
     // control plane
     lifecycle_and_accessors,
     create_validation_sends_nothing,

@@ -11,6 +11,7 @@ use super::super::model::{
     self, CreateBody, PatchBody, Record, Status, DEFAULT_MEMORY_MIB, DEFAULT_VCPU,
 };
 use super::super::runtime::{Runtime, SandboxDirs, SandboxSpec};
+use super::super::templates::Boot;
 use super::super::time::now_ns;
 use super::{App, Entry};
 
@@ -33,9 +34,16 @@ impl App {
             stack: &rec.stack,
             policy: entry.clone(),
         };
-        Runtime::start(&self.host, spec)
+        let rt = Runtime::start(&self.host, spec)
             .await
-            .map_err(|e| ApiError::internal(format!("cannot start the sandbox: {e}")))
+            .map_err(|e| ApiError::internal(format!("cannot start the sandbox: {e}")))?;
+        if !rec.boot.is_empty() {
+            if let Err(e) = self.boot_commands(&rt, &rec.boot, &rec.hostname).await {
+                let _ = rt.kill().await;
+                return Err(e);
+            }
+        }
+        Ok(rt)
     }
 
     /// `POST /sandboxes`.
@@ -123,11 +131,16 @@ impl App {
                 network = cfg.network.clone();
             }
         }
-        if let Some(t) = &body.from_template {
-            if !model::is_base_template(t) {
-                return Err(ApiError::not_found(format!("template {t:?} not found")));
-            }
-        }
+        // a template brings its layers, its boot configuration and its resources
+        let tmpl = match &body.from_template {
+            Some(t) => Some(
+                self.resolve_template(t)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found(format!("template {t:?} not found")))?,
+            ),
+            None => None,
+        };
+        let res = tmpl.as_ref().and_then(|t| t.res);
 
         let id = uuid_v4();
         let now = now_ns();
@@ -145,13 +158,21 @@ impl App {
             seq: self.seq.fetch_add(1, Ordering::SeqCst),
             name,
             status: Status::Starting,
-            vcpu_count: snap.as_ref().map_or(DEFAULT_VCPU, |s| s.config.vcpu_count),
-            memory_mib: snap
-                .as_ref()
-                .map_or(DEFAULT_MEMORY_MIB, |s| s.config.memory_mib),
-            disk_mib: snap
-                .as_ref()
-                .map_or(self.tuning.disk_mib, |s| s.config.disk_mib),
+            vcpu_count: match (&snap, res) {
+                (Some(s), _) => s.config.vcpu_count,
+                (None, Some(r)) => r.vcpu,
+                (None, None) => DEFAULT_VCPU,
+            },
+            memory_mib: match (&snap, res) {
+                (Some(s), _) => s.config.memory_mib,
+                (None, Some(r)) => r.memory_mib,
+                (None, None) => DEFAULT_MEMORY_MIB,
+            },
+            disk_mib: match (&snap, res) {
+                (Some(s), _) => s.config.disk_mib,
+                (None, Some(r)) => r.disk_mib,
+                (None, None) => self.tuning.disk_mib,
+            },
             id_slot: Some(id_slot),
             created_ns: now,
             timeout_seconds: body.timeout_seconds,
@@ -165,14 +186,22 @@ impl App {
             secrets,
             preview_access,
             access_token: new_token(),
-            template: snap.as_ref().map_or_else(
-                || model::BASE_TEMPLATE.to_owned(),
-                |s| s.config.template.clone(),
-            ),
-            stack: snap
-                .as_ref()
-                .map_or_else(Stack::default, |s| s.stack.clone()),
+            template: match (&snap, &tmpl) {
+                (Some(s), _) => s.config.template.clone(),
+                (None, Some(t)) => t.id.clone(),
+                (None, None) => model::BASE_TEMPLATE.to_owned(),
+            },
+            stack: match (&snap, &tmpl) {
+                (Some(s), _) => s.stack.clone(),
+                (None, Some(t)) => t.stack.clone(),
+                (None, None) => Stack::default(),
+            },
             source_snapshot: snap.as_ref().map(|s| s.id.clone()),
+            boot: match (&snap, &tmpl) {
+                (Some(s), _) => s.config.boot.clone(),
+                (None, Some(t)) => t.boot.clone(),
+                (None, None) => Boot::default(),
+            },
         };
         let entry = Arc::new(Entry::new(rec.clone()));
         {

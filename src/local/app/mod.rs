@@ -9,6 +9,7 @@
 //! * `spawn`: starting commands in a running sandbox (restarting its runtime if it died);
 //! * `bindings`: secrets bound to sandboxes;
 //! * `snapshots`: capturing sandboxes into snapshots, and the snapshots' endpoints;
+//! * `templates`: templates, their builds (run in build sandboxes) and build logs;
 //! * `recovery`: restart recovery (loading the state, cleaning what a crash left) and
 //!   shutdown.
 
@@ -18,6 +19,7 @@ mod records;
 mod recovery;
 mod snapshots;
 mod spawn;
+mod templates;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -126,6 +128,10 @@ pub(crate) struct App {
     /// Team secrets (values sealed at rest).
     pub secrets: Secrets,
     seq: AtomicI64,
+    /// Template builds in progress (cancel handles).
+    builds: Mutex<HashMap<String, Arc<super::templates::build::BuildCtl>>>,
+    /// Template builds that may run at once.
+    build_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl ApiError {

@@ -17,6 +17,7 @@ use super::super::runtime::Host;
 use super::super::secrets::Secrets;
 use super::super::snapshots;
 use super::super::store::{self, Db};
+use super::super::templates;
 use super::super::time::now_ns;
 use super::{App, Entry, Tuning};
 
@@ -42,6 +43,10 @@ impl App {
                 snapshots::fail_interrupted(c)?;
                 snapshots::all_ids(c)
             })
+            .map_err(db_err)?;
+        // templates; builds a stop interrupted failed
+        let template_ids = db
+            .call_sync(|c| templates::init(c, now_ns()))
             .map_err(db_err)?;
         // Nothing of a previous backend on this data directory survives: every cgroup of this
         // instance is emptied (its processes killed, frozen ones included) and removed,
@@ -114,6 +119,7 @@ impl App {
             .keys()
             .map(|id| sandbox_holder(id))
             .chain(snapshot_ids.iter().map(|id| snapshots::holder(id)))
+            .chain(template_ids.iter().map(|id| templates::holder(id)))
             .collect();
         host.layers.recover(&live).map_err(db_err)?;
         let keep: Vec<String> = map.keys().cloned().collect();
@@ -128,6 +134,8 @@ impl App {
             tuning,
             secrets,
             seq: AtomicI64::new(max_seq + 1),
+            builds: std::sync::Mutex::default(),
+            build_slots: Arc::new(tokio::sync::Semaphore::new(templates::BUILDS_RUNNING)),
         })
     }
 

@@ -133,8 +133,9 @@ impl std::fmt::Debug for LayerStore {
     }
 }
 
+/// A dir layer's directory name: its id (`sha256:<hex>`), as the OCI puller names it.
 fn dir_name(id: &str) -> String {
-    id.replace(':', "-")
+    id.to_owned()
 }
 
 fn bytes(p: &Path) -> Vec<u8> {
@@ -421,6 +422,57 @@ impl LayerStore {
             }
         }
         Ok(())
+    }
+}
+
+impl LayerStore {
+    /// The directory of the dir layers (where the OCI puller unpacks).
+    pub(crate) fn dirs(&self) -> &Path {
+        &self.dirs
+    }
+
+    /// Records dir layers (unpacked under [`dirs`](Self::dirs), named by their id) that are
+    /// not in the store yet (`(id, size in bytes)`), and makes `holder` hold `stack` in the
+    /// same transaction (no collection can come between).
+    pub(crate) async fn add_dirs(
+        &self,
+        layers: &[(String, u64)],
+        holder: &str,
+        stack: &Stack,
+    ) -> Result<(), StoreError> {
+        let layers = layers.to_vec();
+        let (holder, stack) = (holder.to_owned(), stack.clone());
+        self.db
+            .call(move |c| {
+                let tx = c.unchecked_transaction()?;
+                for (id, size) in &layers {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO layers (id, kind, owner_base, size_bytes, state,
+                            created_ns) VALUES (?1, 'dir', 0, ?2, 'ready', ?3)",
+                        params![id, i64::try_from(*size).unwrap_or(i64::MAX), now_ns()],
+                    )?;
+                }
+                hold(&tx, &holder, &stack)?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Total bytes of the distinct layers named. Blocking.
+    pub(crate) fn size_of(&self, layers: &[String]) -> Result<u64, StoreError> {
+        self.db.call_sync(|c| {
+            let mut seen = HashSet::new();
+            let mut total = 0u64;
+            for id in layers {
+                if seen.insert(id.clone()) {
+                    if let Some(r) = layer_row(c, id)? {
+                        total += r.size_bytes;
+                    }
+                }
+            }
+            Ok(total)
+        })
     }
 }
 
