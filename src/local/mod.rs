@@ -1,7 +1,7 @@
 //! The local backend (feature `local`): a Superserve-compatible server on this machine.
 //!
 //! [`LocalServer`] answers the Superserve control plane (sandbox lifecycle, list, update,
-//! secret bindings, network log, snapshots, secrets, providers) and data plane (`/exec`, `/exec/stream`, the
+//! secret bindings, network log, snapshots, templates and builds, secrets, providers) and data plane (`/exec`, `/exec/stream`, the
 //! `/exec/connect` WebSocket, `/files`, whose reads honour single byte ranges) with the same
 //! JSON bodies, status codes and error shapes as the hosted service, and runs every sandbox as
 //! an isolated process tree:
@@ -46,10 +46,24 @@
 //! snapshot keeps the layers that sandboxes or later snapshots still use; snapshots outlive
 //! their sandbox and a restart.
 //!
-//! Commands run as root inside the sandbox with `HOME=/root`, working directory `/` unless
-//! `working_dir` says otherwise, `PATH`, `LANG=C.UTF-8`, the sandbox's `env_vars` and the
-//! call's `env`. A command killed by its timeout reports exit code 124; one killed by signal N
-//! reports 128+N.
+//! Templates: `GET /templates` lists the built-in `superserve/base` and the team's templates.
+//! A build (`POST /templates`, `POST /templates/{id}/builds`) starts `from` a built-in, another
+//! ready template, or any OCI image (linux/amd64, pulled with the distribution protocol:
+//! anonymous bearer tokens, plain HTTP for loopback registries, every blob checked against its
+//! digest, layers unpacked with their whiteouts into the layer store, where a layer two images
+//! share is stored once; Docker Hub short names resolve as Docker does, and
+//! [`LocalServerBuilder::registry_mirror`] sends Docker Hub pulls to a mirror first). Its steps
+//! run in a build sandbox with the isolation of any sandbox; the result is captured like a
+//! snapshot. Sandboxes created `from_template` get its files, its `env`, `workdir` (default
+//! working directory) and `user` (default user), its vCPUs, memory and disk; its `start_cmd`
+//! starts at every boot and its `ready_cmd` is polled until it succeeds before the sandbox is
+//! `active`. Build logs replay from the start and follow live; a build a restart interrupted is
+//! marked failed.
+//!
+//! Commands run as root inside the sandbox (or the template's user) with `HOME=/root`,
+//! working directory `/` (or the template's) unless `working_dir` says otherwise, `PATH`,
+//! `LANG=C.UTF-8`, the template's `env`, the sandbox's `env_vars` and the call's `env`. A
+//! command killed by its timeout reports exit code 124; one killed by signal N reports 128+N.
 //!
 //! Networking: each sandbox has its own network namespace whose only way out is the backend's
 //! egress proxy, reached transparently (an nftables redirect inside the namespace; programs
