@@ -129,6 +129,7 @@ suite_tests!(
     template_cancel_and_rebuild_idempotency,
     templates_survive_a_restart_and_interrupted_builds_fail,
     template_from_oci_images_by_reference_and_through_a_mirror,
+    template_builds_queue_with_system_events_and_hit_the_build_limit,
     // control plane
     lifecycle_and_accessors,
     create_validation_sends_nothing,

@@ -103,6 +103,10 @@ pub async fn template_build_steps_show_up_in_sandboxes() {
         .map(|i| i.name)
         .collect();
     assert!(names.contains(&"superserve/base".to_owned()), "{names:?}");
+    let builtin = Template::connect_with_config(&config, "superserve/base")
+        .await
+        .unwrap();
+    assert_eq!(builtin.status(), &TemplateStatus::Ready);
     assert!(names.contains(&"tpl-steps".to_owned()), "{names:?}");
     let only = Template::list_with_config(&config, Some("tpl-st"))
         .await
@@ -304,13 +308,33 @@ pub async fn templates_survive_a_restart_and_interrupted_builds_fail() {
         sandbox_id = sb.id().to_owned();
         let slow = Template::create_with_config(
             &config,
-            TemplateOptions::new("tpl-interrupted").step(BuildStep::run("sleep 300")),
+            TemplateOptions::new("tpl-interrupted")
+                .step(BuildStep::run("sleep 300 && echo interrupted-build-marker")),
         )
         .await
         .unwrap();
         slow_build = slow.latest_build_id().unwrap();
         wait_build(&slow, &slow_build, TemplateBuildStatus::Building).await;
+        let marked = || -> Vec<String> {
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .filter(|c| c.contains("interrupted-build-marker"))
+                .collect()
+        };
+        for _ in 0..100 {
+            if !marked().is_empty() {
+                break;
+            }
+            crate::flavor::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!marked().is_empty(), "the build step runs");
         server.shutdown();
+        // the stopped backend left no build process behind
+        let left = marked();
+        assert!(left.is_empty(), "{left:?}");
     }
     let server = start();
     let config = common::config(&server);
@@ -502,4 +526,67 @@ pub async fn template_from_oci_images_by_reference_and_through_a_mirror() {
     }
     server.shutdown();
     std::thread::spawn(move || drop(images)).join().unwrap();
+}
+
+#[dual]
+pub async fn template_builds_queue_with_system_events_and_hit_the_build_limit() {
+    local_only!("this backend's build limits (2 running, 8 in flight)");
+    let server = common::server();
+    let config = common::config(&server);
+    let mut slow = Vec::new();
+    for i in 0..8 {
+        let t = Template::create_with_config(
+            &config,
+            TemplateOptions::new(format!("tpl-q{i}")).step(BuildStep::run("sleep 300")),
+        )
+        .await
+        .unwrap();
+        slow.push(t);
+    }
+    let over = Template::create_with_config(
+        &config,
+        TemplateOptions::new("tpl-over").step(BuildStep::run("true")),
+    )
+    .await;
+    match &over {
+        Err(Error::RateLimit { error, .. }) => {
+            assert_eq!(error.code.as_deref(), Some("too_many_builds"))
+        }
+        other => panic!("expected 429 too_many_builds, got {other:?}"),
+    }
+    // the last one waits for a build slot; its log says so while it waits
+    let last = slow.last().unwrap();
+    let bid = last.latest_build_id().unwrap();
+    let b = last.get_build(&bid).await.unwrap();
+    assert_eq!(b.status, TemplateBuildStatus::Pending);
+    let mut events = last.build_log_events(Some(&bid)).await.unwrap();
+    let mut seen = Vec::new();
+    while let Some(e) = events.next().await {
+        let e = e.unwrap();
+        seen.push(e.text.clone());
+        if e.text.contains("waiting for a free build slot") {
+            break;
+        }
+        assert!(seen.len() < 20, "{seen:?}");
+    }
+    drop(events);
+    for t in &slow {
+        let bid = t.latest_build_id().unwrap();
+        t.cancel_build(&bid).await.unwrap();
+    }
+    for t in &slow {
+        let bid = t.latest_build_id().unwrap();
+        wait_build(t, &bid, TemplateBuildStatus::Cancelled).await;
+    }
+    let now_fits = Template::create_with_config(
+        &config,
+        TemplateOptions::new("tpl-over").step(BuildStep::run("true")),
+    )
+    .await
+    .unwrap();
+    now_fits.wait_until_ready(wait()).await.unwrap();
+    for t in slow {
+        t.delete().await.unwrap();
+    }
+    now_fits.delete().await.unwrap();
 }

@@ -132,6 +132,8 @@ pub(crate) struct App {
     builds: Mutex<HashMap<String, Arc<super::templates::build::BuildCtl>>>,
     /// Template builds that may run at once.
     build_slots: Arc<tokio::sync::Semaphore>,
+    /// Set by shutdown: builds it interrupts are left for the next start to mark failed.
+    stopping: AtomicBool,
 }
 
 impl ApiError {

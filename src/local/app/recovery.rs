@@ -136,12 +136,25 @@ impl App {
             seq: AtomicI64::new(max_seq + 1),
             builds: std::sync::Mutex::default(),
             build_slots: Arc::new(tokio::sync::Semaphore::new(templates::BUILDS_RUNNING)),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     /// Kills every sandbox's processes, records running sandboxes as paused and removes this
     /// backend's parent cgroups.
     pub(crate) async fn shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // build sandboxes are not in the registry: their processes go with their cgroups
+        let cgroups = self.host.cgroups.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for name in cgroups.sandbox_names() {
+                if name.starts_with("build-") {
+                    let _ = cgroups.sandbox(&name).destroy();
+                }
+            }
+        })
+        .await;
         for entry in self.all() {
             let _ops = tokio::time::timeout(Duration::from_secs(15), entry.ops.lock())
                 .await

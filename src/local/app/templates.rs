@@ -393,6 +393,10 @@ impl App {
 
     /// Ends the build; `false` if it had ended (cancelled while pending).
     async fn end_build(&self, bid: &str, s: BuildStatus, error: Option<String>) -> bool {
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            // the next start marks it failed (interrupted)
+            return false;
+        }
         let bid2 = bid.to_owned();
         let err = error.clone();
         let ended = self
