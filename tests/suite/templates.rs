@@ -521,6 +521,26 @@ pub async fn template_from_oci_images_by_reference_and_through_a_mirror() {
         assert_eq!(info.status, TemplateStatus::Failed, "{name}");
         t.delete().await.unwrap();
     }
+    // a reference the SDK would refuse, sent raw: the build fails as bad_reference
+    let (status, text) = common::raw_http(
+        &common::authority(server.base_url()),
+        &format!(
+            "POST /templates HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\ncontent-type: application/json",
+            server.api_key()
+        ),
+        br#"{"name":"oci-bad-ref","build_spec":{"from":"Not A//Valid:ref!"}}"#,
+        Duration::from_secs(30),
+    );
+    assert_eq!(status, 202, "{text}");
+    let t = Template::connect_with_config(&config, "oci-bad-ref")
+        .await
+        .unwrap();
+    let err = t.wait_until_ready(wait()).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Build { code, .. } if code == "bad_reference"),
+        "{err:?}"
+    );
+    t.delete().await.unwrap();
     for s in [a, b] {
         s.kill().await.unwrap();
     }
