@@ -17,6 +17,7 @@ superserve-local: a Superserve-compatible backend that runs sandboxes on this ma
 USAGE:
     superserve-local [--port N] [--data-dir DIR] [--api-key KEY] [--bind ADDR]
                      [--allow-private CIDR]... [--dns-host NAME=IP]... [--upstream-ca FILE]...
+                     [--registry-mirror URL]
 
 OPTIONS:
     --port N          control-plane port; the data plane listens on N+1, the preview proxy
@@ -33,6 +34,9 @@ OPTIONS:
                       make the sandboxes' DNS answer NAME with IP
     --upstream-ca FILE
                       trust these PEM roots for brokered HTTPS upstreams (besides the host's)
+    --registry-mirror URL
+                      pull Docker Hub images for template builds from this registry first
+                      (falling back to Docker Hub), as Docker's registry-mirrors
     -h, --help        print this help
 
 On start it prints SUPERSERVE_BASE_URL, SUPERSERVE_SANDBOX_URL, SUPERSERVE_API_KEY and
@@ -50,6 +54,7 @@ struct Args {
     allow_private: Vec<String>,
     dns_hosts: Vec<(String, Ipv4Addr)>,
     upstream_cas: Vec<PathBuf>,
+    registry_mirror: Option<String>,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
@@ -61,6 +66,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         allow_private: Vec::new(),
         dns_hosts: Vec::new(),
         upstream_cas: Vec::new(),
+        registry_mirror: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -97,6 +103,7 @@ fn parse_args() -> Result<Option<Args>, String> {
                     .push(parsed.ok_or_else(|| format!("--dns-host wants NAME=IPv4, got {v:?}"))?);
             }
             "--upstream-ca" => args.upstream_cas.push(PathBuf::from(value("a PEM file")?)),
+            "--registry-mirror" => args.registry_mirror = Some(value("a URL")?),
             other => return Err(format!("unknown argument {other:?} (try --help)")),
         }
     }
@@ -168,6 +175,9 @@ fn main() -> ExitCode {
     }
     if let Some(b) = args.bind {
         builder = builder.bind(b);
+    }
+    if let Some(m) = args.registry_mirror {
+        builder = builder.registry_mirror(m);
     }
     for c in args.allow_private {
         builder = builder.allow_private_destination(c);

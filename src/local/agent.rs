@@ -68,8 +68,13 @@ impl std::fmt::Debug for AgentConn {
 }
 
 impl AgentConn {
-    /// Connects to an agent, sends it `setup` and waits until the sandbox is built.
-    pub(crate) async fn setup(channel: OwnedFd, setup: Setup) -> io::Result<Arc<AgentConn>> {
+    /// Connects to an agent, sends it `setup` with its descriptors (the disk image, then the
+    /// read-only layer images) and waits until the sandbox is built.
+    pub(crate) async fn setup(
+        channel: OwnedFd,
+        setup: Setup,
+        fds: Vec<OwnedFd>,
+    ) -> io::Result<Arc<AgentConn>> {
         let (ready_tx, ready_rx) = oneshot::channel();
         let conn = Arc::new(AgentConn {
             fd: async_fd(channel)?,
@@ -80,7 +85,10 @@ impl AgentConn {
         });
         let reader = conn.clone();
         tokio::spawn(async move { reader.read_loop().await });
-        conn.send(&ToAgent::Setup(setup), &[]).await?;
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        conn.send(&ToAgent::Setup(setup), &raw).await?;
+        // the agent has its own copies now
+        drop(fds);
         match ready_rx.await {
             Ok(Ok(())) => Ok(conn),
             Ok(Err((step, errno))) => {

@@ -12,14 +12,18 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 
 use super::app::App;
+use super::data::{sse_event, sse_response};
 use super::error::ApiError;
 use super::fault::FaultRule;
 use super::journal::{redact_header, Plane};
 use super::model::{Record, Status, KNOWN_STATUSES};
 use super::reply::{form_pairs, json};
 use super::secrets;
+use super::snapshots;
 use super::store::{self, decode_cursor, Before, EventQuery};
+use super::templates::BuildStatus;
 use super::time::parse_rfc3339;
+use super::time::{format_rfc3339, now_ns};
 
 /// The control-plane router.
 pub(crate) fn router(app: Arc<App>) -> Router {
@@ -33,6 +37,21 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/sandboxes/{id}/secrets", post(bind_secret))
         .route("/sandboxes/{id}/secrets/{env_key}", delete(unbind_secret))
         .route("/sandboxes/{id}/network", get(network_log))
+        .route("/sandboxes/{id}/snapshot", post(create_snapshot))
+        .route("/sandboxes/{id}/snapshots", get(list_snapshots))
+        .route(
+            "/snapshots/{sid}",
+            get(get_snapshot)
+                .patch(rename_snapshot)
+                .delete(delete_snapshot),
+        )
+        .route("/templates", post(create_template).get(list_templates))
+        .route(
+            "/templates/{*rest}",
+            get(template_get)
+                .post(template_post)
+                .delete(template_delete),
+        )
         .route("/secrets", post(create_secret).get(list_secrets))
         .route(
             "/secrets/{name}",
@@ -310,6 +329,235 @@ async fn network_log(
         .call(move |c| store::query_network_events(c, &id, &q))
         .await?;
     Ok(json(StatusCode::OK, &page))
+}
+
+async fn create_snapshot(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    // an empty body asks for an unnamed snapshot without a key
+    let body: snapshots::CreateBody = if body.iter().all(u8::is_ascii_whitespace) {
+        snapshots::CreateBody::default()
+    } else {
+        parse_body(&body)?
+    };
+    let (row, status) = app.snapshot(&id, body).await?;
+    Ok(json(status, &row.view()))
+}
+
+/// `limit` and `offset` of a list query.
+fn paging(query: Option<&str>) -> Result<(Option<usize>, usize), ApiError> {
+    let (mut limit, mut offset) = (None, 0);
+    for (k, v) in form_pairs(query.unwrap_or("")) {
+        let n = || {
+            v.parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("{k} must be a non-negative integer")))
+        };
+        match k.as_str() {
+            "limit" => limit = Some(n()?),
+            "offset" => offset = n()?,
+            _ => {}
+        }
+    }
+    Ok((limit, offset))
+}
+
+async fn list_snapshots(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let (limit, offset) = paging(query.as_deref())?;
+    let rows = app.list_snapshots(&id, limit, offset).await?;
+    let views: Vec<serde_json::Value> = rows.iter().map(snapshots::SnapshotRow::view).collect();
+    Ok(json(StatusCode::OK, &views))
+}
+
+async fn get_snapshot(
+    State(app): State<Arc<App>>,
+    Path(sid): Path<String>,
+) -> Result<Response, ApiError> {
+    let row = app.get_snapshot(&sid).await?;
+    Ok(json(StatusCode::OK, &row.view()))
+}
+
+async fn rename_snapshot(
+    State(app): State<Arc<App>>,
+    Path(sid): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body = parse_body(&body)?;
+    let row = app.rename_snapshot(&sid, body).await?;
+    Ok(json(StatusCode::OK, &row.view()))
+}
+
+async fn delete_snapshot(
+    State(app): State<Arc<App>>,
+    Path(sid): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.delete_snapshot(&sid).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn create_template(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+    let body = parse_body(&body)?;
+    let v = app.create_template(body).await?;
+    Ok(json(StatusCode::ACCEPTED, &v))
+}
+
+async fn list_templates(
+    State(app): State<Arc<App>>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let prefix = form_pairs(query.as_deref().unwrap_or(""))
+        .into_iter()
+        .find(|(k, _)| k == "name_prefix")
+        .map(|(_, v)| v);
+    Ok(json(StatusCode::OK, &app.list_templates(prefix).await?))
+}
+
+/// What a path under `/templates/` names (template names may hold `/`).
+enum TemplatePath {
+    Template(String),
+    Builds(String),
+    Build(String, String),
+    Logs(String, String),
+}
+
+fn template_path(rest: &str) -> Result<TemplatePath, ApiError> {
+    let segs: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    let n = segs.len();
+    let name = |k: usize| -> Result<String, ApiError> {
+        let s = segs[..k].join("/");
+        if s.is_empty() {
+            Err(ApiError::not_found("template not found"))
+        } else {
+            Ok(s)
+        }
+    };
+    Ok(match segs.as_slice() {
+        [.., "builds", bid, "logs"] if n >= 4 => {
+            TemplatePath::Logs(name(n - 3)?, (*bid).to_owned())
+        }
+        [.., "builds", bid] if n >= 3 => TemplatePath::Build(name(n - 2)?, (*bid).to_owned()),
+        [.., "builds"] if n >= 2 => TemplatePath::Builds(name(n - 1)?),
+        _ => TemplatePath::Template(name(n)?),
+    })
+}
+
+async fn template_get(
+    State(app): State<Arc<App>>,
+    Path(rest): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    match template_path(&rest)? {
+        TemplatePath::Template(t) => Ok(json(StatusCode::OK, &app.get_template(&t).await?)),
+        TemplatePath::Builds(t) => {
+            let (limit, _) = paging(query.as_deref())?;
+            let rows = app.list_builds(&t, limit.unwrap_or(20)).await?;
+            let views: Vec<serde_json::Value> = rows.iter().map(|b| b.view()).collect();
+            Ok(json(StatusCode::OK, &views))
+        }
+        TemplatePath::Build(t, b) => Ok(json(StatusCode::OK, &app.get_build(&t, &b).await?.view())),
+        TemplatePath::Logs(t, b) => build_log_stream(app, &t, &b).await,
+    }
+}
+
+async fn template_post(
+    State(app): State<Arc<App>>,
+    Path(rest): Path<String>,
+) -> Result<Response, ApiError> {
+    match template_path(&rest)? {
+        TemplatePath::Builds(t) => {
+            let (b, status) = app.rebuild(&t).await?;
+            Ok(json(status, &b.view()))
+        }
+        _ => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed for this route",
+        )),
+    }
+}
+
+async fn template_delete(
+    State(app): State<Arc<App>>,
+    Path(rest): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    match template_path(&rest)? {
+        TemplatePath::Template(t) => app.delete_template(&t).await?,
+        TemplatePath::Build(t, b) => app.cancel_build(&t, &b).await?,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed for this route",
+            ))
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /templates/{id}/builds/{bid}/logs`: the log from its start, then live, with a
+/// `system` notice every 2 s while the build waits, closed after the terminal event.
+async fn build_log_stream(app: Arc<App>, template: &str, bid: &str) -> Result<Response, ApiError> {
+    let tid = app.template_id(template).await?;
+    // unknown builds are a 404 before the stream starts
+    app.build_logs(&tid, bid, i64::MAX).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let bid = bid.to_owned();
+    tokio::spawn(async move {
+        let mut last = 0i64;
+        let mut queued_at: Option<std::time::Instant> = None;
+        loop {
+            let Ok((lines, b)) = app.build_logs(&tid, &bid, last).await else {
+                return;
+            };
+            let drained = lines.is_empty();
+            for l in lines {
+                last = l.seq;
+                let ev = serde_json::json!({
+                    "timestamp": format_rfc3339(l.ts_ns),
+                    "stream": l.stream,
+                    "text": l.text,
+                    "finished": false,
+                });
+                if tx.send(Ok(sse_event(&ev))).await.is_err() {
+                    return;
+                }
+            }
+            if drained && b.status.is_terminal() {
+                let ev = serde_json::json!({
+                    "timestamp": format_rfc3339(now_ns()),
+                    "stream": "system",
+                    "text": format!("build {}", b.status.as_str()),
+                    "finished": true,
+                    "status": b.status.as_str(),
+                });
+                let _ = tx.send(Ok(sse_event(&ev))).await;
+                return;
+            }
+            if b.status == BuildStatus::Pending
+                && queued_at.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(2))
+            {
+                queued_at = Some(std::time::Instant::now());
+                let ev = serde_json::json!({
+                    "timestamp": format_rfc3339(now_ns()),
+                    "stream": "system",
+                    "text": "build queued, waiting for a free build slot",
+                    "finished": false,
+                });
+                if tx.send(Ok(sse_event(&ev))).await.is_err() {
+                    return;
+                }
+            }
+            if drained {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    });
+    Ok(sse_response(rx))
 }
 
 async fn add_fault(State(app): State<Arc<App>>, body: Bytes) -> Result<StatusCode, ApiError> {

@@ -269,7 +269,7 @@ async fn exec(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
     )
 }
 
-fn sse_event(value: &serde_json::Value) -> Bytes {
+pub(crate) fn sse_event(value: &serde_json::Value) -> Bytes {
     Bytes::from(format!("data: {value}\n\n"))
 }
 
@@ -372,7 +372,7 @@ async fn exec_stream(
     sse_response(rx)
 }
 
-fn sse_response(rx: mpsc::Receiver<Result<Bytes, io::Error>>) -> Response {
+pub(crate) fn sse_response(rx: mpsc::Receiver<Result<Bytes, io::Error>>) -> Response {
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });

@@ -1,6 +1,6 @@
 //! Per-sandbox disks: each sandbox's writable layer lives on an ext4 image of its own
-//! (`disk_mib` MiB, sparse), which the sandbox's agent attaches to a loop device and mounts
-//! inside the sandbox only. A full disk is `ENOSPC` for every writer (the sandbox, and the
+//! (`disk_mib` MiB, sparse, in the layer store's pool so that a snapshot can clone it), which
+//! the sandbox's agent attaches to a loop device and mounts inside the sandbox only. A full disk is `ENOSPC` for every writer (the sandbox, and the
 //! backend's `/files` uploads into it), and never touches the host or another sandbox.
 //!
 //! Why images: this kernel has no project quotas (`CONFIG_XFS_QUOTA` and `CONFIG_QFMT_V2`
@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use super::error::LocalError;
 use super::fault::lock;
-use super::sys;
+use super::layers::pool::clone_file;
 
 /// Host tool that formats the templates (e2fsprogs).
 const MKFS: &str = "mkfs.ext4";
@@ -31,7 +31,7 @@ fn find_mkfs() -> Option<PathBuf> {
 /// The disk images of one backend.
 #[derive(Debug)]
 pub(crate) struct Disks {
-    /// Where the templates live (`data_dir/images`).
+    /// Where the images and their templates live (`<pool>/disks`).
     dir: PathBuf,
     mkfs: PathBuf,
     /// One lock per template size, so each is formatted once.
@@ -58,6 +58,22 @@ impl Disks {
         })
     }
 
+    /// Where sandbox `id`'s disk image lives.
+    pub(crate) fn image_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.ext4"))
+    }
+
+    /// Whether a file of the disks' directory is a sandbox's image (not a template).
+    pub(crate) fn sandbox_of(name: &str) -> Option<&str> {
+        name.strip_suffix(".ext4")
+            .filter(|id| !id.starts_with("template-"))
+    }
+
+    /// The directory of the images.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Makes sure the sandbox's image exists at `image` (a fresh, empty disk of `mib` MiB if
     /// not). Blocking.
     pub(crate) fn ensure(&self, image: &Path, mib: u32) -> io::Result<()> {
@@ -66,20 +82,15 @@ impl Disks {
         }
         let template = self.template(mib)?;
         let tmp = image.with_extension("tmp");
-        let src = std::fs::File::open(&template)?;
-        let dst = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        sys::sparse_copy(&src, &dst)?;
+        let _ = std::fs::remove_file(&tmp);
+        clone_file(&template, &tmp)?;
         // no fsync: a fresh disk holds nothing yet, and one lost to a power cut is remade
         // empty from the template (the rename below is what makes it count)
         std::fs::rename(&tmp, image)
     }
 
     fn template(&self, mib: u32) -> io::Result<PathBuf> {
-        let path = self.dir.join(format!("disk-{mib}m.ext4"));
+        let path = self.dir.join(format!("template-{mib}m.ext4"));
         let gate = lock(&self.making).entry(mib).or_default().clone();
         let _made_once = lock(&gate);
         if path.exists() {

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::agent::Process;
 use super::model::Record;
 use super::runtime::{CommandSpec, SANDBOX_HOME, SANDBOX_PATH};
+use super::templates::build::as_user;
 
 /// Default per-command timeout of `/exec` and `/exec/stream` when `timeout_s` is absent or 0.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -66,7 +67,12 @@ pub(crate) fn command_spec(
         return Err("command must not contain NUL bytes".into());
     }
     let cwd = match body.working_dir.as_deref() {
-        None | Some("") => DEFAULT_CWD.to_owned(),
+        // a template's `workdir` step sets the default
+        None | Some("") => rec
+            .boot
+            .workdir
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CWD.to_owned()),
         Some(d) if d.starts_with('/') && !d.contains('\0') => d.to_owned(),
         Some(d) => return Err(format!("working_dir must be an absolute path, got {d:?}")),
     };
@@ -82,6 +88,10 @@ pub(crate) fn command_spec(
         env.insert(k.to_owned(), v.to_owned());
     }
     env.insert("HOSTNAME".to_owned(), rec.hostname.clone());
+    // the template's `env` steps, under the sandbox's own variables
+    for (k, v) in &rec.boot.env {
+        env.insert(k.clone(), v.clone());
+    }
     // bound secrets: the sandbox only ever sees their stand-in tokens
     for b in rec.secrets.iter().filter(|b| b.visible()) {
         env.insert(b.env_key.clone(), b.standin.clone());
@@ -104,10 +114,13 @@ pub(crate) fn command_spec(
             vec!["-c".to_owned(), command.to_owned()],
         ),
     };
+    // a template's `user` step makes its user the default one
+    let mut env: Vec<(String, String)> = env.into_iter().collect();
+    let (program, args) = as_user(rec.boot.user.as_deref(), program, args, &mut env);
     Ok(CommandSpec {
         program,
         args,
-        env: env.into_iter().collect(),
+        env,
         cwd,
         stdin,
     })

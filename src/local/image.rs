@@ -206,7 +206,39 @@ pub(crate) fn prepare(data_dir: &Path) -> Result<BaseImage, LocalError> {
     for name in ETC_COPY {
         copy_entry(&Path::new("/etc").join(name), &etc.join(name))?;
     }
+    prepare_runtime(data_dir)?;
     Ok(BaseImage { dir, host_dirs })
+}
+
+/// The runtime layer: the top read-only layer of sandboxes whose root is an image of their
+/// own (an OCI image) rather than `superserve/base`. It holds what the backend must provide
+/// whatever the image: the mount points the agent uses, the sandbox's DNS resolver and
+/// hosts file, and the egress proxy's CA (`/etc/ssl/certs/superserve-local-ca.pem`).
+pub(crate) fn runtime_layer(data_dir: &Path) -> PathBuf {
+    data_dir.join("images").join("runtime")
+}
+
+fn prepare_runtime(data_dir: &Path) -> Result<(), LocalError> {
+    let dir = runtime_layer(data_dir);
+    for (name, mode) in [
+        ("", 0o755),
+        ("dev", 0o755),
+        ("etc", 0o755),
+        ("etc/ssl", 0o755),
+        ("etc/ssl/certs", 0o755),
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("tmp", 0o1777),
+    ] {
+        ensure_dir(&dir.join(name), mode)?;
+    }
+    let base_etc = data_dir.join("images").join("base").join("etc");
+    for name in ["resolv.conf", "hosts"] {
+        let content =
+            std::fs::read(base_etc.join(name)).map_err(|e| err("cannot read", &base_etc, e))?;
+        ensure_file(&dir.join("etc").join(name), &content, 0o644)?;
+    }
+    Ok(())
 }
 
 /// Name of the backend's interception CA in the image's `/etc/ssl/certs`.
@@ -216,6 +248,10 @@ const CA_FILE: &str = "superserve-local-ca.pem";
 /// the bundle (`ca-certificates.crt`, the host's roots plus this CA) that curl, OpenSSL and
 /// most runtimes read. Rewritten at every start (the CA changes with each backend process).
 pub(crate) fn install_ca(image: &BaseImage, ca_pem: &str) -> Result<(), LocalError> {
+    if let Some(data_dir) = image.dir.parent().and_then(Path::parent) {
+        let runtime = runtime_layer(data_dir).join("etc/ssl/certs");
+        ensure_file(&runtime.join(CA_FILE), ca_pem.as_bytes(), 0o644)?;
+    }
     let certs = image.dir.join("etc/ssl/certs");
     ensure_dir(&certs, 0o755)?;
     ensure_file(&certs.join(CA_FILE), ca_pem.as_bytes(), 0o644)?;

@@ -1,8 +1,9 @@
 //! The local backend (feature `local`): a Superserve-compatible server on this machine.
 //!
 //! [`LocalServer`] answers the Superserve control plane (sandbox lifecycle, list, update,
-//! secret bindings, network log, preview ports and tokens, secrets, providers), serves
-//! previews of sandboxes' ports (below), and answers the data plane (`/exec`, `/exec/stream`, the
+//! secret bindings, network log, preview ports and tokens, snapshots, templates and builds,
+//! secrets, providers), serves previews of sandboxes' ports (below), and answers the data
+//! plane (`/exec`, `/exec/stream`, the
 //! `/exec/connect` WebSocket, `/files`, whose reads honour single byte ranges) with the same
 //! JSON bodies, status codes and error shapes as the hosted service, and runs every sandbox as
 //! an isolated process tree:
@@ -31,10 +32,40 @@
 //!   restart: sandboxes that were running come back `paused`, and resuming (or `activate`)
 //!   starts a fresh process tree on the same files.
 //!
-//! Commands run as root inside the sandbox with `HOME=/root`, working directory `/` unless
-//! `working_dir` says otherwise, `PATH`, `LANG=C.UTF-8`, the sandbox's `env_vars` and the
-//! call's `env`. A command killed by its timeout reports exit code 124; one killed by signal N
-//! reports 128+N.
+//! Snapshots and the layer store: the sandboxes' disks live in a btrfs file system the
+//! backend keeps for itself (a sparse image `pool.btrfs` in the data directory), and read-only
+//! layers shared by sandboxes, snapshots and templates live beside them, each kept while
+//! something uses it. A snapshot (`POST /sandboxes/{id}/snapshot`) is of kind `fs`: it
+//! captures the sandbox's whole filesystem (both overlays' writes, deletions included) and its
+//! configuration (template, vCPUs, memory, disk size, env vars, network rules, secret bindings
+//! by secret name) at one instant: a running sandbox is frozen for the capture (milliseconds:
+//! the disk is flushed and reflinked, no data is copied whatever its size) and thawed after,
+//! and keeps running. **Processes and memory are not captured** (this kernel offers no working
+//! checkpoint/restore): a sandbox created `from_snapshot` boots fresh on the snapshot's files
+//! with its configuration (what the create request sets wins; bound secrets get new
+//! stand-ins). It gets an empty disk of its own over the snapshot's layers, so only its own
+//! writes count against its disk. Snapshots of such sandboxes make chains; deleting a
+//! snapshot keeps the layers that sandboxes or later snapshots still use; snapshots outlive
+//! their sandbox and a restart.
+//!
+//! Templates: `GET /templates` lists the built-in `superserve/base` and the team's templates.
+//! A build (`POST /templates`, `POST /templates/{id}/builds`) starts `from` a built-in, another
+//! ready template, or any OCI image (linux/amd64, pulled with the distribution protocol:
+//! anonymous bearer tokens, plain HTTP for loopback registries, every blob checked against its
+//! digest, layers unpacked with their whiteouts into the layer store, where a layer two images
+//! share is stored once; Docker Hub short names resolve as Docker does, and
+//! [`LocalServerBuilder::registry_mirror`] sends Docker Hub pulls to a mirror first). Its steps
+//! run in a build sandbox with the isolation of any sandbox; the result is captured like a
+//! snapshot. Sandboxes created `from_template` get its files, its `env`, `workdir` (default
+//! working directory) and `user` (default user), its vCPUs, memory and disk; its `start_cmd`
+//! starts at every boot and its `ready_cmd` is polled until it succeeds before the sandbox is
+//! `active`. Build logs replay from the start and follow live; a build a restart interrupted is
+//! marked failed.
+//!
+//! Commands run as root inside the sandbox (or the template's user) with `HOME=/root`,
+//! working directory `/` (or the template's) unless `working_dir` says otherwise, `PATH`,
+//! `LANG=C.UTF-8`, the template's `env`, the sandbox's `env_vars` and the call's `env`. A
+//! command killed by its timeout reports exit code 124; one killed by signal N reports 128+N.
 //!
 //! Networking: each sandbox has its own network namespace whose only way out is the backend's
 //! egress proxy, reached transparently (an nftables redirect inside the namespace; programs
@@ -136,9 +167,9 @@
 //! `POST /_local/faults` (a [`FaultRule`] as JSON), `DELETE /_local/faults`,
 //! `GET /_local/requests` (the journal, secrets redacted) and `DELETE /_local/requests`.
 //!
-//! Requirements: Linux 6.13+, root, overlayfs, user namespaces, loop devices and `mkfs.ext4`
-//! (e2fsprogs), cgroup v1 with the freezer, memory and pids controllers (and `memory.memsw.*`
-//! when the host has swap). [`LocalServer::start`] fails with a [`LocalError`] naming what is
+//! Requirements: Linux 6.13+, root, overlayfs, user namespaces, loop devices, `mkfs.ext4`
+//! (e2fsprogs), btrfs with `mkfs.btrfs` (btrfs-progs), cgroup v1 with the freezer, memory and
+//! pids controllers (and `memory.memsw.*` when the host has swap). [`LocalServer::start`] fails with a [`LocalError`] naming what is
 //! missing rather than run sandboxes with weaker isolation.
 //!
 //! ```no_run
@@ -174,7 +205,11 @@ mod ident;
 mod idmap;
 mod image;
 mod journal;
+mod layers;
 mod model;
+// OCI image pulls; the template builder is their caller.
+#[cfg_attr(not(test), allow(dead_code))]
+mod oci;
 mod preview;
 mod preview_api;
 mod preview_proxy;
@@ -182,8 +217,10 @@ mod reply;
 mod runtime;
 mod secrets;
 mod server;
+mod snapshots;
 mod store;
 mod sys;
+mod templates;
 mod time;
 mod zip;
 

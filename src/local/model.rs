@@ -5,6 +5,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::layers::Stack;
+use super::templates::Boot;
 use super::time::format_rfc3339;
 
 /// The only template this backend has.
@@ -162,6 +164,13 @@ pub(crate) struct Record {
     pub access_token: String,
     pub template: String,
     pub hostname: String,
+    /// The read-only layers under the sandbox's root.
+    pub stack: Stack,
+    /// The snapshot it was created from.
+    pub source_snapshot: Option<String>,
+    /// What its template gives its commands and its boot (env, working directory, user,
+    /// start and ready commands).
+    pub boot: Boot,
 }
 
 impl Record {
@@ -192,6 +201,7 @@ impl Record {
                     .collect();
                 (!v.is_empty()).then_some(v)
             },
+            source_snapshot_id: self.source_snapshot.as_deref(),
             access_token: if with_token {
                 Some(&self.access_token)
             } else {
@@ -239,6 +249,8 @@ pub(crate) struct SandboxView<'a> {
     preview_access: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     secrets: Option<Vec<BindingView<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_snapshot_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     access_token: Option<&'a str>,
 }
@@ -456,11 +468,6 @@ pub(crate) fn validate_auto_delete(t: u64) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// Whether a template reference names the base template.
-pub(crate) fn is_base_template(t: &str) -> bool {
-    t == BASE_TEMPLATE || t == BASE_TEMPLATE_ID
 }
 
 #[cfg(test)]

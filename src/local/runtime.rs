@@ -2,10 +2,12 @@
 //! network and user namespaces, see `sys/agent`), its cgroup, its disk, and starting
 //! commands through the agent.
 //!
-//! Layout on disk: `data_dir/sandboxes/<id>/{disk.ext4,root}`. The disk holds the writable
-//! layers; the overlays and the disk's mount exist in the sandbox's mount namespace only, so
-//! the host's mount table never shows them and they disappear with the sandbox's last
-//! process (a crashed backend leaves no mount behind).
+//! Layout on disk: `data_dir/sandboxes/<id>/root` (the mount point) and the disk image
+//! `<pool>/disks/<id>.ext4` in the layer store's pool (sandboxes made by earlier versions keep
+//! theirs in `data_dir/sandboxes/<id>/disk.ext4`). The disk holds the writable layers; the
+//! read-only layers are the sandbox's [`Stack`]; the overlays and the disks' mounts exist in
+//! the sandbox's mount namespace only, so the host's mount table never shows them and they
+//! disappear with the sandbox's last process (a crashed backend leaves no mount behind).
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -21,6 +23,7 @@ use super::disk::Disks;
 use super::egress::{Egress, SandboxNet, SandboxPolicy};
 use super::idmap::{self, IdRanges};
 use super::image::BaseImage;
+use super::layers::{LayerStore, Resolved, Stack};
 use super::sys::proto::Setup;
 use super::sys::{self, spawn};
 
@@ -42,6 +45,8 @@ pub(crate) struct Host {
     pub egress: Arc<Egress>,
     /// Per-sandbox disk images.
     pub disks: Disks,
+    /// The layer store (read-only layers, and the pool the disks live in).
+    pub layers: Arc<LayerStore>,
     /// Host id ranges of the sandboxes' user namespaces.
     pub ids: IdRanges,
     /// The seccomp program every agent installs.
@@ -59,10 +64,15 @@ pub(crate) struct SandboxDirs {
 }
 
 impl SandboxDirs {
-    pub(crate) fn new(sandboxes_dir: &Path, id: &str) -> SandboxDirs {
-        let dir = sandboxes_dir.join(id);
+    pub(crate) fn new(host: &Host, id: &str) -> SandboxDirs {
+        let dir = host.sandboxes_dir.join(id);
+        let legacy = dir.join("disk.ext4");
         SandboxDirs {
-            disk: dir.join("disk.ext4"),
+            disk: if legacy.exists() {
+                legacy
+            } else {
+                host.disks.image_path(id)
+            },
             root: dir.join("root"),
             dir,
         }
@@ -79,10 +89,12 @@ impl SandboxDirs {
 
     /// Removes everything (the sandbox's files included). Blocking.
     pub(crate) fn remove(&self) -> io::Result<()> {
-        match std::fs::remove_dir_all(&self.dir) {
+        let not_found = |r: io::Result<()>| match r {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
-        }
+        };
+        not_found(std::fs::remove_file(&self.disk))?;
+        not_found(std::fs::remove_dir_all(&self.dir))
     }
 }
 
@@ -103,6 +115,8 @@ pub(crate) struct SandboxSpec<'a> {
     pub memory_mib: u32,
     pub disk_mib: u32,
     pub id_slot: u32,
+    /// The read-only layers under its root.
+    pub stack: &'a Stack,
     /// What the egress proxy asks for the sandbox's rules and bindings.
     pub policy: Arc<dyn SandboxPolicy>,
 }
@@ -140,10 +154,10 @@ impl Runtime {
     /// Any processes left over from an earlier run of the same sandbox are killed first.
     /// The egress proxy asks `spec.policy` for the sandbox's rules and bindings.
     pub(crate) async fn start(host: &Host, spec: SandboxSpec<'_>) -> Result<Arc<Runtime>, String> {
-        let dirs = SandboxDirs::new(&host.sandboxes_dir, spec.id);
+        let dirs = SandboxDirs::new(host, spec.id);
         let cgroup = host.cgroups.sandbox(spec.id);
         let (vcpu, memory_mib, disk_mib) = (spec.vcpu, spec.memory_mib, spec.disk_mib);
-        let prep = tokio::task::block_in_place(|| -> io::Result<()> {
+        let prep = tokio::task::block_in_place(|| -> io::Result<(Resolved, Vec<OwnedFd>)> {
             if !dirs.disk.exists() && dirs.dir.join("upper").is_dir() {
                 // made by a backend that kept files in plain directories, owned by host root:
                 // never hand such a sandbox an empty disk as if it were its own
@@ -153,12 +167,29 @@ impl Runtime {
                     dirs.dir.join("upper").display()
                 )));
             }
+            let resolved = host
+                .layers
+                .resolve(spec.stack, &host.base)
+                .map_err(io::Error::other)?;
             cgroup.destroy()?;
             dirs.create()?;
             host.disks.ensure(&dirs.disk, disk_mib)?;
-            cgroup.create(vcpu, memory_mib)
+            // the disk and the read-only layer images go to the agent as descriptors
+            let mut fds = vec![OwnedFd::from(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&dirs.disk)?,
+            )];
+            for image in &resolved.images {
+                fds.push(OwnedFd::from(std::fs::File::open(image).map_err(|e| {
+                    io::Error::new(e.kind(), format!("layer {}: {e}", image.display()))
+                })?));
+            }
+            cgroup.create(vcpu, memory_mib)?;
+            Ok((resolved, fds))
         });
-        prep.map_err(|e| format!("preparing the sandbox: {e}"))?;
+        let (resolved, fds) = prep.map_err(|e| format!("preparing the sandbox: {e}"))?;
         let agent = spawn::spawn_agent().map_err(|e| format!("starting the sandbox agent: {e}"))?;
         let pid = agent.pid;
         let kill = |pidfd: &OwnedFd| {
@@ -169,11 +200,9 @@ impl Runtime {
             hostname: spec.hostname.as_bytes().to_vec(),
             id_base,
             id_count: idmap::ID_COUNT,
-            disk_image: bytes(&dirs.disk),
-            base_dir: bytes(&host.base.dir),
-            usr_dir: b"/usr".to_vec(),
-            host_dirs: host
-                .base
+            root_layers: resolved.root,
+            usr_layers: resolved.usr,
+            host_dirs: resolved
                 .host_dirs
                 .iter()
                 .map(|d| d.as_bytes().to_vec())
@@ -197,7 +226,8 @@ impl Runtime {
             Ok(fd) => fd,
             Err(e) => return fail(agent.pidfd, dead, format!("the sandbox agent is gone: {e}")),
         };
-        let built = tokio::time::timeout(SETUP_TIMEOUT, AgentConn::setup(agent.channel, setup));
+        let built =
+            tokio::time::timeout(SETUP_TIMEOUT, AgentConn::setup(agent.channel, setup, fds));
         let (built, net) = tokio::join!(built, host.egress.attach(spec.id, net_ns, &spec.policy));
         let conn = match built {
             Ok(Ok(c)) => c,

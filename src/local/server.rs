@@ -22,6 +22,7 @@ use super::http;
 use super::idmap::IdRanges;
 use super::image;
 use super::journal::{Plane, RecordedRequest};
+use super::layers::LayerStore;
 use super::preview::{self, Previews};
 use super::runtime::Host;
 use super::secrets::{SecretKey, SecretLookup, Secrets, Vault};
@@ -62,6 +63,7 @@ pub struct LocalServerBuilder {
     max_connections: Option<usize>,
     header_read_timeout: Duration,
     idle_timeout: Duration,
+    registry_mirror: Option<String>,
 }
 
 impl fmt::Debug for LocalServerBuilder {
@@ -81,6 +83,7 @@ impl fmt::Debug for LocalServerBuilder {
             .field("max_connections", &self.max_connections)
             .field("header_read_timeout", &self.header_read_timeout)
             .field("idle_timeout", &self.idle_timeout)
+            .field("registry_mirror", &self.registry_mirror)
             .finish()
     }
 }
@@ -102,6 +105,7 @@ impl Default for LocalServerBuilder {
             max_connections: None,
             header_read_timeout: http::DEFAULT_HEADER_READ_TIMEOUT,
             idle_timeout: http::DEFAULT_IDLE_TIMEOUT,
+            registry_mirror: None,
         }
     }
 }
@@ -244,6 +248,18 @@ impl LocalServerBuilder {
         self
     }
 
+    /// A registry mirror for Docker Hub images (`http(s)://host[:port]`): template builds
+    /// whose `from` is a Docker Hub image (`python:3.11`, `user/img`, `docker.io/...`) pull it
+    /// from the mirror first and from Docker Hub if the mirror fails, as Docker's
+    /// `registry-mirrors` setting does. Images of other registries are pulled from their own.
+    /// A URL that is not `http`/`https`, or carries credentials, a query or a fragment, is
+    /// rejected by [`start`](Self::start).
+    #[must_use]
+    pub fn registry_mirror(mut self, url: impl Into<String>) -> Self {
+        self.registry_mirror = Some(url.into());
+        self
+    }
+
     /// Checks the machine, prepares the data directory and base image, binds the listeners
     /// and starts serving on a background thread. Returns once the listeners accept
     /// connections. Works from plain threads and from inside an async runtime.
@@ -298,6 +314,34 @@ impl fmt::Debug for LocalServer {
             .field("api_key", &"<redacted>")
             .finish()
     }
+}
+
+/// The registry mirror option as a URL: `http` or `https`, a host, no credentials, query or
+/// fragment.
+fn parse_registry_mirror(raw: &str) -> Result<url::Url, LocalError> {
+    let bad = |why: &str| {
+        LocalError::InvalidOption(format!(
+            "registry_mirror {:?}: {why}",
+            raw.chars().take(200).collect::<String>()
+        ))
+    };
+    let url = url::Url::parse(raw.trim()).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("must be an http:// or https:// URL"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(LocalError::InvalidOption(
+            "registry_mirror: credentials in the URL are not supported (anonymous pulls only)"
+                .into(),
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("must not have a query or fragment"));
+    }
+    Ok(url)
 }
 
 fn random_api_key() -> String {
@@ -602,6 +646,11 @@ impl LocalServer {
                 "header_read_timeout and idle_timeout must not be zero".into(),
             ));
         }
+        let registry_mirror = b
+            .registry_mirror
+            .as_deref()
+            .map(parse_registry_mirror)
+            .transpose()?;
         limits.header_read_timeout = b.header_read_timeout;
         limits.idle_timeout = b.idle_timeout;
         let control_listener = bind(b.bind, control_port)?;
@@ -677,7 +726,12 @@ impl LocalServer {
         if let Some(pem) = egress.ca_pem() {
             image::install_ca(&base, pem)?;
         }
-        let disks = Disks::new(data_dir.join("images"))?;
+        let layers = Arc::new(LayerStore::open(
+            &data_dir,
+            db.clone(),
+            image::runtime_layer(&data_dir),
+        )?);
+        let disks = Disks::new(layers.pool().path(super::layers::pool::DISKS))?;
         let ids = IdRanges::open(&data_dir).map_err(|e| LocalError::Unsupported {
             what: "sandbox user id ranges",
             detail: format!("cannot open the registry of id ranges: {e}"),
@@ -689,6 +743,7 @@ impl LocalServer {
             last_cap: sys::last_cap(),
             egress: egress.clone(),
             disks,
+            layers,
             ids,
             seccomp: sys::seccomp::program(),
         };
@@ -705,6 +760,7 @@ impl LocalServer {
                     b.keepalive
                 },
                 disk_mib: b.disk_mib,
+                registry_mirror,
             },
         )?);
 
@@ -857,6 +913,12 @@ impl LocalServer {
         self.app.host.egress.unavailable().is_none()
     }
 
+    /// The registry mirror Docker Hub pulls go to first
+    /// ([`LocalServerBuilder::registry_mirror`]), normalised (`http://127.0.0.1:5000/`).
+    pub fn registry_mirror(&self) -> Option<&str> {
+        self.app.tuning.registry_mirror.as_ref().map(|u| u.as_str())
+    }
+
     /// Invalidates the sandbox's current access token: its next data-plane call gets
     /// `401 invalid access token` until a client activates it again. Returns whether the
     /// sandbox exists.
@@ -975,5 +1037,38 @@ mod tests {
             super::LocalServer::builder().api_key("ss_live_topsecret")
         );
         assert!(!dbg.contains("topsecret"), "{dbg}");
+    }
+
+    #[test]
+    fn registry_mirror_option_is_checked_and_kept() {
+        for bad in [
+            "ftp://mirror.example",
+            "http://user:secret@mirror.example",
+            "mirror.example:5000",
+            "http://mirror.example/?ns=docker.io",
+            "",
+        ] {
+            match super::parse_registry_mirror(bad) {
+                Err(super::LocalError::InvalidOption(m)) => {
+                    assert!(m.starts_with("registry_mirror"), "{m}");
+                    assert!(!m.contains("secret"), "{m}");
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        let e = super::LocalServer::builder()
+            .registry_mirror("ftp://mirror.example")
+            .start()
+            .map(|_| ())
+            .unwrap_err();
+        assert!(matches!(e, super::LocalError::InvalidOption(_)), "{e:?}");
+        let server = super::LocalServer::builder()
+            .registry_mirror("http://127.0.0.1:5000")
+            .start()
+            .unwrap();
+        assert_eq!(server.registry_mirror(), Some("http://127.0.0.1:5000/"));
+        server.shutdown();
+        let server = super::LocalServer::builder().start().unwrap();
+        assert_eq!(server.registry_mirror(), None);
     }
 }

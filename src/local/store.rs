@@ -34,7 +34,10 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     template            TEXT NOT NULL,
     hostname            TEXT NOT NULL,
     disk_mib            INTEGER NOT NULL DEFAULT 4096,
-    id_slot             INTEGER
+    id_slot             INTEGER,
+    stack               TEXT NOT NULL DEFAULT '{}',
+    source_snapshot     TEXT,
+    boot                TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS network_events (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -177,7 +180,13 @@ impl Db {
         conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
         conn.execute_batch(SCHEMA)?;
         // databases made before the per-sandbox disk and id range
-        for column in ["disk_mib INTEGER NOT NULL DEFAULT 4096", "id_slot INTEGER"] {
+        for column in [
+            "disk_mib INTEGER NOT NULL DEFAULT 4096",
+            "id_slot INTEGER",
+            "stack TEXT NOT NULL DEFAULT '{}'",
+            "source_snapshot TEXT",
+            "boot TEXT NOT NULL DEFAULT '{}'",
+        ] {
             let name = column.split(' ').next().unwrap_or(column);
             let has: bool = conn.query_row(
                 "SELECT COUNT(*) > 0 FROM pragma_table_info('sandboxes') WHERE name = ?1",
@@ -240,9 +249,9 @@ pub(crate) fn upsert(c: &Connection, r: &Record) -> Result<(), StoreError> {
         "INSERT OR REPLACE INTO sandboxes (id, seq, name, status, vcpu_count, memory_mib,
             created_ns, timeout_seconds, auto_delete_seconds, auto_delete_at_ns, active_since_ns,
             paused_at_ns, network, metadata, env_vars, secrets, preview_access, access_token,
-            template, hostname, disk_mib, id_slot)
+            template, hostname, disk_mib, id_slot, stack, source_snapshot, boot)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-            ?18, ?19, ?20, ?21, ?22)",
+            ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
         params![
             r.id,
             r.seq,
@@ -266,6 +275,9 @@ pub(crate) fn upsert(c: &Connection, r: &Record) -> Result<(), StoreError> {
             r.hostname,
             r.disk_mib,
             r.id_slot,
+            to_json(&r.stack)?,
+            r.source_snapshot,
+            to_json(&r.boot)?,
         ],
     )?;
     Ok(())
@@ -281,6 +293,7 @@ fn record_from_row(row: &Row<'_>) -> Result<Record, StoreError> {
     let metadata: String = row.get("metadata")?;
     let env_vars: String = row.get("env_vars")?;
     let secrets: String = row.get("secrets")?;
+    let stack: String = row.get("stack")?;
     Ok(Record {
         id: row.get("id")?,
         seq: row.get("seq")?,
@@ -308,6 +321,9 @@ fn record_from_row(row: &Row<'_>) -> Result<Record, StoreError> {
         access_token: row.get("access_token")?,
         template: row.get("template")?,
         hostname: row.get("hostname")?,
+        stack: serde_json::from_str(&stack)?,
+        source_snapshot: row.get("source_snapshot")?,
+        boot: serde_json::from_str(&row.get::<_, String>("boot")?)?,
     })
 }
 
@@ -661,6 +677,15 @@ mod tests {
             access_token: "t".into(),
             template: "superserve/base".into(),
             hostname: "h".into(),
+            stack: crate::local::layers::Stack {
+                layers: vec!["cap-1".into()],
+                base: crate::local::layers::Base::Host,
+            },
+            source_snapshot: Some("snap-1".into()),
+            boot: crate::local::templates::Boot {
+                workdir: Some("/srv".into()),
+                ..Default::default()
+            },
         };
         db.call_sync(|c| upsert(c, &rec))?;
         let back = db.call_sync(|c| load(c, "id-1"))?;

@@ -9,6 +9,11 @@ use std::time::Duration;
 use superserve::local::LocalServer;
 use superserve::Config;
 
+/// A loopback registry (Debian's `docker-registry`) and image builders for the template
+/// tests: the OCI puller's own test helpers, compiled here as a module of their own.
+#[path = "../../src/local/oci/testutil.rs"]
+pub mod registry;
+
 /// Where the end-to-end suite runs: a fresh local backend (the default), or the hosted
 /// service when `SUPERSERVE_TEST_TARGET=hosted` and `SUPERSERVE_API_KEY` are set.
 pub enum Target {

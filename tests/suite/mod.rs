@@ -10,7 +10,9 @@ mod isolation;
 mod network;
 mod preview;
 mod server_attacks;
+mod snapshots;
 mod streams;
+mod templates;
 mod wire;
 
 #[allow(unused_imports)]
@@ -32,7 +34,11 @@ pub use preview::*;
 #[allow(unused_imports)]
 pub use server_attacks::*;
 #[allow(unused_imports)]
+pub use snapshots::*;
+#[allow(unused_imports)]
 pub use streams::*;
+#[allow(unused_imports)]
+pub use templates::*;
 #[allow(unused_imports)]
 pub use wire::*;
 
@@ -112,6 +118,21 @@ pub fn assert_single_activate(server: &LocalServer, sb: &Sandbox) {
 }
 
 suite_tests!(
+    // snapshots
+    snapshot_boots_independent_forks_with_the_snapshot_time_state,
+    snapshot_chains_and_deletes_while_in_use,
+    snapshot_idempotency_key_rename_and_errors,
+    snapshot_bad_bodies_are_refused_by_the_backend,
+    snapshots_survive_a_restart,
+    a_fork_counts_only_its_own_writes,
+    // templates
+    template_build_steps_show_up_in_sandboxes,
+    template_user_step_sets_the_default_user,
+    template_from_a_template_and_a_failing_step,
+    template_cancel_and_rebuild_idempotency,
+    templates_survive_a_restart_and_interrupted_builds_fail,
+    template_from_oci_images_by_reference_and_through_a_mirror,
+    template_builds_queue_with_system_events_and_hit_the_build_limit,
     // control plane
     lifecycle_and_accessors,
     create_validation_sends_nothing,

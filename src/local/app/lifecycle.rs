@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use super::super::error::ApiError;
 use super::super::ident::{new_token, uuid_v4};
+use super::super::layers::{sandbox_holder, Stack};
 use super::super::model::{
     self, CreateBody, PatchBody, Record, Status, DEFAULT_MEMORY_MIB, DEFAULT_VCPU,
 };
 use super::super::runtime::{Runtime, SandboxDirs, SandboxSpec};
+use super::super::templates::Boot;
 use super::super::time::now_ns;
 use super::{App, Entry};
 
@@ -29,11 +31,19 @@ impl App {
             memory_mib: rec.memory_mib,
             disk_mib: rec.disk_mib,
             id_slot,
+            stack: &rec.stack,
             policy: entry.clone(),
         };
-        Runtime::start(&self.host, spec)
+        let rt = Runtime::start(&self.host, spec)
             .await
-            .map_err(|e| ApiError::internal(format!("cannot start the sandbox: {e}")))
+            .map_err(|e| ApiError::internal(format!("cannot start the sandbox: {e}")))?;
+        if !rec.boot.is_empty() {
+            if let Err(e) = self.boot_commands(&rt, &rec.boot, &rec.hostname).await {
+                let _ = rt.kill().await;
+                return Err(e);
+            }
+        }
+        Ok(rt)
     }
 
     /// `POST /sandboxes`.
@@ -55,7 +65,7 @@ impl App {
         }
         let metadata = body.metadata.unwrap_or_default();
         model::validate_metadata(&metadata).map_err(ApiError::bad_request)?;
-        let env_vars = body.env_vars.unwrap_or_default();
+        let mut env_vars = body.env_vars.unwrap_or_default();
         model::validate_env(&env_vars).map_err(ApiError::bad_request)?;
         let mut secrets = Vec::new();
         for (env_key, secret_name) in body.secrets.unwrap_or_default() {
@@ -86,14 +96,51 @@ impl App {
             }
             None => "legacy_public".to_owned(),
         };
-        if let Some(snap) = &body.from_snapshot {
-            return Err(ApiError::not_found(format!("snapshot {snap:?} not found")));
-        }
-        if let Some(t) = &body.from_template {
-            if !model::is_base_template(t) {
-                return Err(ApiError::not_found(format!("template {t:?} not found")));
+        // a snapshot brings its files and its configuration; what the request sets wins
+        let snap = match &body.from_snapshot {
+            Some(sid) => Some(self.boot_snapshot(sid).await?),
+            None => None,
+        };
+        let mut network = body.network;
+        if let Some(snap) = &snap {
+            let cfg = &snap.config;
+            for (env_key, secret_name) in &cfg.secrets {
+                if env_vars.contains_key(env_key) || secrets.iter().any(|b| &b.env_key == env_key) {
+                    continue;
+                }
+                let binding = self
+                    .new_binding(env_key.clone(), secret_name.clone())
+                    .await
+                    .map_err(|e| {
+                        let mut c = ApiError::conflict(format!(
+                            "the snapshot binds {env_key} to secret {secret_name:?}, which is \
+                             unavailable: {}",
+                            e.message
+                        ));
+                        c.code = "snapshot_secret_unavailable".into();
+                        c
+                    })?;
+                secrets.push(binding);
+            }
+            for (k, v) in &cfg.env_vars {
+                if !secrets.iter().any(|b| &b.env_key == k) {
+                    env_vars.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+            if network.is_none() {
+                network = cfg.network.clone();
             }
         }
+        // a template brings its layers, its boot configuration and its resources
+        let tmpl = match &body.from_template {
+            Some(t) => Some(
+                self.resolve_template(t)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found(format!("template {t:?} not found")))?,
+            ),
+            None => None,
+        };
+        let res = tmpl.as_ref().and_then(|t| t.res);
 
         let id = uuid_v4();
         let now = now_ns();
@@ -111,9 +158,21 @@ impl App {
             seq: self.seq.fetch_add(1, Ordering::SeqCst),
             name,
             status: Status::Starting,
-            vcpu_count: DEFAULT_VCPU,
-            memory_mib: DEFAULT_MEMORY_MIB,
-            disk_mib: self.tuning.disk_mib,
+            vcpu_count: match (&snap, res) {
+                (Some(s), _) => s.config.vcpu_count,
+                (None, Some(r)) => r.vcpu,
+                (None, None) => DEFAULT_VCPU,
+            },
+            memory_mib: match (&snap, res) {
+                (Some(s), _) => s.config.memory_mib,
+                (None, Some(r)) => r.memory_mib,
+                (None, None) => DEFAULT_MEMORY_MIB,
+            },
+            disk_mib: match (&snap, res) {
+                (Some(s), _) => s.config.disk_mib,
+                (None, Some(r)) => r.disk_mib,
+                (None, None) => self.tuning.disk_mib,
+            },
             id_slot: Some(id_slot),
             created_ns: now,
             timeout_seconds: body.timeout_seconds,
@@ -121,13 +180,28 @@ impl App {
             auto_delete_at_ns: None,
             active_since_ns: None,
             paused_at_ns: None,
-            network: body.network,
+            network,
             metadata,
             env_vars,
             secrets,
             preview_access,
             access_token: new_token(),
-            template: model::BASE_TEMPLATE.to_owned(),
+            template: match (&snap, &tmpl) {
+                (Some(s), _) => s.config.template.clone(),
+                (None, Some(t)) => t.id.clone(),
+                (None, None) => model::BASE_TEMPLATE.to_owned(),
+            },
+            stack: match (&snap, &tmpl) {
+                (Some(s), _) => s.stack.clone(),
+                (None, Some(t)) => t.stack.clone(),
+                (None, None) => Stack::default(),
+            },
+            source_snapshot: snap.as_ref().map(|s| s.id.clone()),
+            boot: match (&snap, &tmpl) {
+                (Some(s), _) => s.config.boot.clone(),
+                (None, Some(t)) => t.boot.clone(),
+                (None, None) => Boot::default(),
+            },
         };
         let entry = Arc::new(Entry::new(rec.clone()));
         {
@@ -138,6 +212,20 @@ impl App {
             map.insert(id.clone(), entry.clone());
         }
         let _ops = entry.ops.lock().await;
+        let held = match &snap {
+            Some(s) => self.hold_snapshot_stack(&id, &s.id, &rec.stack).await,
+            None if rec.stack.layers.is_empty() => Ok(()),
+            None => self
+                .host
+                .layers
+                .hold(&sandbox_holder(&id), &rec.stack)
+                .await
+                .map_err(ApiError::from),
+        };
+        if let Err(e) = held {
+            self.discard(&entry, None).await;
+            return Err(e);
+        }
         let started = self.start_runtime(&entry).await;
         let rt = match started {
             Ok(rt) => rt,
@@ -167,7 +255,7 @@ impl App {
         }
         *entry.rt.write().await = None;
         let cgroup = self.host.cgroups.sandbox(&entry.id);
-        let dirs = SandboxDirs::new(&self.host.sandboxes_dir, &entry.id);
+        let dirs = SandboxDirs::new(&self.host, &entry.id);
         let (ids, id, slot) = (self.host.ids.clone(), entry.id.clone(), entry.rec().id_slot);
         let _ = tokio::task::spawn_blocking(move || {
             let _ = cgroup.destroy();
@@ -177,6 +265,7 @@ impl App {
             }
         })
         .await;
+        let _ = self.host.layers.release(&sandbox_holder(&entry.id)).await;
     }
 
     /// Thaws (or restarts) a paused sandbox. Caller holds `ops`.
@@ -351,7 +440,7 @@ impl App {
             }
         }
         let cgroup = self.host.cgroups.sandbox(id);
-        let dirs = SandboxDirs::new(&self.host.sandboxes_dir, id);
+        let dirs = SandboxDirs::new(&self.host, id);
         let (ids, sid, slot) = (self.host.ids.clone(), id.to_owned(), entry.rec().id_slot);
         let cleanup = tokio::task::spawn_blocking(move || {
             let mut p = Vec::new();
@@ -371,6 +460,9 @@ impl App {
         problems.extend(cleanup);
         self.db.delete(id.to_owned()).await?;
         self.previews.forget(id).await?;
+        if let Err(e) = self.host.layers.release(&sandbox_holder(id)).await {
+            problems.push(format!("releasing its layers: {e}"));
+        }
         if problems.is_empty() {
             Ok(())
         } else {

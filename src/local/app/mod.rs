@@ -8,6 +8,8 @@
 //!   auto-delete timers;
 //! * `spawn`: starting commands in a running sandbox (restarting its runtime if it died);
 //! * `bindings`: secrets bound to sandboxes;
+//! * `snapshots`: capturing sandboxes into snapshots, and the snapshots' endpoints;
+//! * `templates`: templates, their builds (run in build sandboxes) and build logs;
 //! * `recovery`: restart recovery (loading the state, cleaning what a crash left) and
 //!   shutdown.
 
@@ -15,7 +17,9 @@ mod bindings;
 mod lifecycle;
 mod records;
 mod recovery;
+mod snapshots;
 mod spawn;
+mod templates;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -109,6 +113,8 @@ pub(crate) struct Tuning {
     pub keepalive: Duration,
     /// Disk size of new sandboxes, MiB.
     pub disk_mib: u32,
+    /// Docker Hub pulls of template builds try this registry first.
+    pub registry_mirror: Option<url::Url>,
 }
 
 /// The backend.
@@ -125,6 +131,12 @@ pub(crate) struct App {
     /// Published preview ports, their tokens, and the preview proxy's connections.
     pub previews: Arc<Previews>,
     seq: AtomicI64,
+    /// Template builds in progress (cancel handles).
+    builds: Mutex<HashMap<String, Arc<super::templates::build::BuildCtl>>>,
+    /// Template builds that may run at once.
+    build_slots: Arc<tokio::sync::Semaphore>,
+    /// Set by shutdown: builds it interrupts are left for the next start to mark failed.
+    stopping: AtomicBool,
 }
 
 impl ApiError {

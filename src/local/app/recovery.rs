@@ -2,19 +2,23 @@
 //! directory (processes, cgroups, unrecorded sandbox directories, id-range claims), records
 //! come back paused; shutdown kills every sandbox's processes and records them paused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use super::super::disk::Disks;
 use super::super::error::LocalError;
 use super::super::fault::FaultSet;
 use super::super::journal::Journal;
+use super::super::layers::sandbox_holder;
 use super::super::model::Status;
 use super::super::preview::Previews;
 use super::super::runtime::Host;
 use super::super::secrets::Secrets;
+use super::super::snapshots;
 use super::super::store::{self, Db};
+use super::super::templates;
 use super::super::time::now_ns;
 use super::{App, Entry, Tuning};
 
@@ -34,6 +38,18 @@ impl App {
             source: Box::new(e),
         };
         let records = db.call_sync(store::load_all).map_err(db_err)?;
+        // snapshots a stop interrupted failed (their half-made layers go below)
+        let snapshot_ids = db
+            .call_sync(|c| {
+                snapshots::init(c)?;
+                snapshots::fail_interrupted(c)?;
+                snapshots::all_ids(c)
+            })
+            .map_err(db_err)?;
+        // templates; builds a stop interrupted failed
+        let template_ids = db
+            .call_sync(|c| templates::init(c, now_ns()))
+            .map_err(db_err)?;
         // Nothing of a previous backend on this data directory survives: every cgroup of this
         // instance is emptied (its processes killed, frozen ones included) and removed,
         // whatever the records say; processes never survive a restart.
@@ -77,7 +93,8 @@ impl App {
             max_seq = max_seq.max(rec.seq);
             map.insert(rec.id.clone(), Arc::new(Entry::new(rec)));
         }
-        // directories of sandboxes that have no record (a create interrupted by a crash)
+        // directories and disks of sandboxes that have no record (a create interrupted by a
+        // crash)
         if let Ok(dirs) = std::fs::read_dir(&host.sandboxes_dir) {
             for d in dirs.flatten() {
                 let name = d.file_name().to_string_lossy().into_owned();
@@ -86,6 +103,27 @@ impl App {
                 }
             }
         }
+        if let Ok(disks) = std::fs::read_dir(host.disks.dir()) {
+            for d in disks.flatten() {
+                let name = d.file_name().to_string_lossy().into_owned();
+                let orphan = match Disks::sandbox_of(&name) {
+                    Some(id) => !map.contains_key(id),
+                    // a disk being made when the backend stopped
+                    None => name.ends_with(".tmp"),
+                };
+                if orphan {
+                    let _ = std::fs::remove_file(d.path());
+                }
+            }
+        }
+        // layers: references of holders that are gone, half-made and unreferenced layers
+        let live: HashSet<String> = map
+            .keys()
+            .map(|id| sandbox_holder(id))
+            .chain(snapshot_ids.iter().map(|id| snapshots::holder(id)))
+            .chain(template_ids.iter().map(|id| templates::holder(id)))
+            .collect();
+        host.layers.recover(&live).map_err(db_err)?;
         let keep: Vec<String> = map.keys().cloned().collect();
         host.ids.release_all_except(&keep);
         Ok(App {
@@ -99,12 +137,27 @@ impl App {
             secrets,
             previews,
             seq: AtomicI64::new(max_seq + 1),
+            builds: std::sync::Mutex::default(),
+            build_slots: Arc::new(tokio::sync::Semaphore::new(templates::BUILDS_RUNNING)),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     /// Kills every sandbox's processes, records running sandboxes as paused and removes this
     /// backend's parent cgroups.
     pub(crate) async fn shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // build sandboxes are not in the registry: their processes go with their cgroups
+        let cgroups = self.host.cgroups.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for name in cgroups.sandbox_names() {
+                if name.starts_with("build-") {
+                    let _ = cgroups.sandbox(&name).destroy();
+                }
+            }
+        })
+        .await;
         for entry in self.all() {
             let _ops = tokio::time::timeout(Duration::from_secs(15), entry.ops.lock())
                 .await

@@ -5,10 +5,12 @@
 //!   control channel;
 //! * [`proto`]: the channel's messages (shared with the agent program in `agent/`);
 //! * [`seccomp`]: the sandboxes' seccomp filter;
-//! * here: pidfds, descriptors, the data-directory lock, sparse copies.
+//! * [`pool`]: the layer store's pool (loop device, detached mount, reflinks);
+//! * here: pidfds, descriptors, the data-directory lock.
 
 #![allow(unsafe_code)]
 
+pub(crate) mod pool;
 #[allow(dead_code)] // the agent program uses the other half of the codec
 pub(crate) mod proto;
 pub(crate) mod seccomp;
@@ -189,46 +191,6 @@ impl Drop for DirLock {
         self.file.take();
         held.retain(|k| *k != self.key);
     }
-}
-
-/// Copies `src` into `dst` (same size) data extent by data extent: holes stay holes, so a
-/// sparse disk image costs only what its file system metadata takes.
-pub(crate) fn sparse_copy(src: &std::fs::File, dst: &std::fs::File) -> io::Result<()> {
-    let size = src.metadata()?.len();
-    dst.set_len(size)?;
-    let (s, d) = (src.as_raw_fd(), dst.as_raw_fd());
-    let mut off: i64 = 0;
-    while (off as u64) < size {
-        // SAFETY: lseek on a descriptor we borrow; ENXIO means no data past `off`.
-        let data = unsafe { libc::lseek(s, off, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break;
-            }
-            return Err(e);
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(s, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let (mut from, mut to) = (data, data);
-        while from < hole {
-            let len = (hole - from) as usize;
-            // SAFETY: copy_file_range between two descriptors we borrow, with offsets owned
-            // by this function.
-            let n = unsafe { libc::copy_file_range(s, &mut from, d, &mut to, len, 0) };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if n == 0 {
-                break;
-            }
-        }
-        off = hole;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -32,6 +32,9 @@ pub const SETUP_STEPS: &[&str] = &[
     "installing the seccomp filter",
     "watching for child exits",
     "joining the sandbox cgroups",
+    "creating a user namespace for a layer's owner",
+    "attaching a read-only layer image",
+    "mounting a read-only layer image",
 ];
 
 /// Spawn steps of a command, by index (used in `SpawnFailed`).
@@ -50,7 +53,24 @@ pub const STEP_CHDIR: u8 = 3;
 /// Index of "executing the program" in [`SPAWN_STEPS`].
 pub const STEP_EXEC: u8 = 5;
 
-/// What the agent needs to build the sandbox (sent once, first).
+/// One read-only lower layer of an overlay.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lower {
+    /// `0`: `path` is a directory on the host. `n > 0`: the `n`-th descriptor sent with the
+    /// setup (an ext4 image, mounted read-only) and `path` a directory inside it.
+    pub image: u32,
+    /// The layer's directory (absolute on the host, relative inside an image).
+    pub path: Vec<u8>,
+    /// The host id that owns the layer's root-owned files: it shows as the sandbox's root
+    /// (0 for host directories and pulled images, the writer's id base for captured layers).
+    pub owner_base: u32,
+    /// Whether the mounts below `path` come along (host directories only).
+    pub recursive: bool,
+}
+
+/// What the agent needs to build the sandbox (sent once, first). Descriptors ride along:
+/// the first is the sandbox's disk image (read-write), then the read-only images that
+/// [`Lower::image`] refers to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Setup {
     /// The sandbox's hostname.
@@ -59,12 +79,11 @@ pub struct Setup {
     pub id_base: u32,
     /// How many ids the range holds.
     pub id_count: u32,
-    /// The sandbox disk image (ext4), attached to a loop device and mounted by the agent.
-    pub disk_image: Vec<u8>,
-    /// The skeleton root (lowest layer of the root overlay).
-    pub base_dir: Vec<u8>,
-    /// Read-only lower layer of the `/usr` overlay.
-    pub usr_dir: Vec<u8>,
+    /// Lower layers of the root overlay, top first.
+    pub root_layers: Vec<Lower>,
+    /// Lower layers of the `/usr` overlay, top first; empty: no `/usr` overlay (the root
+    /// layers bring their own `/usr`).
+    pub usr_layers: Vec<Lower>,
     /// Top-level host directories bound read-only into the root (non-merged-`/usr` hosts).
     pub host_dirs: Vec<Vec<u8>>,
     /// Where the root overlay is attached before `pivot_root` (an empty directory).
@@ -81,10 +100,13 @@ pub struct Setup {
     pub cgroup_tasks: Vec<Vec<u8>>,
 }
 
+/// Most descriptors sent with a setup (the disk and the read-only layer images).
+pub const MAX_SETUP_FDS: usize = 64;
+
 /// Backend → agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToAgent {
-    /// Build the sandbox; no descriptors.
+    /// Build the sandbox; descriptors: the disk image, then the read-only layer images.
     Setup(Setup),
     /// Start a command. Descriptors: stdout and stderr write ends, then the stdin read end
     /// when `stdin` is set (else the command's stdin is `/dev/null`).
@@ -149,6 +171,15 @@ impl Out {
             self.bytes(b);
         }
     }
+    fn lowers(&mut self, l: &[Lower]) {
+        self.u32(u32::try_from(l.len()).unwrap_or(u32::MAX));
+        for x in l {
+            self.u32(x.image);
+            self.bytes(&x.path);
+            self.u32(x.owner_base);
+            self.u8(u8::from(x.recursive));
+        }
+    }
 }
 
 struct In<'a>(&'a [u8]);
@@ -189,6 +220,23 @@ impl In<'_> {
         }
         (0..n).map(|_| self.bytes()).collect()
     }
+    fn lowers(&mut self) -> Result<Vec<Lower>, Malformed> {
+        let n = self.u32()? as usize;
+        // every item takes at least 13 bytes
+        if n > self.0.len() / 13 {
+            return Err(Malformed);
+        }
+        (0..n)
+            .map(|_| {
+                Ok(Lower {
+                    image: self.u32()?,
+                    path: self.bytes()?,
+                    owner_base: self.u32()?,
+                    recursive: self.u8()? != 0,
+                })
+            })
+            .collect()
+    }
     fn end(&self) -> Result<(), Malformed> {
         if self.0.is_empty() {
             Ok(())
@@ -208,9 +256,8 @@ impl ToAgent {
                 o.bytes(&s.hostname);
                 o.u32(s.id_base);
                 o.u32(s.id_count);
-                o.bytes(&s.disk_image);
-                o.bytes(&s.base_dir);
-                o.bytes(&s.usr_dir);
+                o.lowers(&s.root_layers);
+                o.lowers(&s.usr_layers);
                 o.list(&s.host_dirs);
                 o.bytes(&s.root_dir);
                 o.u64(s.keep_caps);
@@ -250,9 +297,8 @@ impl ToAgent {
                 hostname: i.bytes()?,
                 id_base: i.u32()?,
                 id_count: i.u32()?,
-                disk_image: i.bytes()?,
-                base_dir: i.bytes()?,
-                usr_dir: i.bytes()?,
+                root_layers: i.lowers()?,
+                usr_layers: i.lowers()?,
                 host_dirs: i.list()?,
                 root_dir: i.bytes()?,
                 keep_caps: i.u64()?,

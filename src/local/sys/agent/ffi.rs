@@ -244,6 +244,7 @@ pub const MOVE_MOUNT_F_EMPTY_PATH: u32 = 4;
 
 pub const LOOP_CTL_GET_FREE: c_ulong = 0x4C82;
 pub const LOOP_CONFIGURE: c_ulong = 0x4C0A;
+pub const LO_FLAGS_READ_ONLY: u32 = 1;
 pub const LO_FLAGS_AUTOCLEAR: u32 = 4;
 
 pub const S_IFCHR: mode_t = 0o020_000;

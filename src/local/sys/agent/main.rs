@@ -37,12 +37,12 @@ mod proto;
 use std::ffi::CString;
 
 use ffi::{c_char, c_int};
-use proto::{FromAgent, Setup, ToAgent, MAX_MESSAGE, STEP_CHDIR, STEP_EXEC};
+use proto::{FromAgent, Lower, Setup, ToAgent, MAX_MESSAGE, MAX_SETUP_FDS, STEP_CHDIR, STEP_EXEC};
 
 /// The control channel's descriptor.
 const CHANNEL: c_int = 3;
-/// Most descriptors accepted with one message.
-const MAX_FDS: usize = 4;
+/// Most descriptors accepted with one message (a setup's disk and layer images).
+const MAX_FDS: usize = MAX_SETUP_FDS;
 
 /// A failed step: its index and the OS error.
 type StepError = (u8, c_int);
@@ -93,8 +93,8 @@ pub extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {
     // SAFETY: marks the channel close-on-exec so no command ever inherits it.
     unsafe { ffi::fcntl(CHANNEL, ffi::F_SETFD, ffi::FD_CLOEXEC) };
     let mut buf = vec![0u8; MAX_MESSAGE];
-    let setup = match recv(&mut buf) {
-        Some((Ok(ToAgent::Setup(s)), fds)) if fds.is_empty() => s,
+    let (setup, images) = match recv(&mut buf) {
+        Some((Ok(ToAgent::Setup(s)), fds)) if !fds.is_empty() => (s, fds),
         _ => {
             send(&FromAgent::SetupFailed {
                 step: 0,
@@ -104,7 +104,7 @@ pub extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {
             unsafe { ffi::_exit(1) }
         }
     };
-    let sigfd = match build(&setup) {
+    let sigfd = match build(&setup, images) {
         Ok(fd) => fd,
         Err((step, errno)) => {
             send(&FromAgent::SetupFailed { step, errno });
@@ -170,8 +170,9 @@ fn step<T>(i: u8, r: Result<T, c_int>) -> Result<T, StepError> {
     r.map_err(|e| (i, e))
 }
 
-/// Builds the sandbox; returns the SIGCHLD signalfd.
-fn build(s: &Setup) -> Result<Fd, StepError> {
+/// Builds the sandbox; returns the SIGCHLD signalfd. `images[0]` is the disk image, the
+/// others the read-only layer images the lowers refer to.
+fn build(s: &Setup, images: Vec<Fd>) -> Result<Fd, StepError> {
     // Every signal is blocked in the agent (commands get a clean mask): SIGCHLD is read from
     // a signalfd, and as PID 1 it ignores what the sandbox sends it anyway.
     let sigfd = step(19, signals())?;
@@ -193,19 +194,32 @@ fn build(s: &Setup) -> Result<Fd, StepError> {
     // a /proc of the sandbox's PID namespace (the host's one names other processes)
     let flags = ffi::MS_NOSUID | ffi::MS_NODEV | ffi::MS_NOEXEC;
     step(1, mount_fs(c"proc", c"/proc", c"proc", flags, None))?;
-    let userns = step(2, user_namespace(s.id_base, s.id_count))?;
-    let loopdev = step(3, attach_loop(&s.disk_image))?;
-    let disk = step(4, mount_disk(&loopdev))?;
+    let userns = step(2, user_namespace(0, s.id_base, s.id_count))?;
+    let mut images = images.into_iter();
+    let disk_image = images.next().ok_or((3, ffi::EINVAL))?;
+    let loopdev = step(3, attach_loop(&disk_image, false))?;
+    drop(disk_image);
+    let disk = step(4, mount_disk(&loopdev, false))?;
     let [upper, work, usr_upper, usr_work] = step(5, writable_layers(&disk, s.id_base))?;
-    let base = step(6, idmapped_tree(&s.base_dir, &userns, false, 0))?;
-    let usr = step(6, idmapped_tree(&s.usr_dir, &userns, true, 0))?;
+    let mut layers = Layers {
+        id_base: s.id_base,
+        id_count: s.id_count,
+        userns: vec![(0, userns)],
+        images: images.map(|f| (f, None)).collect(),
+    };
+    let root_lowers = layers.open_all(&s.root_layers)?;
+    let usr_lowers = layers.open_all(&s.usr_layers)?;
     let root = cstr(&s.root_dir).map_err(|e| (7, e))?;
-    step(7, overlay(&base, &upper, &work, &s.root_dir))?;
-    let mut usr_target = s.root_dir.clone();
-    usr_target.extend_from_slice(b"/usr");
-    step(8, overlay(&usr, &usr_upper, &usr_work, &usr_target))?;
-    // the overlays hold their own clones of the disk's mount now
-    drop(disk);
+    step(7, overlay(&root_lowers, &upper, &work, &s.root_dir))?;
+    if !usr_lowers.is_empty() {
+        let mut usr_target = s.root_dir.clone();
+        usr_target.extend_from_slice(b"/usr");
+        step(8, overlay(&usr_lowers, &usr_upper, &usr_work, &usr_target))?;
+    }
+    // the overlays hold their own clones of the disk's and the layers' mounts now
+    drop((disk, root_lowers, usr_lowers));
+    let userns = layers.userns.swap_remove(0).1;
+    drop(layers);
     for d in &s.host_dirs {
         let mut src = b"/".to_vec();
         src.extend_from_slice(d);
@@ -282,9 +296,10 @@ fn write_file(path: &str, content: &str) -> Result<(), c_int> {
     std::fs::write(path, content).map_err(|e| e.raw_os_error().unwrap_or(ffi::EINVAL))
 }
 
-/// Creates the sandbox's user namespace (`0 base count` for uids and gids) with a throwaway
-/// child and returns a descriptor of it.
-fn user_namespace(base: u32, count: u32) -> Result<Fd, c_int> {
+/// Creates a user namespace mapping `inside..inside+count` to `outside..` (uids and gids)
+/// with a throwaway child and returns a descriptor of it. The sandbox's own is
+/// `0 id_base count`; a layer written by another sandbox gets `its id_base id_base count`.
+fn user_namespace(inside: u32, outside: u32, count: u32) -> Result<Fd, c_int> {
     let mut p = [0 as c_int; 2];
     // SAFETY: pipe2 fills the two-element array.
     check(unsafe { ffi::pipe2(p.as_mut_ptr(), ffi::O_CLOEXEC) })?;
@@ -313,7 +328,7 @@ fn user_namespace(base: u32, count: u32) -> Result<Fd, c_int> {
         if n != 1 || code != 0 {
             return Err(ffi::EINVAL);
         }
-        let map = format!("0 {base} {count}\n");
+        let map = format!("{inside} {outside} {count}\n");
         write_file(&format!("/proc/{pid}/uid_map"), &map)?;
         write_file(&format!("/proc/{pid}/gid_map"), &map)?;
         let path = cstr(format!("/proc/{pid}/ns/user").as_bytes())?;
@@ -330,14 +345,10 @@ fn user_namespace(base: u32, count: u32) -> Result<Fd, c_int> {
     res
 }
 
-/// Attaches the disk image to a free loop device (freed by the kernel once unmounted).
-fn attach_loop(image: &[u8]) -> Result<Fd, c_int> {
-    let image = cstr(image)?;
-    // SAFETY: opens with valid C strings.
-    let img = Fd(check(unsafe {
-        ffi::open(image.as_ptr(), ffi::O_RDWR | ffi::O_CLOEXEC)
-    })?);
-    // SAFETY: as above.
+/// Attaches an image to a free loop device (freed by the kernel once unmounted), read-only
+/// when `ro`.
+fn attach_loop(img: &Fd, ro: bool) -> Result<Fd, c_int> {
+    // SAFETY: open with a valid C string.
     let ctl = Fd(check(unsafe {
         ffi::open(c"/dev/loop-control".as_ptr(), ffi::O_RDWR | ffi::O_CLOEXEC)
     })?);
@@ -345,15 +356,16 @@ fn attach_loop(image: &[u8]) -> Result<Fd, c_int> {
         // SAFETY: ioctl without argument on the loop control device.
         let n = check(unsafe { ffi::ioctl(ctl.0, ffi::LOOP_CTL_GET_FREE) })?;
         let path = cstr(format!("/dev/loop{n}").as_bytes())?;
+        let mode = if ro { ffi::O_RDONLY } else { ffi::O_RDWR };
         // SAFETY: open with a valid C string.
         let dev = Fd(check(unsafe {
-            ffi::open(path.as_ptr(), ffi::O_RDWR | ffi::O_CLOEXEC)
+            ffi::open(path.as_ptr(), mode | ffi::O_CLOEXEC)
         })?);
         // SAFETY: a zeroed loop_config is valid; the fields used are set.
         let mut cfg: ffi::loop_config = unsafe { std::mem::zeroed() };
         cfg.fd = img.0 as u32;
         cfg.block_size = 4096;
-        cfg.info.lo_flags = ffi::LO_FLAGS_AUTOCLEAR;
+        cfg.info.lo_flags = ffi::LO_FLAGS_AUTOCLEAR | if ro { ffi::LO_FLAGS_READ_ONLY } else { 0 };
         // SAFETY: LOOP_CONFIGURE reads the config struct.
         if unsafe { ffi::ioctl(dev.0, ffi::LOOP_CONFIGURE, &cfg as *const ffi::loop_config) } == 0 {
             return Ok(dev);
@@ -399,8 +411,8 @@ fn fsmount(fs: &Fd, attrs: u64) -> Result<Fd, c_int> {
         .map(Fd)
 }
 
-/// Mounts the ext4 disk as a detached mount (never attached anywhere).
-fn mount_disk(dev: &Fd) -> Result<Fd, c_int> {
+/// Mounts an ext4 disk as a detached mount (never attached anywhere), read-only when `ro`.
+fn mount_disk(dev: &Fd, ro: bool) -> Result<Fd, c_int> {
     let fs = fsopen(c"ext4")?;
     let source = cstr(format!("/proc/self/fd/{}", dev.0).as_bytes())?;
     fsconfig(
@@ -418,8 +430,21 @@ fn mount_disk(dev: &Fd) -> Result<Fd, c_int> {
         std::ptr::null(),
         0,
     )?;
+    if ro {
+        // a captured layer is an image of a mounted file system, flushed (`syncfs`: every
+        // block at its home location) but still marked as needing journal recovery, which a
+        // read-only device cannot do: it is mounted without replaying the journal
+        for flag in [c"ro", c"norecovery"] {
+            fsconfig(&fs, ffi::FSCONFIG_SET_FLAG, Some(flag), std::ptr::null(), 0)?;
+        }
+    }
     fsconfig(&fs, ffi::FSCONFIG_CMD_CREATE, None, std::ptr::null(), 0)?;
-    fsmount(&fs, ffi::MOUNT_ATTR_NODEV)
+    let attrs = if ro {
+        ffi::MOUNT_ATTR_NODEV | ffi::MOUNT_ATTR_RDONLY
+    } else {
+        ffi::MOUNT_ATTR_NODEV
+    };
+    fsmount(&fs, attrs)
 }
 
 /// The four writable directories on the disk (created, owned by the sandbox's root, on
@@ -465,6 +490,17 @@ fn idmapped_tree(path: &[u8], userns: &Fd, recursive: bool, attrs: u64) -> Resul
         )
     })
     .map(Fd)?;
+    idmap(&tree, userns, recursive, attrs)?;
+    Ok(tree)
+}
+
+/// Idmaps a detached mount (tree) through `userns`, plus `attrs`.
+fn idmap(tree: &Fd, userns: &Fd, recursive: bool, attrs: u64) -> Result<(), c_int> {
+    let rec = if recursive {
+        ffi::AT_RECURSIVE as u32
+    } else {
+        0
+    };
     let attr = ffi::mount_attr {
         attr_set: ffi::MOUNT_ATTR_IDMAP | attrs,
         attr_clr: 0,
@@ -481,8 +517,8 @@ fn idmapped_tree(path: &[u8], userns: &Fd, recursive: bool, attrs: u64) -> Resul
             &attr as *const ffi::mount_attr,
             std::mem::size_of::<ffi::mount_attr>(),
         )
-    })?;
-    Ok(tree)
+    })
+    .map(drop)
 }
 
 fn move_mount(tree: &Fd, target: &[u8]) -> Result<(), c_int> {
@@ -501,16 +537,18 @@ fn move_mount(tree: &Fd, target: &[u8]) -> Result<(), c_int> {
     .map(drop)
 }
 
-/// An overlay of `lower` (idmapped) under `upper` attached at `target`.
-fn overlay(lower: &Fd, upper: &Fd, work: &Fd, target: &[u8]) -> Result<(), c_int> {
+/// An overlay of `lowers` (idmapped, top first) under `upper` attached at `target`.
+fn overlay(lowers: &[Fd], upper: &Fd, work: &Fd, target: &[u8]) -> Result<(), c_int> {
     let fs = fsopen(c"overlay")?;
-    fsconfig(
-        &fs,
-        ffi::FSCONFIG_SET_FD,
-        Some(c"lowerdir+"),
-        std::ptr::null(),
-        lower.0,
-    )?;
+    for lower in lowers {
+        fsconfig(
+            &fs,
+            ffi::FSCONFIG_SET_FD,
+            Some(c"lowerdir+"),
+            std::ptr::null(),
+            lower.0,
+        )?;
+    }
     fsconfig(
         &fs,
         ffi::FSCONFIG_SET_FD,
@@ -528,6 +566,63 @@ fn overlay(lower: &Fd, upper: &Fd, work: &Fd, target: &[u8]) -> Result<(), c_int
     fsconfig(&fs, ffi::FSCONFIG_CMD_CREATE, None, std::ptr::null(), 0)?;
     let mnt = fsmount(&fs, ffi::MOUNT_ATTR_NODEV)?;
     move_mount(&mnt, target)
+}
+
+/// Opens the lower layers: user namespaces per layer owner, read-only layer images mounted
+/// once each.
+struct Layers {
+    id_base: u32,
+    id_count: u32,
+    /// (owner base, user namespace mapping it to the sandbox's range).
+    userns: Vec<(u32, Fd)>,
+    /// The read-only images and, once mounted, their idmapped mount.
+    images: Vec<(Fd, Option<Fd>)>,
+}
+
+impl Layers {
+    fn userns_for(&mut self, owner: u32) -> Result<usize, StepError> {
+        if let Some(i) = self.userns.iter().position(|(o, _)| *o == owner) {
+            return Ok(i);
+        }
+        let ns = step(21, user_namespace(owner, self.id_base, self.id_count))?;
+        self.userns.push((owner, ns));
+        Ok(self.userns.len() - 1)
+    }
+
+    fn open(&mut self, l: &Lower) -> Result<Fd, StepError> {
+        let ns = self.userns_for(l.owner_base)?;
+        if l.image == 0 {
+            let attrs = ffi::MOUNT_ATTR_RDONLY | ffi::MOUNT_ATTR_NODEV;
+            return step(
+                6,
+                idmapped_tree(&l.path, &self.userns[ns].1, l.recursive, attrs),
+            );
+        }
+        let i = usize::try_from(l.image - 1).map_err(|_| (22, ffi::EINVAL))?;
+        if i >= self.images.len() {
+            return Err((22, ffi::EINVAL));
+        }
+        if self.images[i].1.is_none() {
+            let dev = step(22, attach_loop(&self.images[i].0, true))?;
+            let mnt = step(23, mount_disk(&dev, true))?;
+            step(6, idmap(&mnt, &self.userns[ns].1, false, 0))?;
+            self.images[i].1 = Some(mnt);
+        }
+        let Some(mnt) = &self.images[i].1 else {
+            return Err((23, ffi::EINVAL));
+        };
+        let p = cstr(&l.path).map_err(|e| (6, e))?;
+        let flags = ffi::O_PATH | ffi::O_DIRECTORY | ffi::O_NOFOLLOW | ffi::O_CLOEXEC;
+        // SAFETY: openat relative to a mount descriptor we own, with a valid C string.
+        step(
+            6,
+            check(unsafe { ffi::openat(mnt.0, p.as_ptr(), flags) }).map(Fd),
+        )
+    }
+
+    fn open_all(&mut self, lowers: &[Lower]) -> Result<Vec<Fd>, StepError> {
+        lowers.iter().map(|l| self.open(l)).collect()
+    }
 }
 
 fn mount_fs(
