@@ -82,6 +82,10 @@ pub(crate) fn command_spec(
         env.insert(k.to_owned(), v.to_owned());
     }
     env.insert("HOSTNAME".to_owned(), rec.hostname.clone());
+    if super::desktop::is_template(&rec.template) {
+        // GUI programs appear on the sandbox's desktop
+        env.insert("DISPLAY".to_owned(), super::desktop::DISPLAY.to_owned());
+    }
     // bound secrets: the sandbox only ever sees their stand-in tokens
     for b in rec.secrets.iter().filter(|b| b.visible()) {
         env.insert(b.env_key.clone(), b.standin.clone());

@@ -4,6 +4,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use axum::http::StatusCode;
+
+use super::super::desktop::{self, Desktop};
 use super::super::error::ApiError;
 use super::super::ident::{new_token, uuid_v4};
 use super::super::model::{
@@ -31,9 +34,24 @@ impl App {
             id_slot,
             policy: entry.clone(),
         };
-        Runtime::start(&self.host, spec)
+        let rt = Runtime::start(&self.host, spec)
             .await
-            .map_err(|e| ApiError::internal(format!("cannot start the sandbox: {e}")))
+            .map_err(|e| ApiError::internal(format!("cannot start the sandbox: {e}")))?;
+        if desktop::is_template(&rec.template) {
+            // the desktop boots with the sandbox (its X server through the agent)
+            match Desktop::boot(&rt).await {
+                Ok(d) => *entry.desktop.lock().await = Some(d),
+                Err(e) => {
+                    let _ = rt.kill().await;
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "service_unavailable",
+                        format!("cannot start the sandbox's desktop: {e}"),
+                    ));
+                }
+            }
+        }
+        Ok(rt)
     }
 
     /// `POST /sandboxes`.
@@ -89,11 +107,17 @@ impl App {
         if let Some(snap) = &body.from_snapshot {
             return Err(ApiError::not_found(format!("snapshot {snap:?} not found")));
         }
-        if let Some(t) = &body.from_template {
-            if !model::is_base_template(t) {
-                return Err(ApiError::not_found(format!("template {t:?} not found")));
+        let template = match body.from_template.as_deref() {
+            None => model::BASE_TEMPLATE,
+            Some(t) if model::is_base_template(t) => model::BASE_TEMPLATE,
+            Some(t) if desktop::is_template(t) => {
+                desktop::check_host().map_err(|msg| {
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", msg)
+                })?;
+                desktop::TEMPLATE
             }
-        }
+            Some(t) => return Err(ApiError::not_found(format!("template {t:?} not found"))),
+        };
 
         let id = uuid_v4();
         let now = now_ns();
@@ -127,7 +151,7 @@ impl App {
             secrets,
             preview_access,
             access_token: new_token(),
-            template: model::BASE_TEMPLATE.to_owned(),
+            template: template.to_owned(),
         };
         let entry = Arc::new(Entry::new(rec.clone()));
         {
