@@ -799,6 +799,40 @@ impl LocalServer {
         .map_err(|_| std::io::Error::other("the connecting thread panicked"))?
     }
 
+    /// Captures the display of a running `superserve/desktop` sandbox once, the way a
+    /// screenshot starts but without encoding or HTTP: the in-sandbox helper's capture of the
+    /// root window (`GetImage`, converted to RGB) and the raw frame's transfer to the backend,
+    /// where its size is checked. Returns the frame's width, height and the time it took:
+    /// the baseline `bench_desktop` compares screenshot latencies with. Does not resume a
+    /// paused sandbox. Blocks; do not call it on an async runtime's thread.
+    pub fn desktop_capture(
+        &self,
+        sandbox_id: &str,
+    ) -> std::io::Result<(u32, u32, std::time::Duration)> {
+        let app = self.app.clone();
+        let id = sandbox_id.to_owned();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(async {
+                    let entry = app.get(&id).ok_or_else(|| {
+                        std::io::Error::new(std::io::ErrorKind::NotFound, "no such sandbox")
+                    })?;
+                    let desktop = entry.desktop.lock().await.clone();
+                    let desktop = desktop.ok_or_else(|| {
+                        std::io::Error::other("the sandbox has no running desktop")
+                    })?;
+                    desktop
+                        .capture_timed()
+                        .await
+                        .map_err(|e| std::io::Error::other(e.to_string()))
+                })
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("the capturing thread panicked"))?
+    }
+
     /// The API key the control plane accepts.
     pub fn api_key(&self) -> &str {
         &self.app.api_key

@@ -318,6 +318,15 @@ impl Desktop {
     pub(crate) async fn lock(&self) -> tokio::sync::MutexGuard<'_, Screen> {
         self.screen.lock().await
     }
+
+    /// One raw capture under the input lock, timed from the request to the helper to the
+    /// checked frame in the backend (no encoding): the frame's size and the time.
+    pub(crate) async fn capture_timed(&self) -> Result<(u32, u32, Duration), DesktopError> {
+        let mut screen = self.lock().await;
+        let began = std::time::Instant::now();
+        let (width, height, _rgb) = screen.capture().await?;
+        Ok((width, height, began.elapsed()))
+    }
 }
 
 #[cfg(test)]
@@ -335,10 +344,7 @@ mod tests {
         assert!(err.contains("x11vnc (/usr/bin/x11vnc)"), "{err}");
         assert!(err.contains("novnc (/usr/share/novnc/vnc.html)"), "{err}");
         assert!(!err.contains("xvfb ("), "{err}");
-        assert!(
-            err.contains("(apt-get install x11vnc novnc)"),
-            "{err}"
-        );
+        assert!(err.contains("(apt-get install x11vnc novnc)"), "{err}");
         std::fs::create_dir_all(root.join("usr/share/novnc")).unwrap();
         std::fs::write(root.join("usr/bin/x11vnc"), b"").unwrap();
         std::fs::write(root.join("usr/share/novnc/vnc.html"), b"").unwrap();
