@@ -29,6 +29,9 @@ use wire::{Reply, Request, MAX_REQUEST};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest X reply accepted (a frame of the largest display, 8192 × 8192 × 4 bytes, fits).
 const MAX_X_REPLY: usize = 8192 * 8192 * 4 + 64;
+/// How long a mapping change is given to reach clients (they refresh their keymap when
+/// they read the MappingNotify event) before keys that need it are pressed.
+const REMAP_SETTLE: Duration = Duration::from_millis(20);
 /// `Shift_L`.
 const XK_SHIFT_L: u32 = 0xffe1;
 
@@ -356,10 +359,7 @@ impl X {
                 Ok(Reply::Done)
             }
             Request::Type { keysyms } => {
-                for k in keysyms {
-                    self.key(k, true)?;
-                    self.key(k, false)?;
-                }
+                self.type_keysyms(&keysyms)?;
                 Ok(Reply::Done)
             }
             Request::WaitPort { port, timeout_ms } => {
@@ -585,8 +585,51 @@ impl X {
         None
     }
 
-    /// Maps `keysym` onto a spare keycode (the oldest remapping is reused when all are taken).
+    /// Types `keysyms` (press and release each). The keysyms no key produces are mapped
+    /// onto spare keycodes before a run of keys is typed, one mapping change and one pause
+    /// for the whole run ([`REMAP_SETTLE`]), rather than between keys: a client sees the
+    /// mapping change before the keys that need it. A run ends before it would need more
+    /// spare keycodes than there are, so nothing is remapped while still to be typed.
+    fn type_keysyms(&mut self, keysyms: &[u32]) -> XResult<()> {
+        let mut start = 0;
+        while start < keysyms.len() {
+            let mut remapped = 0;
+            let mut end = start;
+            while let Some(&k) = keysyms.get(end) {
+                if self.find(k).is_none() {
+                    if remapped > 0 && remapped >= self.spare.len() {
+                        break;
+                    }
+                    self.remap_only(k)?;
+                    remapped += 1;
+                }
+                end += 1;
+            }
+            if remapped > 0 {
+                self.round_trip()?;
+                std::thread::sleep(REMAP_SETTLE);
+            }
+            for &k in &keysyms[start..end] {
+                self.key(k, true)?;
+                self.key(k, false)?;
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Maps `keysym` onto a spare keycode and waits until clients can have seen it.
     fn remap(&mut self, keysym: u32) -> XResult<(u8, bool)> {
+        let kc = self.remap_only(keysym)?;
+        // the mapping must be in place before the key is pressed
+        self.round_trip()?;
+        std::thread::sleep(REMAP_SETTLE);
+        Ok((kc, false))
+    }
+
+    /// Maps `keysym` onto a spare keycode (the oldest remapping is reused when all are
+    /// taken), without waiting; its keycode.
+    fn remap_only(&mut self, keysym: u32) -> XResult<u8> {
         if self.spare.is_empty() {
             return proto(format!(
                 "no key produces keysym 0x{keysym:x} and no spare keycode is left to map it"
@@ -607,11 +650,9 @@ impl X {
             b.extend_from_slice(&s.to_le_bytes());
         }
         self.request(&b)?;
-        // the mapping must be in place before the key is pressed
-        self.round_trip()?;
         let at = usize::from(kc - self.min_keycode) * per;
         self.keymap[at..at + per].copy_from_slice(&syms);
-        Ok((kc, false))
+        Ok(kc)
     }
 
     fn key(&mut self, keysym: u32, down: bool) -> XResult<()> {
