@@ -789,14 +789,7 @@ impl LocalServer {
     ) -> std::io::Result<std::net::TcpStream> {
         let app = self.app.clone();
         let id = sandbox_id.to_owned();
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-                .block_on(super::preview_proxy::connect_direct(&app, &id, port))
-        })
-        .join()
-        .map_err(|_| std::io::Error::other("the connecting thread panicked"))?
+        on_own_thread(async move { super::preview_proxy::connect_direct(&app, &id, port).await })
     }
 
     /// Captures the display of a running `superserve/desktop` sandbox once, the way a
@@ -811,26 +804,18 @@ impl LocalServer {
     ) -> std::io::Result<(u32, u32, std::time::Duration)> {
         let app = self.app.clone();
         let id = sandbox_id.to_owned();
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-                .block_on(async {
-                    let entry = app.get(&id).ok_or_else(|| {
-                        std::io::Error::new(std::io::ErrorKind::NotFound, "no such sandbox")
-                    })?;
-                    let desktop = entry.desktop.lock().await.clone();
-                    let desktop = desktop.ok_or_else(|| {
-                        std::io::Error::other("the sandbox has no running desktop")
-                    })?;
-                    desktop
-                        .capture_timed()
-                        .await
-                        .map_err(|e| std::io::Error::other(e.to_string()))
-                })
+        on_own_thread(async move {
+            let entry = app.get(&id).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such sandbox")
+            })?;
+            let desktop = entry.desktop.lock().await.clone();
+            let desktop = desktop
+                .ok_or_else(|| std::io::Error::other("the sandbox has no running desktop"))?;
+            desktop
+                .capture_timed()
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))
         })
-        .join()
-        .map_err(|_| std::io::Error::other("the capturing thread panicked"))?
     }
 
     /// The API key the control plane accepts.
@@ -921,6 +906,21 @@ impl LocalServer {
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }
     }
+}
+
+/// Runs `f` to completion on a thread of its own with a runtime of its own (the methods of
+/// [`LocalServer`] that reach into a sandbox block their caller, which may be anywhere).
+fn on_own_thread<T: Send + 'static>(
+    f: impl std::future::Future<Output = std::io::Result<T>> + Send + 'static,
+) -> std::io::Result<T> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(f)
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the backend's helper thread panicked"))?
 }
 
 impl Drop for LocalServer {
