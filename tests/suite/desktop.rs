@@ -10,6 +10,7 @@ use superserve::{
     StepOptions,
 };
 
+use crate::common::preview::chromium_eval_until;
 use crate::common::{self, authority, raw_http};
 use crate::dual;
 use crate::flavor::Sandbox;
@@ -347,6 +348,95 @@ pub async fn desktop_resize_changes_the_screenshot_size() {
     sb.kill().await.unwrap();
 }
 
+/// A fake X server a hostile sandbox puts on its display socket: it answers every
+/// connection with a "success" setup of 256 KiB of random bytes and then never answers again.
+const FAKE_X: &str = r#"
+import os, socket, struct
+s = socket.socket(socket.AF_UNIX)
+s.bind("/tmp/.X11-unix/X0")
+s.listen(8)
+open("/tmp/fake-x-ready", "w").write("1")
+held = []
+while True:
+    c, _ = s.accept()
+    held.append(c)
+    try:
+        c.recv(12)
+        c.sendall(b"\x01\x00\x0b\x00\x00\x00" + struct.pack("<H", 0xffff) + os.urandom(0xffff * 4))
+    except OSError:
+        pass
+"#;
+
+/// A hostile process inside a desktop sandbox attacks the desktop's X client. It cannot
+/// reach the helper's pipes to forge its answers to the backend (opening the helper's
+/// stdout through `/proc` is refused). It moves the X server's socket aside, puts a fake X
+/// server in its place (random bytes for a setup, then silence) and kills the helper: the
+/// calls that follow get Connect errors (`unavailable`, 503) within the helper's deadline,
+/// the backend keeps serving, and once the socket is back the desktop works again.
+#[dual]
+pub async fn desktop_survives_a_hostile_x_server_in_the_sandbox() {
+    local_only!("the local backend's desktop");
+    let server = common::server();
+    let sb = desktop_sandbox(&server, "desktop-hostile").await;
+    let desktop = sb.desktop();
+    let first = desktop.screenshot(ImageFormat::Png).await.unwrap();
+    assert_eq!(first.width, 1280);
+    let helper = "for p in /proc/[0-9]*; do \
+                    if tr '\\0' ' ' < $p/cmdline 2>/dev/null \
+                       | grep -q '^/tmp/.superserve-desktop-'; then echo ${p#/proc/}; fi; \
+                  done";
+    let pid = sh(&sb, helper).await;
+    let pid = pid.trim();
+    assert!(!pid.is_empty(), "no desktop helper in the sandbox");
+    let forge = sb
+        .commands()
+        .run(&format!("printf '\\377\\377\\377\\377' > /proc/{pid}/fd/1"))
+        .await
+        .unwrap();
+    assert_ne!(
+        forge.exit_code, 0,
+        "the sandbox wrote into the helper's pipe"
+    );
+    assert!(
+        forge.stderr.contains("Permission denied"),
+        "{}",
+        forge.stderr
+    );
+
+    sb.files().write("/tmp/fake_x.py", FAKE_X).await.unwrap();
+    sh(
+        &sb,
+        "mv /tmp/.X11-unix/X0 /tmp/.X11-unix/X0.real && \
+         (nohup python3 /tmp/fake_x.py >/tmp/fake-x.log 2>&1 & echo $! > /tmp/fake-x.pid) && \
+         for i in $(seq 100); do test -e /tmp/fake-x-ready && break; sleep 0.1; done && \
+         test -e /tmp/fake-x-ready",
+    )
+    .await;
+    sh(&sb, &format!("kill -9 {pid}")).await;
+    for _ in 0..2 {
+        let err = desktop.screenshot(ImageFormat::Png).await.unwrap_err();
+        assert_eq!(err.code(), Some("unavailable"), "{err}");
+        assert_eq!(err.status_code(), Some(503), "{err}");
+    }
+    let err = desktop.click(10, 10, MouseButton::Left).await.unwrap_err();
+    assert_eq!(err.code(), Some("unavailable"), "{err}");
+    // the backend still serves: another sandbox's desktop works meanwhile
+    let other = desktop_sandbox(&server, "desktop-bystander").await;
+    let shot = other.desktop().screenshot(ImageFormat::Jpeg).await.unwrap();
+    assert_eq!(jpeg_size(&shot.bytes), (1280, 800));
+    other.kill().await.unwrap();
+
+    sh(
+        &sb,
+        "kill $(cat /tmp/fake-x.pid); rm -f /tmp/.X11-unix/X0 && \
+         mv /tmp/.X11-unix/X0.real /tmp/.X11-unix/X0",
+    )
+    .await;
+    let again = desktop.screenshot(ImageFormat::Png).await.unwrap();
+    assert_eq!((decode_png(&again).0, again.height), (1280, 800));
+    sb.kill().await.unwrap();
+}
+
 /// A sandbox not made from a desktop template answers every desktop method with the
 /// documented Connect error: `failed_precondition`, HTTP 400, a message naming the template.
 #[dual]
@@ -498,70 +588,20 @@ pub async fn desktop_stream_url_opens_connected_in_chromium() {
         url.contains("/vnc.html?autoconnect=1&resize=scale"),
         "{url}"
     );
-    let dom = dump_dom(&url);
-    assert!(dom.contains("noVNC"), "not the noVNC page: {dom}");
+    // the page's own state, read in the browser until noVNC says it is connected (its root
+    // element's class goes noVNC_connecting -> noVNC_connected once the VNC handshake is done)
+    let state = chromium_eval_until(
+        &url,
+        "document.title + ' ' + document.documentElement.className",
+        "noVNC_connected",
+        Duration::from_secs(60),
+    );
+    assert!(state.contains("noVNC"), "not the noVNC page: {state}");
     assert!(
-        dom.contains("noVNC_connected"),
-        "noVNC did not connect to the desktop: {dom}"
+        state.contains("noVNC_connected"),
+        "noVNC did not connect to the desktop: {state}"
     );
     let view = sb.desktop().get_stream_url(true).await.unwrap();
     assert!(view.ends_with("&view_only=1"), "{view}");
     sb.kill().await.unwrap();
-}
-
-/// `chromium --headless --dump-dom URL` with a fresh profile: the DOM some seconds after
-/// load.
-fn dump_dom(url: &str) -> String {
-    use std::process::{Command, Stdio};
-    let profile = common::temp_path("desktop-chromium");
-    let child = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            // with a virtual time budget the page's WebSocket handshake runs in real time
-            // up to the timeout (either alone dumps the page while it is still connecting)
-            "--virtual-time-budget=15000",
-            "--timeout=8000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("--dump-dom")
-        .arg(url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let child = match child {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-            "this test needs headless Chromium: install Debian's `chromium` package \
-             (apt-get install chromium)"
-        ),
-        Err(e) => panic!("cannot start chromium: {e}"),
-    };
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let out = match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok(out) => out.expect("chromium"),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            panic!("chromium did not finish within 120 s")
-        }
-    };
-    let _ = std::fs::remove_dir_all(&profile);
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
