@@ -10,6 +10,8 @@ use superserve::{
     StepOptions,
 };
 
+use superserve::local::LocalServer;
+
 use crate::common::preview::chromium_eval_until;
 use crate::common::{self, authority, raw_http};
 use crate::dual;
@@ -435,6 +437,52 @@ pub async fn desktop_survives_a_hostile_x_server_in_the_sandbox() {
     let again = desktop.screenshot(ImageFormat::Png).await.unwrap();
     assert_eq!((decode_png(&again).0, again.height), (1280, 800));
     sb.kill().await.unwrap();
+}
+
+/// The desktop follows the sandbox's lifecycle: a pause and resume keep it (the Tk app
+/// still answers clicks), and after a restart of the backend connecting resumes the sandbox
+/// with a fresh desktop at the boot size (the sandbox is still a desktop sandbox).
+#[dual]
+pub async fn desktop_survives_pause_resume_and_a_backend_restart() {
+    local_only!("the local backend's desktop and restarts");
+    let dir = common::temp_path("superserve-desktop-restart");
+    let key = "ss_live_desktoprestartkey000000000000";
+    let id;
+    {
+        let server = LocalServer::builder()
+            .data_dir(&dir)
+            .api_key(key)
+            .start()
+            .unwrap();
+        let sb = desktop_sandbox(&server, "desktop-lifecycle").await;
+        start_app(&sb).await;
+        sb.pause().await.unwrap();
+        sb.resume().await.unwrap();
+        sb.desktop()
+            .click(BUTTON.0, BUTTON.1, MouseButton::Left)
+            .await
+            .unwrap();
+        let got = app_file(&sb, "clicked", Some("1")).await;
+        assert_eq!(got, "1");
+        sb.desktop().resize(800, 600).await.unwrap();
+        id = sb.id().to_owned();
+        server.shutdown();
+    }
+    let server = LocalServer::builder()
+        .data_dir(&dir)
+        .api_key(key)
+        .start()
+        .unwrap();
+    let sb = Sandbox::connect_with_config(&server.config(), &id)
+        .await
+        .unwrap();
+    let shot = sb.desktop().screenshot(ImageFormat::Png).await.unwrap();
+    assert_eq!((shot.width, shot.height), (1280, 800));
+    let display = sh(&sb, "echo $DISPLAY").await;
+    assert_eq!(display.trim(), ":0");
+    sb.kill().await.unwrap();
+    server.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A sandbox not made from a desktop template answers every desktop method with the

@@ -237,5 +237,6 @@ suite_tests!(
     desktop_calls_on_a_non_desktop_sandbox_are_refused,
     desktop_bad_raw_requests_get_connect_errors,
     desktop_survives_a_hostile_x_server_in_the_sandbox,
+    desktop_survives_pause_resume_and_a_backend_restart,
     desktop_stream_url_opens_connected_in_chromium,
 );
