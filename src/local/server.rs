@@ -285,6 +285,8 @@ pub struct LocalServer {
     config: crate::Config,
     stop: Option<watch::Sender<bool>>,
     thread: Option<JoinHandle<()>>,
+    /// The server's runtime (for measurements run where requests are served).
+    handle: tokio::runtime::Handle,
     lock_file: Option<sys::DirLock>,
 }
 
@@ -715,6 +717,7 @@ impl LocalServer {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let thread_app = app.clone();
+        let handle = runtime.handle().clone();
         let thread = std::thread::Builder::new()
             .name("superserve-local".into())
             .spawn(move || {
@@ -749,6 +752,7 @@ impl LocalServer {
             config,
             stop: Some(stop_tx),
             thread: Some(thread),
+            handle,
             lock_file: Some(lock_file),
         })
     }
@@ -795,27 +799,34 @@ impl LocalServer {
     /// Captures the display of a running `superserve/desktop` sandbox once, the way a
     /// screenshot starts but without encoding or HTTP: the in-sandbox helper's capture of the
     /// root window (`GetImage`, converted to RGB) and the raw frame's transfer to the backend,
-    /// where its size is checked. Returns the frame's width, height and the time it took:
-    /// the baseline `bench_desktop` compares screenshot latencies with. Does not resume a
-    /// paused sandbox. Blocks; do not call it on an async runtime's thread.
+    /// where its size is checked, timed on the server's own runtime as a request would be.
+    /// Returns the frame's width, height and the time it took: the baseline `bench_desktop`
+    /// compares screenshot latencies with. Does not resume a paused sandbox. Blocks; do not
+    /// call it on an async runtime's thread.
     pub fn desktop_capture(
         &self,
         sandbox_id: &str,
     ) -> std::io::Result<(u32, u32, std::time::Duration)> {
         let app = self.app.clone();
         let id = sandbox_id.to_owned();
-        on_own_thread(async move {
-            let entry = app.get(&id).ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such sandbox")
-            })?;
-            let desktop = entry.desktop.lock().await.clone();
-            let desktop = desktop
-                .ok_or_else(|| std::io::Error::other("the sandbox has no running desktop"))?;
-            desktop
-                .capture_timed()
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))
-        })
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.handle.spawn(async move {
+            let captured = async {
+                let entry = app.get(&id).ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "no such sandbox")
+                })?;
+                let desktop = entry.desktop.lock().await.clone();
+                let desktop = desktop
+                    .ok_or_else(|| std::io::Error::other("the sandbox has no running desktop"))?;
+                desktop
+                    .capture_timed()
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            };
+            let _ = tx.send(captured.await);
+        });
+        rx.recv()
+            .map_err(|_| std::io::Error::other("the server stopped"))?
     }
 
     /// The API key the control plane accepts.
