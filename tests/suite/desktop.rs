@@ -568,51 +568,41 @@ pub async fn desktop_bad_raw_requests_get_connect_errors() {
             "{v}"
         );
     }
-    let (status, v) = call("Resize", r#"{"width":"wide","height":800}"#);
-    assert_eq!(
-        (status, v["code"].as_str()),
-        (400, Some("invalid_argument")),
-        "{v}"
-    );
-    let (status, v) = call(
-        "SendPointer",
-        r#"{"x":2000,"y":10,"action":"POINTER_ACTION_CLICK"}"#,
-    );
-    assert_eq!(
-        (status, v["code"].as_str()),
-        (400, Some("out_of_range")),
-        "{v}"
-    );
-    let (status, v) = call(
-        "SendPointer",
-        r#"{"x":-1,"y":10,"action":"POINTER_ACTION_MOVE"}"#,
-    );
-    assert_eq!(
-        (status, v["code"].as_str()),
-        (400, Some("out_of_range")),
-        "{v}"
-    );
-    let (status, v) = call(
-        "Step",
-        r#"{"actions":[{"scroll":{"dy":1}}],"settleMs":5000}"#,
-    );
-    assert_eq!(
-        (status, v["code"].as_str()),
-        (400, Some("out_of_range")),
-        "{v}"
-    );
-    let (status, v) = call("Screenshot", "{not json");
-    assert_eq!(
-        (status, v["code"].as_str()),
-        (400, Some("invalid_argument")),
-        "{v}"
-    );
-    let (status, v) = call("Teleport", "{}");
-    assert_eq!(
-        (status, v["code"].as_str()),
-        (501, Some("unimplemented")),
-        "{v}"
-    );
+    for (method, body, status, code) in [
+        (
+            "Resize",
+            r#"{"width":"wide","height":800}"#,
+            400,
+            "invalid_argument",
+        ),
+        (
+            "SendPointer",
+            r#"{"x":2000,"y":10,"action":"POINTER_ACTION_CLICK"}"#,
+            400,
+            "out_of_range",
+        ),
+        (
+            "SendPointer",
+            r#"{"x":-1,"y":10,"action":"POINTER_ACTION_MOVE"}"#,
+            400,
+            "out_of_range",
+        ),
+        (
+            "Step",
+            r#"{"actions":[{"scroll":{"dy":1}}],"settleMs":5000}"#,
+            400,
+            "out_of_range",
+        ),
+        ("Screenshot", "{not json", 400, "invalid_argument"),
+        ("Teleport", "{}", 501, "unimplemented"),
+    ] {
+        let (got, v) = call(method, body);
+        assert_eq!(
+            (got, v["code"].as_str()),
+            (status, Some(code)),
+            "{method} {body}: {v}"
+        );
+    }
     // nothing reached the display, which still answers at its size
     let (status, v) = call("Screenshot", "{}");
     assert_eq!(status, 200, "{v}");
