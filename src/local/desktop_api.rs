@@ -55,6 +55,11 @@ pub(crate) async fn call(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
+    if let rpc::Call::Resize(w, h) = &call {
+        if let Err(msg) = desktop::check_display_memory(*w, *h, entry.rec().memory_mib) {
+            return ConnectError::new("failed_precondition", msg).into_response();
+        }
+    }
     let rt = match app.ensure_running(&entry).await {
         Ok(rt) => rt,
         Err(u) => return unavailable(u),

@@ -316,7 +316,8 @@ pub async fn desktop_drives_a_tk_app() {
 }
 
 /// `resize` restarts the virtual screen at the new size: screenshots have it, and input
-/// still works on the new screen (a GUI app started after the resize gets the clicks).
+/// still works on the new screen (a GUI app started after the resize gets the clicks). A
+/// display too large for the sandbox's memory is refused and changes nothing.
 #[dual]
 pub async fn desktop_resize_changes_the_screenshot_size() {
     local_only!("the local backend's desktop");
@@ -347,6 +348,13 @@ pub async fn desktop_resize_changes_the_screenshot_size() {
     let small = desktop.screenshot(ImageFormat::Png).await.unwrap();
     assert_eq!(decode_png(&small).0, 640);
     assert_eq!(small.height, 480);
+    // a display the sandbox's memory cannot hold is refused, and the display stays as it is
+    let err = desktop.resize(8192, 8192).await.unwrap_err();
+    assert_eq!(err.status_code(), Some(400), "{err}");
+    assert_eq!(err.code(), Some("failed_precondition"), "{err}");
+    assert!(err.to_string().contains("MiB"), "{err}");
+    let same = desktop.screenshot(ImageFormat::Png).await.unwrap();
+    assert_eq!((same.width, same.height), (640, 480));
     sb.kill().await.unwrap();
 }
 

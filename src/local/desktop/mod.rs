@@ -32,12 +32,15 @@
 //! capture. Each action ends with a round trip to the X server, so the events have been
 //! processed (and any X error is reported) before the next one.
 //!
-//! **Resize.** Xvfb cannot grow its framebuffer through RandR (its RandR maximum is the size
-//! it started with, and starting it at 8192×8192 would cost 256 MiB of the sandbox's memory),
-//! so `Resize` restarts the virtual screen at the new size: programs connected to the display
-//! lose their connection (as on any X server restart) and must be started again; the VNC
-//! server follows (viewers reconnect). A fresh process tree (a resume after a backend
-//! restart) starts at 1280×800 again.
+//! **Resize.** A display must fit in the sandbox's memory (about 16 bytes a pixel for the X
+//! server, the VNC server's copy and a capture, plus 64 MiB): a larger one is refused with
+//! `failed_precondition` naming what it would need (4096×4096 fits the default 512 MiB,
+//! 8192×8192 does not). Xvfb cannot grow its framebuffer through RandR (its RandR maximum
+//! is the size it started with, and starting every desktop at 8192×8192 would cost 256 MiB
+//! of each sandbox's memory), so `Resize` restarts the virtual screen at the new size:
+//! programs connected to the display lose their connection (as on any X server restart) and
+//! must be started again; the VNC server follows (viewers reconnect). A fresh process tree
+//! (a resume after a backend restart) starts at 1280×800 again.
 //!
 //! **Errors** are Connect errors, `{"code","message"}` with the Connect HTTP status:
 //! `failed_precondition` (400) for a sandbox not made from a desktop template,
@@ -132,6 +135,27 @@ fn check_under(root: &Path) -> Result<(), String> {
          the machine running the backend (apt-get install {})",
         named.join(", "),
         packages.join(" ")
+    ))
+}
+
+/// Memory a display needs in its sandbox per pixel: Xvfb's framebuffer (4 bytes), x11vnc's
+/// copy of it (4), and the helper's capture (the X reply, 4, and its RGB conversion, 3), with
+/// room to spare.
+const BYTES_PER_PIXEL: u64 = 16;
+/// Memory the desktop's programs need besides their frames.
+const BASE_MIB: u64 = 64;
+
+/// Whether a `width`×`height` display fits in a sandbox of `memory_mib`; the error says what
+/// it would need. (Without this check a large resize gets the X server or the helper killed
+/// by the sandbox's memory limit at the first capture.)
+pub(crate) fn check_display_memory(width: u32, height: u32, memory_mib: u32) -> Result<(), String> {
+    let need = u64::from(width) * u64::from(height) * BYTES_PER_PIXEL / (1024 * 1024) + BASE_MIB;
+    if need <= u64::from(memory_mib) {
+        return Ok(());
+    }
+    Err(format!(
+        "a {width}x{height} display needs about {need} MiB in the sandbox, which has \
+         {memory_mib} MiB of memory"
     ))
 }
 
@@ -350,6 +374,18 @@ mod tests {
         std::fs::write(root.join("usr/share/novnc/vnc.html"), b"").unwrap();
         assert_eq!(check_under(&root), Ok(()));
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn displays_must_fit_in_the_sandboxs_memory() {
+        assert_eq!(check_display_memory(1280, 800, 512), Ok(()));
+        assert_eq!(check_display_memory(4096, 4096, 512), Ok(()));
+        let err = check_display_memory(8192, 8192, 512).unwrap_err();
+        assert!(
+            err.contains("8192x8192") && err.contains("512 MiB"),
+            "{err}"
+        );
+        assert_eq!(check_display_memory(8192, 8192, 2048), Ok(()));
     }
 
     #[test]
