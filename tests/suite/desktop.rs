@@ -358,6 +358,18 @@ pub async fn desktop_resize_changes_the_screenshot_size() {
     sb.kill().await.unwrap();
 }
 
+/// A shell command printing the pids of the sandbox's processes whose command line starts
+/// with `prefix`.
+fn pid_of(prefix: &str) -> String {
+    format!(
+        "for p in /proc/[0-9]*; do \
+           if tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^{prefix}'; then \
+             echo ${{p#/proc/}}; \
+           fi; \
+         done"
+    )
+}
+
 /// A fake X server a hostile sandbox puts on its display socket: it answers every
 /// connection with a "success" setup of 256 KiB of random bytes and then never answers again.
 const FAKE_X: &str = r#"
@@ -382,7 +394,8 @@ while True:
 /// stdout through `/proc` is refused). It moves the X server's socket aside, puts a fake X
 /// server in its place (random bytes for a setup, then silence) and kills the helper: the
 /// calls that follow get Connect errors (`unavailable`, 503) within the helper's deadline,
-/// the backend keeps serving, and once the socket is back the desktop works again.
+/// the backend keeps serving, and once the socket is back the desktop works again. Killing
+/// the X server costs at most one `unavailable` call: the next gets a fresh one.
 #[dual]
 pub async fn desktop_survives_a_hostile_x_server_in_the_sandbox() {
     local_only!("the local backend's desktop");
@@ -391,11 +404,7 @@ pub async fn desktop_survives_a_hostile_x_server_in_the_sandbox() {
     let desktop = sb.desktop();
     let first = desktop.screenshot(ImageFormat::Png).await.unwrap();
     assert_eq!(first.width, 1280);
-    let helper = "for p in /proc/[0-9]*; do \
-                    if tr '\\0' ' ' < $p/cmdline 2>/dev/null \
-                       | grep -q '^/tmp/.superserve-desktop-'; then echo ${p#/proc/}; fi; \
-                  done";
-    let pid = sh(&sb, helper).await;
+    let pid = sh(&sb, &pid_of("/tmp/.superserve-desktop-")).await;
     let pid = pid.trim();
     assert!(!pid.is_empty(), "no desktop helper in the sandbox");
     let forge = sb
@@ -444,6 +453,17 @@ pub async fn desktop_survives_a_hostile_x_server_in_the_sandbox() {
     .await;
     let again = desktop.screenshot(ImageFormat::Png).await.unwrap();
     assert_eq!((decode_png(&again).0, again.height), (1280, 800));
+
+    // the sandbox kills its X server: a call that finds the display gone is `unavailable`
+    // (or, once the backend has seen the exit, served by a fresh X server); the next works
+    let xvfb = sh(&sb, &pid_of("Xvfb ")).await;
+    sh(&sb, &format!("kill -9 {}", xvfb.trim())).await;
+    if let Err(err) = desktop.screenshot(ImageFormat::Png).await {
+        assert_eq!(err.code(), Some("unavailable"), "{err}");
+        assert_eq!(err.status_code(), Some(503), "{err}");
+    }
+    let fresh = desktop.screenshot(ImageFormat::Png).await.unwrap();
+    assert_eq!((fresh.width, fresh.height), (1280, 800));
     sb.kill().await.unwrap();
 }
 

@@ -193,6 +193,8 @@ impl Helper {
         }
         match self.read(req, REQUEST_TIMEOUT).await? {
             Reply::Failed(msg) => Err(DesktopError::Failed(msg)),
+            // the helper ends after it; the X server is restarted if it is gone
+            Reply::Lost(msg) => Err(self.broken(&msg)),
             reply => Ok(reply),
         }
     }

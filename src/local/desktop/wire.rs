@@ -54,6 +54,8 @@ pub enum Reply {
     Done,
     /// It could not be: why.
     Failed(String),
+    /// The display's connection broke (the X server is gone): why. The helper ends after it.
+    Lost(String),
     /// The root window's size (also the helper's first message once it is connected).
     Size { width: u32, height: u32 },
     /// A frame: `width * height * 3` bytes, rows top to bottom, RGB.
@@ -112,6 +114,15 @@ impl Out {
     fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
+    /// A message, cut to [`MAX_MESSAGE`] bytes on a character boundary.
+    fn text(&mut self, msg: &str) {
+        let mut end = msg.len().min(MAX_MESSAGE);
+        while !msg.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.u32(end as u32);
+        self.0.extend_from_slice(&msg.as_bytes()[..end]);
+    }
     fn finish(mut self) -> Vec<u8> {
         let len = u32::try_from(self.0.len() - 4).unwrap_or(u32::MAX);
         self.0[..4].copy_from_slice(&len.to_le_bytes());
@@ -145,6 +156,13 @@ impl In<'_> {
         let lo = u64::from(self.u32()?);
         let hi = u64::from(self.u32()?);
         Ok(lo | (hi << 32))
+    }
+    fn text(&mut self) -> Result<String, Malformed> {
+        let n = self.u32()? as usize;
+        if n > MAX_MESSAGE {
+            return Err(Malformed);
+        }
+        Ok(String::from_utf8_lossy(self.take(n)?).into_owned())
     }
     fn end(&self) -> Result<(), Malformed> {
         if self.0.is_empty() {
@@ -242,12 +260,11 @@ impl Reply {
             Reply::Done => o.u8(1),
             Reply::Failed(msg) => {
                 o.u8(2);
-                let mut end = msg.len().min(MAX_MESSAGE);
-                while !msg.is_char_boundary(end) {
-                    end -= 1;
-                }
-                o.u32(end as u32);
-                o.0.extend_from_slice(&msg.as_bytes()[..end]);
+                o.text(msg);
+            }
+            Reply::Lost(msg) => {
+                o.u8(6);
+                o.text(msg);
             }
             Reply::Size { width, height } => {
                 o.u8(3);
@@ -281,14 +298,8 @@ impl Reply {
         let mut i = In(b);
         let r = match i.u8()? {
             1 => Reply::Done,
-            2 => {
-                let n = i.u32()? as usize;
-                if n > MAX_MESSAGE {
-                    return Err(Malformed);
-                }
-                let text = i.take(n)?;
-                Reply::Failed(String::from_utf8_lossy(text).into_owned())
-            }
+            2 => Reply::Failed(i.text()?),
+            6 => Reply::Lost(i.text()?),
             3 => {
                 let (width, height) = (i.u32()?, i.u32()?);
                 check_size(width, height)?;
@@ -375,6 +386,7 @@ mod tests {
         let replies = [
             Reply::Done,
             Reply::Failed("X error BadValue".into()),
+            Reply::Lost("broken pipe".into()),
             Reply::Size {
                 width: 1280,
                 height: 800,

@@ -83,7 +83,7 @@ fn main() {
                 // the display is gone: say so and end (the backend starts a new helper)
                 let _ = send(
                     &mut out,
-                    &Reply::Failed(format!("display connection lost: {e}")),
+                    &Reply::Lost(format!("display connection lost: {e}")),
                 );
                 std::process::exit(1);
             }
