@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use super::agent::SpawnError;
 use super::app::{App, Entry, SpawnFailure, Unavailable};
+use super::desktop_api;
 use super::exec::{
     command_spec, Collected, Event, ExecBody, Running, Utf8Decoder, DEFAULT_TIMEOUT,
 };
@@ -57,6 +58,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/exec/stream", post(exec_stream))
         .route("/exec/connect", get(exec_connect))
         .route("/files", get(files_get).post(files_post))
+        .route(desktop_api::ROUTE, post(desktop_api::call))
         .fallback(|| async { text(StatusCode::NOT_FOUND, "404 page not found") })
         .with_state(app)
 }
@@ -75,7 +77,7 @@ fn paused() -> Response {
     )
 }
 
-fn unavailable(u: Unavailable) -> Response {
+pub(crate) fn unavailable(u: Unavailable) -> Response {
     match u {
         Unavailable::Paused => paused(),
         Unavailable::Gone => boxd_error(StatusCode::NOT_FOUND, "sandbox not found"),
@@ -101,7 +103,7 @@ fn id_from_host(headers: &HeaderMap) -> Option<String> {
 type Reject = Box<Response>;
 
 /// Routing and authorisation of a data-plane request.
-fn authorize(
+pub(crate) fn authorize(
     app: &App,
     headers: &HeaderMap,
     ws_token: Option<&str>,

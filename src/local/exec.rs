@@ -88,6 +88,10 @@ pub(crate) fn command_spec(
         env.insert(k.to_owned(), v.to_owned());
     }
     env.insert("HOSTNAME".to_owned(), rec.hostname.clone());
+    if super::desktop::is_template(&rec.template) {
+        // GUI programs appear on the sandbox's desktop
+        env.insert("DISPLAY".to_owned(), super::desktop::DISPLAY.to_owned());
+    }
     // the template's `env` steps, under the sandbox's own variables
     for (k, v) in &rec.boot.env {
         env.insert(k.clone(), v.clone());

@@ -159,6 +159,17 @@
 //! checked (`timeout_s` of a command: at most 604800), and system errors a client can cause
 //! (`E2BIG`, `ENAMETOOLONG`, `ENOTDIR`, `ETXTBSY`, ...) are 4xx answers that name the cause.
 //!
+//! Desktops: a sandbox created `from_template("superserve/desktop")` boots an X server (Xvfb,
+//! 1280×800, display `:0`, which its commands get as `DISPLAY`) through its agent, and the
+//! data plane serves `superserve.boxd.v1.DesktopService` for it (Connect RPC over JSON:
+//! screenshots as PNG or JPEG, pointer, keys, text and scroll through XTEST, batches and
+//! steps under one input lock, resize). The X client is a small helper program inside the
+//! sandbox, so the X11 protocol, which the sandbox controls, is never parsed by the backend.
+//! Its live view (x11vnc and noVNC over websockify) listens on port 6080, the port
+//! `get_stream_url` publishes through the preview proxy. Other sandboxes get the Connect error
+//! `failed_precondition` (HTTP 400). It needs Debian's `xvfb`, `x11vnc`, `novnc` and
+//! `websockify` on the host; without them creating such a sandbox fails naming them.
+//!
 //! It is also a test double: [`LocalServer::inject`] scripts faults (429 with `Retry-After`,
 //! 5xx, dropped connections, streams cut before `finished`) and [`LocalServer::requests`]
 //! shows every request received.
@@ -192,6 +203,8 @@ mod app;
 mod cgroup;
 mod control;
 mod data;
+mod desktop;
+mod desktop_api;
 mod disk;
 mod domain;
 mod egress;

@@ -301,6 +301,8 @@ pub struct LocalServer {
     config: crate::Config,
     stop: Option<watch::Sender<bool>>,
     thread: Option<JoinHandle<()>>,
+    /// The server's runtime (for measurements run where requests are served).
+    handle: tokio::runtime::Handle,
     lock_file: Option<sys::DirLock>,
 }
 
@@ -771,6 +773,7 @@ impl LocalServer {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let thread_app = app.clone();
+        let handle = runtime.handle().clone();
         let thread = std::thread::Builder::new()
             .name("superserve-local".into())
             .spawn(move || {
@@ -805,6 +808,7 @@ impl LocalServer {
             config,
             stop: Some(stop_tx),
             thread: Some(thread),
+            handle,
             lock_file: Some(lock_file),
         })
     }
@@ -845,14 +849,40 @@ impl LocalServer {
     ) -> std::io::Result<std::net::TcpStream> {
         let app = self.app.clone();
         let id = sandbox_id.to_owned();
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-                .block_on(super::preview_proxy::connect_direct(&app, &id, port))
-        })
-        .join()
-        .map_err(|_| std::io::Error::other("the connecting thread panicked"))?
+        on_own_thread(async move { super::preview_proxy::connect_direct(&app, &id, port).await })
+    }
+
+    /// Captures the display of a running `superserve/desktop` sandbox once, the way a
+    /// screenshot starts but without encoding or HTTP: the in-sandbox helper's capture of the
+    /// root window (`GetImage`, converted to RGB) and the raw frame's transfer to the backend,
+    /// where its size is checked, timed on the server's own runtime as a request would be.
+    /// Returns the frame's width, height and the time it took: the baseline `bench_desktop`
+    /// compares screenshot latencies with. Does not resume a paused sandbox. Blocks; do not
+    /// call it on an async runtime's thread.
+    pub fn desktop_capture(
+        &self,
+        sandbox_id: &str,
+    ) -> std::io::Result<(u32, u32, std::time::Duration)> {
+        let app = self.app.clone();
+        let id = sandbox_id.to_owned();
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.handle.spawn(async move {
+            let captured = async {
+                let entry = app.get(&id).ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "no such sandbox")
+                })?;
+                let desktop = entry.desktop.lock().await.clone();
+                let desktop = desktop
+                    .ok_or_else(|| std::io::Error::other("the sandbox has no running desktop"))?;
+                desktop
+                    .capture_timed()
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            };
+            let _ = tx.send(captured.await);
+        });
+        rx.recv()
+            .map_err(|_| std::io::Error::other("the server stopped"))?
     }
 
     /// The API key the control plane accepts.
@@ -949,6 +979,21 @@ impl LocalServer {
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }
     }
+}
+
+/// Runs `f` to completion on a thread of its own with a runtime of its own (the methods of
+/// [`LocalServer`] that reach into a sandbox block their caller, which may be anywhere).
+fn on_own_thread<T: Send + 'static>(
+    f: impl std::future::Future<Output = std::io::Result<T>> + Send + 'static,
+) -> std::io::Result<T> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(f)
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the backend's helper thread panicked"))?
 }
 
 impl Drop for LocalServer {

@@ -358,3 +358,125 @@ class S(socketserver.ThreadingTCPServer):
 
 S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 "#;
+
+/// Opens `url` in headless Chromium (fresh profile, DevTools on a port of its choosing) and
+/// evaluates `expression` in the page (DevTools protocol, `Runtime.evaluate`) until its value
+/// contains `want`, for at most `wait`; returns the last value. For pages whose state changes
+/// after load (a WebSocket connecting). A missing `chromium` is a failure naming the package.
+pub fn chromium_eval_until(url: &str, expression: &str, want: &str, wait: Duration) -> String {
+    use std::process::{Command, Stdio};
+    use tokio_tungstenite::tungstenite::{self, Message};
+    let profile = super::temp_path("chromium");
+    let child = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "this test needs headless Chromium: install Debian's `chromium` package \
+             (apt-get install chromium)"
+        ),
+        Err(e) => panic!("cannot start chromium: {e}"),
+    };
+    // "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/…" on stderr; the rest of
+    // stderr is drained so Chromium never blocks on it
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let mut sent = false;
+        while stderr.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            if !sent {
+                if let Some(rest) = line.split("ws://127.0.0.1:").nth(1) {
+                    let port: Option<u16> = rest.split('/').next().and_then(|p| p.parse().ok());
+                    let _ = tx.send(port);
+                    sent = true;
+                }
+            }
+            line.clear();
+        }
+    });
+    let result = (|| -> Result<String, String> {
+        let port = rx
+            .recv_timeout(Duration::from_secs(60))
+            .map_err(|_| "chromium did not open its DevTools port".to_owned())?
+            .ok_or("no port in chromium's DevTools line")?;
+        let deadline = std::time::Instant::now() + wait;
+        // the page's DevTools WebSocket, from /json/list
+        let ws_url = loop {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            s.write_all(b"GET /json/list HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
+                .map_err(|e| e.to_string())?;
+            let resp = read_response(&mut BufReader::new(s));
+            let list: serde_json::Value =
+                serde_json::from_slice(&resp.body).map_err(|e| e.to_string())?;
+            let page = list.as_array().and_then(|l| {
+                l.iter()
+                    .find(|t| t["type"] == "page")
+                    .and_then(|t| t["webSocketDebuggerUrl"].as_str())
+                    .map(str::to_owned)
+            });
+            match page {
+                Some(p) => break p,
+                None if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                None => return Err(format!("no page target: {}", resp.text())),
+            }
+        };
+        let stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let (mut ws, _) =
+            tungstenite::client::client(ws_url.as_str(), stream).map_err(|e| e.to_string())?;
+        let mut last = String::new();
+        for id in 1.. {
+            let call = serde_json::json!({
+                "id": id,
+                "method": "Runtime.evaluate",
+                "params": {"expression": expression, "returnByValue": true},
+            });
+            ws.send(Message::text(call.to_string()))
+                .map_err(|e| e.to_string())?;
+            loop {
+                let msg = ws.read().map_err(|e| e.to_string())?;
+                let Message::Text(text) = msg else { continue };
+                let v: serde_json::Value =
+                    serde_json::from_str(text.as_str()).map_err(|e| e.to_string())?;
+                if v["id"] == id {
+                    last = match &v["result"]["result"]["value"] {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    break;
+                }
+            }
+            if last.contains(want) || std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(last)
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&profile);
+    result.unwrap_or_else(|e| panic!("chromium on {url}: {e}"))
+}

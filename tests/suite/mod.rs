@@ -4,6 +4,7 @@
 mod answers;
 mod control;
 mod data;
+mod desktop;
 mod egress_attacks;
 mod faults;
 mod isolation;
@@ -21,6 +22,8 @@ pub use answers::*;
 pub use control::*;
 #[allow(unused_imports)]
 pub use data::*;
+#[allow(unused_imports)]
+pub use desktop::*;
 #[allow(unused_imports)]
 pub use egress_attacks::*;
 #[allow(unused_imports)]
@@ -250,4 +253,12 @@ suite_tests!(
     preview_in_a_real_browser,
     superserve_local_prints_the_preview_address,
     the_preview_listener_survives_hostile_clients,
+    // the desktop of superserve/desktop sandboxes (Xvfb, XTEST, a Tk app, noVNC in Chromium)
+    desktop_drives_a_tk_app,
+    desktop_resize_changes_the_screenshot_size,
+    desktop_calls_on_a_non_desktop_sandbox_are_refused,
+    desktop_bad_raw_requests_get_connect_errors,
+    desktop_survives_a_hostile_x_server_in_the_sandbox,
+    desktop_survives_pause_resume_and_a_backend_restart,
+    desktop_stream_url_opens_connected_in_chromium,
 );

@@ -4,6 +4,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use axum::http::StatusCode;
+
+use super::super::desktop::{self, Desktop};
 use super::super::error::ApiError;
 use super::super::ident::{new_token, uuid_v4};
 use super::super::layers::{sandbox_holder, Stack};
@@ -37,6 +40,20 @@ impl App {
         let rt = Runtime::start(&self.host, spec)
             .await
             .map_err(|e| ApiError::internal(format!("cannot start the sandbox: {e}")))?;
+        if desktop::is_template(&rec.template) {
+            // the desktop boots with the sandbox (its X server through the agent)
+            match Desktop::boot(&rt).await {
+                Ok(d) => *entry.desktop.lock().await = Some(d),
+                Err(e) => {
+                    let _ = rt.kill().await;
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "service_unavailable",
+                        format!("cannot start the sandbox's desktop: {e}"),
+                    ));
+                }
+            }
+        }
         if !rec.boot.is_empty() {
             if let Err(e) = self.boot_commands(&rt, &rec.boot, &rec.hostname).await {
                 let _ = rt.kill().await;
@@ -140,6 +157,16 @@ impl App {
             ),
             None => None,
         };
+        let template = match (&snap, &tmpl) {
+            (Some(s), _) => s.config.template.clone(),
+            (None, Some(t)) => t.id.clone(),
+            (None, None) => model::BASE_TEMPLATE.to_owned(),
+        };
+        if desktop::is_template(&template) {
+            desktop::check_host().map_err(|msg| {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", msg)
+            })?;
+        }
         let res = tmpl.as_ref().and_then(|t| t.res);
 
         let id = uuid_v4();
@@ -186,11 +213,7 @@ impl App {
             secrets,
             preview_access,
             access_token: new_token(),
-            template: match (&snap, &tmpl) {
-                (Some(s), _) => s.config.template.clone(),
-                (None, Some(t)) => t.id.clone(),
-                (None, None) => model::BASE_TEMPLATE.to_owned(),
-            },
+            template,
             stack: match (&snap, &tmpl) {
                 (Some(s), _) => s.stack.clone(),
                 (None, Some(t)) => t.stack.clone(),

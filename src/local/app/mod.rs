@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use super::agent::SpawnError;
+use super::desktop::Desktop;
 use super::egress::SandboxPolicy;
 use super::error::ApiError;
 use super::fault::{lock, FaultSet};
@@ -45,6 +46,8 @@ pub(crate) struct Entry {
     pub ops: tokio::sync::Mutex<()>,
     /// The running side. Spawns hold a read guard; pause/resume/delete take it for writing.
     pub rt: tokio::sync::RwLock<Option<Arc<Runtime>>>,
+    /// The desktop of a `superserve/desktop` sandbox, booted with its runtime.
+    pub desktop: tokio::sync::Mutex<Option<Arc<Desktop>>>,
     deleted: AtomicBool,
     deleting: AtomicBool,
 }
@@ -56,6 +59,7 @@ impl Entry {
             rec: Mutex::new(rec),
             ops: tokio::sync::Mutex::new(()),
             rt: tokio::sync::RwLock::new(None),
+            desktop: tokio::sync::Mutex::new(None),
             deleted: AtomicBool::new(false),
             deleting: AtomicBool::new(false),
         }

@@ -43,11 +43,20 @@ fn no_boot() -> Boot {
 }
 
 /// The built-in templates (`superserve/*`): their root is the host base image.
-pub(crate) const BUILTINS: &[Builtin] = &[Builtin {
-    id: BASE_TEMPLATE_ID,
-    name: BASE_TEMPLATE,
-    boot: no_boot,
-}];
+/// `superserve/desktop` adds an X desktop that the backend starts with each of its sandboxes
+/// (see `desktop`).
+pub(crate) const BUILTINS: &[Builtin] = &[
+    Builtin {
+        id: BASE_TEMPLATE_ID,
+        name: BASE_TEMPLATE,
+        boot: no_boot,
+    },
+    Builtin {
+        id: super::desktop::TEMPLATE_ID,
+        name: super::desktop::TEMPLATE,
+        boot: no_boot,
+    },
+];
 
 /// The built-in named `name_or_id`.
 pub(crate) fn builtin(name_or_id: &str) -> Option<&'static Builtin> {
