@@ -103,7 +103,10 @@ pub async fn template_build_steps_show_up_in_sandboxes() {
         .map(|i| i.name)
         .collect();
     assert!(names.contains(&"superserve/base".to_owned()), "{names:?}");
-    assert!(names.contains(&"superserve/desktop".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"superserve/desktop".to_owned()),
+        "{names:?}"
+    );
     let builtin = Template::connect_with_config(&config, "superserve/base")
         .await
         .unwrap();
