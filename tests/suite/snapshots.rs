@@ -356,3 +356,59 @@ pub async fn a_fork_counts_only_its_own_writes() {
         s.kill().await.unwrap();
     }
 }
+
+/// A fork gets the snapshot's configuration (resources, env, network rules, secret bindings
+/// with stand-ins of its own); what the create request sets wins.
+#[dual]
+pub async fn a_fork_gets_the_captured_configuration() {
+    local_only!("a team secret of the local backend");
+    let server = common::server();
+    let config = common::config(&server);
+    crate::flavor::Secret::create_with_config(
+        &config,
+        superserve::SecretCreateOptions::new("snap-secret", "sk-real-value").provider("anthropic"),
+    )
+    .await
+    .unwrap();
+    let net = superserve::NetworkConfig::new()
+        .allow_out(["example.com"])
+        .deny_out(["0.0.0.0/0"]);
+    let sb = Sandbox::create_with_config(
+        &config,
+        CreateOptions::new("cfg-src")
+            .env_var("KEEP", "captured")
+            .env_var("OVERRIDE", "captured")
+            .network(net.clone())
+            .secret("ANTHROPIC_API_KEY", "snap-secret"),
+    )
+    .await
+    .unwrap();
+    let snap = sb.snapshot(SnapshotOptions::new()).await.unwrap();
+    let fork = Sandbox::create_with_config(
+        &config,
+        CreateOptions::new("cfg-fork")
+            .from_snapshot(&snap)
+            .env_var("OVERRIDE", "request"),
+    )
+    .await
+    .unwrap();
+    let info = fork.get_info().await.unwrap();
+    assert_eq!(info.network.as_ref(), Some(&net));
+    let bindings = info.secrets.unwrap_or_default();
+    assert_eq!(bindings.len(), 1, "{bindings:?}");
+    assert_eq!(bindings[0].env_key, "ANTHROPIC_API_KEY");
+    assert_eq!(bindings[0].secret_name, "snap-secret");
+    let got = ok(&fork, "echo $KEEP $OVERRIDE; echo $ANTHROPIC_API_KEY").await;
+    let src = ok(&sb, "echo $ANTHROPIC_API_KEY").await;
+    let lines: Vec<&str> = got.lines().collect();
+    assert_eq!(lines[0], "captured request");
+    // a stand-in, never the value, and not the source's stand-in
+    assert!(
+        !lines[1].is_empty() && !lines[1].contains("sk-real-value"),
+        "{got}"
+    );
+    assert_ne!(lines[1], src);
+    for s in [sb, fork] {
+        s.kill().await.unwrap();
+    }
+}
