@@ -412,3 +412,79 @@ pub async fn a_fork_gets_the_captured_configuration() {
         s.kill().await.unwrap();
     }
 }
+
+/// A capture that has to wait (here for a start that holds the sandbox's lifecycle) is
+/// answered `202` with the snapshot `creating`, and becomes ready in the background.
+#[dual]
+pub async fn a_slow_capture_answers_202_creating_then_becomes_ready() {
+    local_only!("raw requests and a template of the local backend");
+    let server = common::server();
+    let config = common::config(&server);
+    // sandboxes of this template are `starting` until their ready_cmd succeeds (~12 s)
+    let t = crate::flavor::Template::create_with_config(
+        &config,
+        superserve::TemplateOptions::new("slow-start")
+            .start_cmd("sleep 12; touch /run/started-late")
+            .ready_cmd("test -f /run/started-late"),
+    )
+    .await
+    .unwrap();
+    t.wait_until_ready(superserve::TemplateWaitOptions::new().timeout(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    let addr = common::authority(server.base_url());
+    let key = server.api_key().to_owned();
+    let head = |method: &str, path: &str| {
+        format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\ncontent-type: application/json"
+        )
+    };
+    let create = {
+        let (addr, req) = (addr.clone(), head("POST", "/sandboxes"));
+        std::thread::spawn(move || {
+            common::raw_http(
+                &addr,
+                &req,
+                br#"{"name":"slow-start-sb","from_template":"slow-start"}"#,
+                Duration::from_secs(120),
+            )
+        })
+    };
+    let mut id = None;
+    for _ in 0..200 {
+        let list = Sandbox::list_with_config(&config, superserve::ListOptions::new())
+            .await
+            .unwrap();
+        if let Some(s) = list.iter().find(|s| s.name == "slow-start-sb") {
+            id = Some(s.id.clone());
+            break;
+        }
+        crate::flavor::sleep(Duration::from_millis(50)).await;
+    }
+    let id = id.expect("the sandbox is listed while it starts");
+    let (status, text) = common::raw_http(
+        &addr,
+        &head("POST", &format!("/sandboxes/{id}/snapshot")),
+        br#"{"kind":"mem+fs","idempotency_key":"slow"}"#,
+        Duration::from_secs(60),
+    );
+    assert_eq!(status, 202, "{text}");
+    assert!(text.contains(r#""status":"creating""#), "{text}");
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    let sid = serde_json::from_str::<serde_json::Value>(body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let snap = Snapshot::get_with_config(&config, &sid).await.unwrap();
+    let ready = snap
+        .wait_until_ready(Duration::from_secs(120), Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), &SnapshotStatus::Ready);
+    let (created, text) = create.join().unwrap();
+    assert_eq!(created, 201, "{text}");
+    let sb = Sandbox::connect_with_config(&config, &id).await.unwrap();
+    sb.kill().await.unwrap();
+    snap.delete().await.unwrap();
+    t.delete().await.unwrap();
+}
