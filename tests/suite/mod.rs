@@ -128,6 +128,8 @@ suite_tests!(
     snapshot_bad_bodies_are_refused_by_the_backend,
     snapshots_survive_a_restart,
     a_fork_counts_only_its_own_writes,
+    a_fork_gets_the_captured_configuration,
+    a_slow_capture_answers_202_creating_then_becomes_ready,
     // templates
     template_build_steps_show_up_in_sandboxes,
     template_user_step_sets_the_default_user,

@@ -356,3 +356,135 @@ pub async fn a_fork_counts_only_its_own_writes() {
         s.kill().await.unwrap();
     }
 }
+
+/// A fork gets the snapshot's configuration (resources, env, network rules, secret bindings
+/// with stand-ins of its own); what the create request sets wins.
+#[dual]
+pub async fn a_fork_gets_the_captured_configuration() {
+    local_only!("a team secret of the local backend");
+    let server = common::server();
+    let config = common::config(&server);
+    crate::flavor::Secret::create_with_config(
+        &config,
+        superserve::SecretCreateOptions::new("snap-secret", "sk-real-value").provider("anthropic"),
+    )
+    .await
+    .unwrap();
+    let net = superserve::NetworkConfig::new()
+        .allow_out(["example.com"])
+        .deny_out(["0.0.0.0/0"]);
+    let sb = Sandbox::create_with_config(
+        &config,
+        CreateOptions::new("cfg-src")
+            .env_var("KEEP", "captured")
+            .env_var("OVERRIDE", "captured")
+            .network(net.clone())
+            .secret("ANTHROPIC_API_KEY", "snap-secret"),
+    )
+    .await
+    .unwrap();
+    let snap = sb.snapshot(SnapshotOptions::new()).await.unwrap();
+    let fork = Sandbox::create_with_config(
+        &config,
+        CreateOptions::new("cfg-fork")
+            .from_snapshot(&snap)
+            .env_var("OVERRIDE", "request"),
+    )
+    .await
+    .unwrap();
+    let info = fork.get_info().await.unwrap();
+    assert_eq!(info.network.as_ref(), Some(&net));
+    let bindings = info.secrets.unwrap_or_default();
+    assert_eq!(bindings.len(), 1, "{bindings:?}");
+    assert_eq!(bindings[0].env_key, "ANTHROPIC_API_KEY");
+    assert_eq!(bindings[0].secret_name, "snap-secret");
+    let got = ok(&fork, "echo $KEEP $OVERRIDE; echo $ANTHROPIC_API_KEY").await;
+    let src = ok(&sb, "echo $ANTHROPIC_API_KEY").await;
+    let lines: Vec<&str> = got.lines().collect();
+    assert_eq!(lines[0], "captured request");
+    // a stand-in, never the value, and not the source's stand-in
+    assert!(
+        !lines[1].is_empty() && !lines[1].contains("sk-real-value"),
+        "{got}"
+    );
+    assert_ne!(lines[1], src);
+    for s in [sb, fork] {
+        s.kill().await.unwrap();
+    }
+}
+
+/// A capture that has to wait (here for a start that holds the sandbox's lifecycle) is
+/// answered `202` with the snapshot `creating`, and becomes ready in the background.
+#[dual]
+pub async fn a_slow_capture_answers_202_creating_then_becomes_ready() {
+    local_only!("raw requests and a template of the local backend");
+    let server = common::server();
+    let config = common::config(&server);
+    // sandboxes of this template are `starting` until their ready_cmd succeeds (~12 s)
+    let t = crate::flavor::Template::create_with_config(
+        &config,
+        superserve::TemplateOptions::new("slow-start")
+            .start_cmd("sleep 12; touch /run/started-late")
+            .ready_cmd("test -f /run/started-late"),
+    )
+    .await
+    .unwrap();
+    t.wait_until_ready(superserve::TemplateWaitOptions::new().timeout(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    let addr = common::authority(server.base_url());
+    let key = server.api_key().to_owned();
+    let head = |method: &str, path: &str| {
+        format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\ncontent-type: application/json"
+        )
+    };
+    let create = {
+        let (addr, req) = (addr.clone(), head("POST", "/sandboxes"));
+        std::thread::spawn(move || {
+            common::raw_http(
+                &addr,
+                &req,
+                br#"{"name":"slow-start-sb","from_template":"slow-start"}"#,
+                Duration::from_secs(120),
+            )
+        })
+    };
+    let mut id = None;
+    for _ in 0..200 {
+        let list = Sandbox::list_with_config(&config, superserve::ListOptions::new())
+            .await
+            .unwrap();
+        if let Some(s) = list.iter().find(|s| s.name == "slow-start-sb") {
+            id = Some(s.id.clone());
+            break;
+        }
+        crate::flavor::sleep(Duration::from_millis(50)).await;
+    }
+    let id = id.expect("the sandbox is listed while it starts");
+    let (status, text) = common::raw_http(
+        &addr,
+        &head("POST", &format!("/sandboxes/{id}/snapshot")),
+        br#"{"kind":"mem+fs","idempotency_key":"slow"}"#,
+        Duration::from_secs(60),
+    );
+    assert_eq!(status, 202, "{text}");
+    assert!(text.contains(r#""status":"creating""#), "{text}");
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    let sid = serde_json::from_str::<serde_json::Value>(body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let snap = Snapshot::get_with_config(&config, &sid).await.unwrap();
+    let ready = snap
+        .wait_until_ready(Duration::from_secs(120), Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), &SnapshotStatus::Ready);
+    let (created, text) = create.join().unwrap();
+    assert_eq!(created, 201, "{text}");
+    let sb = Sandbox::connect_with_config(&config, &id).await.unwrap();
+    sb.kill().await.unwrap();
+    snap.delete().await.unwrap();
+    t.delete().await.unwrap();
+}
