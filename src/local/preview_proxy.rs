@@ -12,31 +12,30 @@
 //! not accept the connection). Nothing here resumes a sandbox. The token header, cookie and
 //! query parameter are removed before anything reaches the app, on every port.
 //!
-//! Requests and responses are streamed both ways (HTTP/1.1; bodies are never buffered), and
-//! a WebSocket (any `Upgrade`) becomes a tunnel. Connections to apps are kept alive and
-//! reused. A request, response or tunnel in progress ends when its sandbox is paused or
+//! The proxy frames HTTP/1.1 itself ([`relay`]): requests and responses are streamed both
+//! ways (bodies are never buffered; a body of known length, or one that lasts until the app
+//! closes, is spliced from socket to socket without passing through this process), and a
+//! WebSocket (any `Upgrade`) becomes a tunnel. Connections to apps are kept alive and reused. A request, response or tunnel in progress ends when its sandbox is paused or
 //! deleted.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::{Body, HttpBody};
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
-use axum::Router;
-use bytes::Bytes;
-use hyper::body::{Frame, Incoming};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use bytes::BytesMut;
+use tokio::net::TcpStream;
 
 use super::app::{App, Entry};
+use super::http::{ConnHooks, RawConn};
 use super::model::Status;
 use super::preview::netns::DialError;
-use super::preview::pool::Pool;
+use super::preview::relay::{self, Framing, HeadError, RequestHead, ResponseHead};
+use super::preview::sys::Pipe;
 use super::preview::token::Refusal;
 use super::preview::{check_port, Access, TOKEN_COOKIE, TOKEN_HEADER, TOKEN_QUERY_PARAM};
 use super::reply::form_pairs;
@@ -44,15 +43,8 @@ use super::runtime::Runtime;
 
 /// The path prefix of the form that needs no resolver for `*.localhost` names.
 pub(crate) const PATH_PREFIX: &str = "/_preview/";
-/// Size of the reads from an app.
-const UPSTREAM_READ_BUF: usize = 512 * 1024;
 /// How often a request in progress checks that its sandbox is still running.
 const LIVENESS_INTERVAL: Duration = Duration::from_millis(250);
-
-/// The preview listener's router.
-pub(crate) fn router(app: Arc<App>) -> Router {
-    Router::new().fallback(handle).with_state(app)
-}
 
 /// How a request named its preview.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,19 +244,39 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
+/// What the proxy does with a request.
+enum Decision {
+    /// Answers it itself (an error page, the signed link's redirect).
+    Answer(Response),
+    /// Relays it to the app.
+    Forward(Box<Forward>),
+}
+
+/// A request to relay, with the sandbox it goes to.
+struct Forward {
+    entry: Arc<Entry>,
+    rt: Arc<Runtime>,
+    t: Target,
+    req: Request,
+}
+
+/// Routes a request and applies the access rules.
+async fn decide(app: &App, req: Request) -> Decision {
+    use Decision::Answer;
     let t = match target(&req) {
         Ok(t) => t,
-        Err(page) => return page.into_response(),
+        Err(page) => return Answer(page.into_response()),
     };
     let Some(entry) = app.get(&t.id) else {
-        return page(
-            StatusCode::NOT_FOUND,
-            "sandbox_not_found",
-            "Sandbox not found",
-            &format!("There is no sandbox {} on this backend.", t.id),
-        )
-        .into_response();
+        return Answer(
+            page(
+                StatusCode::NOT_FOUND,
+                "sandbox_not_found",
+                "Sandbox not found",
+                &format!("There is no sandbox {} on this backend.", t.id),
+            )
+            .into_response(),
+        );
     };
     let preview_access = entry.with(|r| r.preview_access.clone());
     let published = app.previews.port(&t.id, t.port).filter(|s| s.published);
@@ -272,28 +284,30 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         (_, Some(s)) => s.access == Access::Private,
         ("legacy_public", None) => false,
         (_, None) => {
-            return page(
-                StatusCode::NOT_FOUND,
-                "port_not_published",
-                "Port not published",
-                &format!(
-                    "Port {} of sandbox {} is not published: publish it first \
-                     (publish_preview_port).",
-                    t.port, t.id
-                ),
+            return Answer(
+                page(
+                    StatusCode::NOT_FOUND,
+                    "port_not_published",
+                    "Port not published",
+                    &format!(
+                        "Port {} of sandbox {} is not published: publish it first \
+                         (publish_preview_port).",
+                        t.port, t.id
+                    ),
+                )
+                .into_response(),
             )
-            .into_response()
         }
     };
     if private && req.method() != Method::OPTIONS {
         let creds = Credentials::of(&req, &t.form);
-        match authorize(&app, &t, &creds) {
+        match authorize(app, &t, &creds) {
             Ok(Granted::Query(token, exp))
                 if t.form == Form::Host
                     && req.method() == Method::GET
                     && !is_upgrade(req.headers()) =>
             {
-                return redirect_into_cookie(req.uri(), &token, exp);
+                return Answer(redirect_into_cookie(req.uri(), &token, exp));
             }
             Ok(_) => {}
             Err(refusal) => {
@@ -306,21 +320,23 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
                     "The preview token was refused: it is not for this port, or the port's \
                      tokens were rotated, or the port was unpublished."
                 };
-                return page(
-                    StatusCode::UNAUTHORIZED,
-                    "preview_token_required",
-                    "Preview token required",
-                    why,
-                )
-                .into_response();
+                return Answer(
+                    page(
+                        StatusCode::UNAUTHORIZED,
+                        "preview_token_required",
+                        "Preview token required",
+                        why,
+                    )
+                    .into_response(),
+                );
             }
         }
     }
     let rt = match running(&entry).await {
         Ok(rt) => rt,
-        Err(page) => return page.into_response(),
+        Err(page) => return Answer(page.into_response()),
     };
-    forward(app, entry, rt, t, req).await
+    Decision::Forward(Box::new(Forward { entry, rt, t, req }))
 }
 
 /// The sandbox's runtime when it is running (never starts or resumes anything).
@@ -490,20 +506,113 @@ fn upstream_request(t: &Target, req: Request, upgrade: bool) -> Result<Request, 
     Ok(Request::from_parts(parts, body))
 }
 
-/// A connection to the app: a pooled one (`true`), or a new one.
-async fn connection(
-    app: &App,
-    t: &Target,
-    rt: &Arc<Runtime>,
-) -> Result<(SendRequest<Body>, bool), Page> {
-    if let Some(tx) = app.previews.pool().take(&t.id, t.port, rt) {
-        return Ok((tx, true));
+/// Serves one connection of the preview listener: its requests one after another (HTTP/1.1
+/// keep-alive), each answered by the proxy or relayed to its app, until either side closes,
+/// a request cannot be framed, or the connection becomes a tunnel.
+pub(crate) async fn serve_connection(app: Arc<App>, conn: RawConn) {
+    let client = &conn.stream;
+    let hooks = &conn.hooks;
+    let mut buf = BytesMut::new();
+    let mut pipe = None;
+    loop {
+        let head = match relay::read_request(client, &mut buf, || hooks.bytes_arrived()).await {
+            Ok(head) => head,
+            Err(HeadError::Closed | HeadError::Io(_)) => return,
+            Err(HeadError::TooLarge) => {
+                let p = page(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "request_head_too_large",
+                    "Request head too large",
+                    "The request line and header fields are longer than this proxy takes.",
+                );
+                let _ = write_answer(client, p.into_response(), false, false).await;
+                return;
+            }
+            Err(HeadError::Malformed(why)) => {
+                let p = page(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "Invalid request",
+                    &format!("The request cannot be read as HTTP/1.1: {why}."),
+                );
+                let _ = write_answer(client, p.into_response(), false, false).await;
+                return;
+            }
+        };
+        hooks.request_started();
+        let keep = exchange(&app, client, hooks, &mut buf, &mut pipe, head).await;
+        hooks.response_done();
+        if !keep {
+            return;
+        }
     }
-    Ok((dial(app, t, rt).await?, false))
+}
+
+/// Answers or relays one request; `true` when the connection can carry another.
+async fn exchange(
+    app: &App,
+    client: &TcpStream,
+    hooks: &ConnHooks,
+    buf: &mut BytesMut,
+    pipe: &mut Option<Pipe>,
+    head: RequestHead,
+) -> bool {
+    let is_head = head.req.method() == Method::HEAD;
+    match decide(app, head.req).await {
+        Decision::Answer(resp) => {
+            // the request's body is left unread: only a request without one leaves the
+            // connection usable
+            let keep = head.keep_alive && !head.framing.has_body();
+            write_answer(client, resp, keep, is_head).await.is_ok() && keep
+        }
+        Decision::Forward(fwd) => {
+            let Forward { entry, rt, t, req } = *fwd;
+            let ex = Exchange {
+                app,
+                client,
+                hooks,
+                t,
+                framing: head.framing,
+                keep_alive: head.keep_alive,
+                expect_continue: head.expect_continue,
+                http10: req.version() == Version::HTTP_10,
+                answered: AtomicBool::new(false),
+            };
+            ex.forward(entry, rt, req, buf, pipe).await
+        }
+    }
+}
+
+/// Writes a response the proxy makes itself (small, whole bodies).
+async fn write_answer(
+    client: &TcpStream,
+    resp: Response,
+    keep: bool,
+    is_head: bool,
+) -> std::io::Result<()> {
+    let (mut parts, body) = resp.into_parts();
+    let body = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .map_err(std::io::Error::other)?;
+    let h = &mut parts.headers;
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if !keep {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let start = format!(
+        "HTTP/1.1 {} {}",
+        parts.status.as_u16(),
+        parts.status.canonical_reason().unwrap_or("")
+    );
+    let mut out = relay::head_bytes(&start, &parts.headers);
+    if !is_head {
+        out.extend_from_slice(&body);
+    }
+    relay::write_all(client, &out).await
 }
 
 /// A new connection to the app, made in the sandbox's network namespace.
-async fn dial(app: &App, t: &Target, rt: &Arc<Runtime>) -> Result<SendRequest<Body>, Page> {
+async fn dial(app: &App, t: &Target, rt: &Arc<Runtime>) -> Result<TcpStream, Page> {
     let stream = app
         .previews
         .dialer()
@@ -536,25 +645,18 @@ async fn dial(app: &App, t: &Target, rt: &Arc<Runtime>) -> Result<SendRequest<Bo
                 &format!("Cannot connect into sandbox {}: {e}", t.id),
             ),
         })?;
-    let (tx, conn) = hyper::client::conn::http1::Builder::new()
-        // reads of up to 512 KiB: a large download is relayed in fewer, larger pieces
-        // (measured by examples/bench_preview)
-        .read_buf_exact_size(Some(UPSTREAM_READ_BUF))
-        .handshake::<_, Body>(TokioIo::new(stream))
-        .await
-        .map_err(|e| app_failed(t, &e))?;
-    tokio::spawn(conn.with_upgrades());
-    Ok(tx)
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
-fn app_failed(t: &Target, e: &hyper::Error) -> Page {
+fn app_failed(t: &Target, why: &dyn std::fmt::Display) -> Page {
     page(
         StatusCode::BAD_GATEWAY,
         "preview_app_failed",
         "The app did not answer",
         &format!(
             "The app on port {} inside sandbox {} closed the connection without a complete \
-             answer ({e}).",
+             answer ({why}).",
             t.port, t.id
         ),
     )
@@ -572,114 +674,316 @@ fn stopped_page(t: &Target) -> Page {
     )
 }
 
-async fn forward(
-    app: Arc<App>,
-    entry: Arc<Entry>,
-    rt: Arc<Runtime>,
+/// One request relayed to its app.
+struct Exchange<'a> {
+    app: &'a App,
+    client: &'a TcpStream,
+    hooks: &'a ConnHooks,
     t: Target,
-    mut req: Request,
-) -> Response {
-    let upgrade = is_upgrade(req.headers());
-    let down_upgrade = if upgrade {
-        req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>()
-    } else {
-        None
-    };
-    let req = match upstream_request(&t, req, upgrade) {
-        Ok(r) => r,
-        Err(page) => return page.into_response(),
-    };
-    let mut stop = stopped(entry.clone(), Arc::downgrade(&rt));
-    let (mut tx, pooled) = match connection(&app, &t, &rt).await {
-        Ok(c) => c,
-        Err(page) => return page.into_response(),
-    };
-    let sent = tokio::select! {
-        r = tx.try_send_request(req) => r,
-        () = &mut stop => return stopped_page(&t).into_response(),
-    };
-    let resp = match sent {
-        Ok(resp) => resp,
-        // a kept-alive connection the app closed meanwhile: once more on a new one
-        Err(mut e) if pooled && e.message().is_some() => {
-            let Some(req) = e.take_message() else {
-                return app_failed(&t, e.error()).into_response();
+    /// The request body's framing.
+    framing: Framing,
+    /// Whether the client keeps its connection.
+    keep_alive: bool,
+    /// Whether the client waits for `100 Continue`.
+    expect_continue: bool,
+    /// Whether the client speaks HTTP/1.0 (no chunked bodies).
+    http10: bool,
+    /// Whether the response's head went out (after it, a stop can only cut the connection).
+    answered: AtomicBool,
+}
+
+/// How far a relayed exchange got when it ended.
+enum Ended {
+    /// Nothing was sent to the client: it gets this page.
+    Before(Page),
+    /// The response went out (whole: `true` when the connection can carry another request).
+    After(bool),
+}
+
+impl Exchange<'_> {
+    /// Relays the request and its response, cut when the sandbox stops; `true` when the
+    /// client's connection can carry another request.
+    async fn forward(
+        self,
+        entry: Arc<Entry>,
+        rt: Arc<Runtime>,
+        req: Request,
+        buf: &mut BytesMut,
+        pipe: &mut Option<Pipe>,
+    ) -> bool {
+        let upgrade = is_upgrade(req.headers());
+        let method = req.method().clone();
+        let mut req = match upstream_request(&self.t, req, upgrade) {
+            Ok(r) => r,
+            Err(p) => {
+                let _ = write_answer(self.client, p.into_response(), false, false).await;
+                return false;
+            }
+        };
+        let h = req.headers_mut();
+        // this proxy answers `Expect: 100-continue` itself
+        h.remove(header::EXPECT);
+        h.remove(header::CONTENT_LENGTH);
+        match self.framing {
+            Framing::Length(n) => {
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            Framing::Chunked => {
+                h.insert(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
+            }
+            Framing::Empty | Framing::UntilClose => {}
+        }
+        let target = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let head = relay::head_bytes(&format!("{method} {target} HTTP/1.1"), req.headers());
+        let stop = stopped(entry, Arc::downgrade(&rt));
+        let ended = tokio::select! {
+            e = self.relay(&rt, &method, upgrade, &head, buf, pipe) => e,
+            () = stop => match self.answered.load(Ordering::SeqCst) {
+                false => Ended::Before(stopped_page(&self.t)),
+                true => Ended::After(false),
+            },
+        };
+        match ended {
+            Ended::Before(p) => {
+                let _ = write_answer(
+                    self.client,
+                    p.into_response(),
+                    false,
+                    method == Method::HEAD,
+                )
+                .await;
+                false
+            }
+            Ended::After(keep) => keep,
+        }
+    }
+
+    /// Sends the request head, then relays the request body and the response at once (an
+    /// app may answer before it has read the whole body).
+    async fn relay(
+        &self,
+        rt: &Arc<Runtime>,
+        method: &Method,
+        upgrade: bool,
+        head: &[u8],
+        buf: &mut BytesMut,
+        pipe: &mut Option<Pipe>,
+    ) -> Ended {
+        let t = &self.t;
+        let pool = self.app.previews.pool();
+        let mut pooled = pool.take(&t.id, t.port, rt);
+        let mut ubuf = BytesMut::new();
+        let (up, resp) = loop {
+            let reused = pooled.is_some();
+            let up = match pooled.take() {
+                Some(s) => s,
+                None => match dial(self.app, t, rt).await {
+                    Ok(s) => s,
+                    Err(p) => return Ended::Before(p),
+                },
             };
-            tx = match dial(&app, &t, &rt).await {
-                Ok(c) => c,
-                Err(page) => return page.into_response(),
-            };
-            let again = tokio::select! {
-                r = tx.send_request(req) => r,
-                () = &mut stop => return stopped_page(&t).into_response(),
-            };
-            match again {
-                Ok(resp) => resp,
-                Err(e) => return app_failed(&t, &e).into_response(),
+            // a kept-alive connection the app closed meanwhile fails at once: once more on
+            // a new one (only while nothing of the request's body went out)
+            if let Err(e) = relay::write_all(&up, head).await {
+                if reused {
+                    continue;
+                }
+                return Ended::Before(app_failed(t, &e));
+            }
+            if !self.framing.has_body() {
+                match relay::read_response(&up, &mut ubuf, method).await {
+                    Err(HeadError::Closed) if reused => continue,
+                    r => break (up, Some(r)),
+                }
+            }
+            break (up, None);
+        };
+        if self.expect_continue && self.framing.has_body() {
+            if let Err(_e) = relay::write_all(self.client, b"HTTP/1.1 100 Continue\r\n\r\n").await {
+                return Ended::After(false);
             }
         }
-        Err(e) => return app_failed(&t, e.error()).into_response(),
-    };
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return tunnel(t, resp, down_upgrade, stop);
-    }
-    let (mut parts, body) = resp.into_parts();
-    // this proxy speaks HTTP/1.1 to its clients whatever the app speaks
-    parts.version = axum::http::Version::HTTP_11;
-    strip_hop_by_hop(&mut parts.headers, false);
-    if let Form::Path { prefix, .. } = &t.form {
-        rewrite_location(&mut parts.headers, prefix);
-    }
-    let body = Watched {
-        inner: body,
-        stop,
-        done: false,
-        give_back: Some(GiveBack {
-            pool: app.previews.pool().clone(),
-            id: t.id,
-            port: t.port,
-            runtime: Arc::downgrade(&rt),
-            tx,
-        }),
-    };
-    Response::from_parts(parts, Body::new(body))
-}
-
-/// Joins the client's and the app's upgraded connections (a WebSocket) until either side
-/// closes or the sandbox stops.
-fn tunnel(
-    t: Target,
-    mut resp: hyper::Response<Incoming>,
-    down: Option<hyper::upgrade::OnUpgrade>,
-    stop: Pin<Box<dyn Future<Output = ()> + Send>>,
-) -> Response {
-    let Some(down) = down else {
-        return page(
-            StatusCode::BAD_GATEWAY,
-            "preview_app_failed",
-            "Unexpected protocol switch",
-            &format!(
-                "The app on port {} switched protocols without being asked to.",
-                t.port
-            ),
-        )
-        .into_response();
-    };
-    let up = hyper::upgrade::on(&mut resp);
-    tokio::spawn(async move {
-        let (Ok(down), Ok(up)) = tokio::join!(down, up) else {
-            return;
+        let mut body_done = !self.framing.has_body();
+        let mut no_pipe = None;
+        let mut body = Box::pin(relay::relay_body(
+            self.client,
+            buf,
+            &up,
+            self.framing,
+            &mut no_pipe,
+            false,
+        ));
+        let resp = match resp {
+            Some(r) => r,
+            None => {
+                let read = self.final_head(&up, &mut ubuf, method);
+                tokio::pin!(read);
+                loop {
+                    tokio::select! {
+                        r = &mut body, if !body_done => match r {
+                            Ok(()) => body_done = true,
+                            // the client went away, or the app stopped reading
+                            Err(_) => return Ended::After(false),
+                        },
+                        r = &mut read => break r,
+                    }
+                }
+            }
         };
-        let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
-        tokio::select! {
-            _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
-            () = stop => {}
+        let resp = match resp {
+            Ok(r) => r,
+            Err(HeadError::TooLarge) => {
+                return Ended::Before(app_failed(t, &"its response head is too large"))
+            }
+            Err(HeadError::Malformed(why)) => return Ended::Before(app_failed(t, &why)),
+            Err(HeadError::Closed) => {
+                return Ended::Before(app_failed(t, &"it closed the connection"))
+            }
+            Err(HeadError::Io(e)) => return Ended::Before(app_failed(t, &e)),
+        };
+        if resp.status == StatusCode::SWITCHING_PROTOCOLS {
+            if !upgrade {
+                return Ended::Before(page(
+                    StatusCode::BAD_GATEWAY,
+                    "preview_app_failed",
+                    "Unexpected protocol switch",
+                    &format!(
+                        "The app on port {} switched protocols without being asked to.",
+                        t.port
+                    ),
+                ));
+            }
+            drop(body);
+            return self.tunnel(resp, up, ubuf, buf).await;
         }
-    });
-    let (parts, _) = resp.into_parts();
-    Response::from_parts(parts, Body::empty())
+        // the response's head as the client gets it
+        let mut headers = resp.headers;
+        strip_hop_by_hop(&mut headers, false);
+        if let Form::Path { prefix, .. } = &t.form {
+            rewrite_location(&mut headers, prefix);
+        }
+        let dechunk = self.http10 && resp.framing == Framing::Chunked;
+        let keep = self.keep_alive && resp.framing != Framing::UntilClose && !dechunk;
+        if resp.framing == Framing::Chunked && !dechunk {
+            headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
+        if !keep {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        } else if self.http10 {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        }
+        if resp.framing == Framing::Chunked {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        let start = format!("HTTP/1.1 {} {}", resp.status.as_u16(), resp.reason);
+        self.answered.store(true, Ordering::SeqCst);
+        if relay::write_all(self.client, &relay::head_bytes(&start, &headers))
+            .await
+            .is_err()
+        {
+            return Ended::After(false);
+        }
+        let mut out = Box::pin(relay::relay_body(
+            &up,
+            &mut ubuf,
+            self.client,
+            resp.framing,
+            pipe,
+            dechunk,
+        ));
+        let sent = loop {
+            tokio::select! {
+                r = &mut body, if !body_done => match r {
+                    Ok(()) => body_done = true,
+                    Err(_) => return Ended::After(false),
+                },
+                r = &mut out => break r,
+            }
+        };
+        drop(out);
+        drop(body);
+        if sent.is_err() {
+            return Ended::After(false);
+        }
+        if resp.keep_alive && body_done && ubuf.is_empty() {
+            pool.give_back(t.id.clone(), t.port, Arc::downgrade(rt), up);
+        }
+        Ended::After(keep && body_done)
+    }
+
+    /// Reads the app's final response head, passing informational ones on (`100 Continue`
+    /// was answered by the proxy already).
+    async fn final_head(
+        &self,
+        up: &TcpStream,
+        ubuf: &mut BytesMut,
+        method: &Method,
+    ) -> Result<ResponseHead, HeadError> {
+        loop {
+            let r = relay::read_response(up, ubuf, method).await?;
+            if r.status.is_informational() && r.status != StatusCode::SWITCHING_PROTOCOLS {
+                if r.status != StatusCode::CONTINUE && !self.http10 {
+                    let start = format!("HTTP/1.1 {} {}", r.status.as_u16(), r.reason);
+                    relay::write_all(self.client, &relay::head_bytes(&start, &r.headers))
+                        .await
+                        .map_err(HeadError::Io)?;
+                }
+                continue;
+            }
+            return Ok(r);
+        }
+    }
+
+    /// Joins the client's and the app's connections (a WebSocket) until either side closes
+    /// (or the sandbox stops, which ends the caller).
+    async fn tunnel(
+        &self,
+        resp: ResponseHead,
+        up: TcpStream,
+        ubuf: BytesMut,
+        buf: &mut BytesMut,
+    ) -> Ended {
+        let mut headers = resp.headers;
+        strip_hop_by_hop(&mut headers, true);
+        let start = format!("HTTP/1.1 {} {}", resp.status.as_u16(), resp.reason);
+        let mut out = relay::head_bytes(&start, &headers);
+        out.extend_from_slice(&ubuf);
+        self.answered.store(true, Ordering::SeqCst);
+        if relay::write_all(self.client, &out).await.is_err() {
+            return Ended::After(false);
+        }
+        self.hooks.upgraded();
+        if relay::write_all(&up, buf).await.is_err() {
+            return Ended::After(false);
+        }
+        buf.clear();
+        tokio::select! {
+            _ = pump(self.client, &up) => {}
+            _ = pump(&up, self.client) => {}
+        }
+        Ended::After(false)
+    }
 }
 
+/// Copies what `from` sends to `to` until `from` closes.
+async fn pump(from: &TcpStream, to: &TcpStream) -> std::io::Result<()> {
+    let mut buf = BytesMut::new();
+    while relay::read_some(from, &mut buf).await? > 0 {
+        relay::write_all(to, &buf).await?;
+        buf.clear();
+    }
+    Ok(())
+}
 /// `Location: /x` from an app behind the path form points back under its prefix.
 fn rewrite_location(headers: &mut HeaderMap, prefix: &str) {
     let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
@@ -688,70 +992,6 @@ fn rewrite_location(headers: &mut HeaderMap, prefix: &str) {
     if loc.starts_with('/') && !loc.starts_with("//") {
         if let Ok(v) = HeaderValue::from_str(&format!("{prefix}{loc}")) {
             headers.insert(header::LOCATION, v);
-        }
-    }
-}
-
-/// What gives a connection back to the pool once its response is done.
-struct GiveBack {
-    pool: Arc<Pool>,
-    id: String,
-    port: u16,
-    runtime: Weak<Runtime>,
-    tx: SendRequest<Body>,
-}
-
-/// The app's response body, streamed to the client; cut when the sandbox stops. Read to
-/// the end, its connection goes back to the pool.
-struct Watched {
-    inner: Incoming,
-    stop: Pin<Box<dyn Future<Output = ()> + Send>>,
-    done: bool,
-    give_back: Option<GiveBack>,
-}
-
-impl HttpBody for Watched {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        if self.stop.as_mut().poll(cx).is_ready() {
-            self.give_back = None;
-            return Poll::Ready(Some(Err(std::io::Error::other(
-                "the sandbox was paused or deleted",
-            ))));
-        }
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(None) => {
-                self.done = true;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(e))) => {
-                self.give_back = None;
-                Poll::Ready(Some(Err(std::io::Error::other(e))))
-            }
-            other => other.map(|f| f.map(|f| f.map_err(std::io::Error::other))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Watched {
-    fn drop(&mut self) {
-        if self.done || self.inner.is_end_stream() {
-            if let Some(g) = self.give_back.take() {
-                g.pool.give_back(g.id, g.port, g.runtime, g.tx);
-            }
         }
     }
 }
@@ -846,6 +1086,7 @@ fn page(status: StatusCode, code: &'static str, title: &str, detail: &str) -> Pa
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
 
     fn req(host: &str, uri: &str) -> Request {
         Request::builder()

@@ -977,12 +977,7 @@ fn run(
             stop.clone(),
             limits,
         ));
-        let previews = tokio::spawn(http::serve(
-            pl,
-            http::preview_plane(app.clone()),
-            stop.clone(),
-            limits,
-        ));
+        let previews = tokio::spawn(http::serve_previews(pl, app.clone(), stop.clone(), limits));
         let reaper_app = app.clone();
         let mut reaper_stop = stop.clone();
         let reaper = tokio::spawn(async move {

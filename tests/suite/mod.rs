@@ -226,6 +226,7 @@ suite_tests!(
     preview_error_pages_and_control_plane_answers,
     preview_websocket_echo,
     preview_streams_bodies_both_ways,
+    preview_proxy_frames_http11_itself,
     wait_for_port_waits_for_a_late_server,
     preview_ports_survive_a_restart,
     preview_in_a_real_browser,

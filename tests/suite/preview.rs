@@ -769,6 +769,99 @@ pub async fn preview_streams_bodies_both_ways() {
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
 }
 
+/// The proxy frames HTTP/1.1 itself: requests pipelined on one connection are answered in
+/// order (a short body, a long one that is spliced, a `HEAD` whose answer has no body, then
+/// one more); `Expect: 100-continue` gets its interim answer before the body is sent; an
+/// HTTP/1.0 client is answered and its connection closed; a request with both
+/// `Content-Length` and `Transfer-Encoding` (a smuggling attempt) is refused with `400`.
+#[dual]
+pub async fn preview_proxy_frames_http11_itself() {
+    local_only!("the local backend's preview proxy");
+    use std::io::{BufReader, Read, Write};
+    let server = common::server();
+    let proxy = Proxy::of(&server);
+    let sb = sandbox(&server, "preview-framing", None).await;
+    start_app(&sb, 3000).await;
+    let host = proxy.host(3000, sb.id());
+    let connect = || {
+        let s = std::net::TcpStream::connect(&proxy.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s
+    };
+    let pattern = |body: &[u8]| body.iter().enumerate().all(|(i, b)| *b == i as u8);
+
+    let mut s = connect();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    write!(
+        s,
+        "GET /bytes/1000 HTTP/1.1\r\nhost: {host}\r\n\r\n\
+         GET /bytes/300000 HTTP/1.1\r\nhost: {host}\r\n\r\n\
+         HEAD /bytes/5 HTTP/1.1\r\nhost: {host}\r\n\r\n\
+         GET /echo HTTP/1.1\r\nhost: {host}\r\n\r\n"
+    )
+    .unwrap();
+    let a = crate::common::preview::read_response(&mut r);
+    assert_eq!((a.status, a.body.len()), (200, 1000));
+    assert!(pattern(&a.body));
+    let b = crate::common::preview::read_response(&mut r);
+    assert_eq!((b.status, b.body.len()), (200, 300_000));
+    assert!(pattern(&b.body));
+    // the app has no HEAD handler: its 501 names a length but carries no body
+    let (status, _) = read_head(&mut r);
+    assert_eq!(status, 501);
+    let d = crate::common::preview::read_response(&mut r);
+    assert_eq!(d.status, 200);
+    assert!(d.text().starts_with("GET /echo HTTP/1.1"), "{}", d.text());
+
+    // Expect: 100-continue, on the same connection
+    let data = common::noise(100_000, 9);
+    write!(
+        s,
+        "POST /sha256 HTTP/1.1\r\nhost: {host}\r\ncontent-length: {}\r\n\
+         expect: 100-continue\r\n\r\n",
+        data.len()
+    )
+    .unwrap();
+    let (status, _) = read_head(&mut r);
+    assert_eq!(status, 100);
+    s.write_all(&data).unwrap();
+    let e = crate::common::preview::read_response(&mut r);
+    let expected = sha256_hex(&sb, &data).await;
+    assert_eq!(e.text(), format!("{} {expected}", data.len()));
+
+    // HTTP/1.0: answered, then closed
+    let mut s = connect();
+    write!(s, "GET /bytes/10 HTTP/1.0\r\nhost: {host}\r\n\r\n").unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let text = String::from_utf8_lossy(&all).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    assert!(all.ends_with(&(0u8..10).collect::<Vec<_>>()), "{text}");
+
+    // Content-Length and Transfer-Encoding together: refused, closed
+    let mut s = connect();
+    write!(
+        s,
+        "POST /sha256 HTTP/1.1\r\nhost: {host}\r\ncontent-length: 4\r\n\
+         transfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /echo HTTP/1.1\r\nhost: {host}\r\n\r\n"
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let text = String::from_utf8_lossy(&all).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 400"), "{text}");
+    assert!(
+        text.contains("x-superserve-preview-error: invalid_request"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("get /echo"),
+        "the smuggled request reached the app: {text}"
+    );
+    sb.kill().await.unwrap();
+}
+
 /// The SHA-256 of `data` as the sandbox computes it (the reference for the upload).
 #[dual]
 async fn sha256_hex(sb: &Sandbox, data: &[u8]) -> String {

@@ -7,7 +7,9 @@
 mod serve;
 
 use serve::ConnCtl;
-pub(crate) use serve::{serve, Limits, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT};
+pub(crate) use serve::{
+    serve, ConnHooks, Limits, RawConn, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+};
 
 use std::sync::Arc;
 
@@ -39,10 +41,22 @@ pub(crate) fn data_plane(app: Arc<App>) -> Router {
     data::router(app.clone()).layer(from_fn_with_state((app, Plane::Data), observe))
 }
 
-/// The preview proxy: its own routing (by `Host` or path) and access rules, no journal (its
+/// Serves the preview proxy on `listener`: its own HTTP/1.1 framing (bodies are spliced
+/// between the sockets), routing (by `Host` or path) and access rules, no journal (its
 /// requests carry preview tokens) and no fault rules.
-pub(crate) fn preview_plane(app: Arc<App>) -> Router {
-    preview_proxy::router(app)
+pub(crate) async fn serve_previews(
+    listener: tokio::net::TcpListener,
+    app: Arc<App>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    limits: Limits,
+) {
+    serve::serve_raw(
+        listener,
+        move |conn| preview_proxy::serve_connection(app.clone(), conn),
+        stop,
+        limits,
+    )
+    .await
 }
 
 fn capture_body(req: &mut Request, app: Arc<App>, slot: Slot) {

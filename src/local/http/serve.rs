@@ -341,9 +341,106 @@ async fn shed(mut stream: TcpStream) {
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     limits: Limits,
 ) {
+    accept_loop(
+        listener,
+        shutdown.clone(),
+        limits,
+        move |stream, slot, state| {
+            let io = Tracked {
+                inner: stream,
+                state: state.clone(),
+                _slot: slot,
+            };
+            connection(io, state, router.clone(), shutdown.clone(), limits)
+        },
+    )
+    .await
+}
+
+/// An admitted connection handed whole to its handler (the preview proxy, which frames
+/// HTTP/1.1 itself): the socket, and what the handler tells the listener's limits.
+pub(crate) struct RawConn {
+    /// The client's socket.
+    pub(crate) stream: TcpStream,
+    /// What the listener's limits learn from the handler.
+    pub(crate) hooks: ConnHooks,
+    _slot: Slot,
+}
+
+/// What a handler that frames HTTP/1.1 itself tells the listener's limits (the timeouts and
+/// the eviction order of the module docs).
+#[derive(Clone)]
+pub(crate) struct ConnHooks(Arc<ConnState>);
+
+impl ConnHooks {
+    /// Bytes of a request head arrived.
+    pub(crate) fn bytes_arrived(&self) {
+        self.0.on_read();
+    }
+    /// A request head was read in full: a request is in progress.
+    pub(crate) fn request_started(&self) {
+        self.0.on_request();
+    }
+    /// The request's response was sent (or given up).
+    pub(crate) fn response_done(&self) {
+        self.0.on_response_done();
+    }
+    /// The connection became a tunnel (a WebSocket): it keeps its slot and is never timed out.
+    pub(crate) fn upgraded(&self) {
+        self.0.upgraded.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Serves `listener` within `limits` until `shutdown` flips, giving each admitted connection
+/// to `handler`; then drops every connection.
+pub(crate) async fn serve_raw<H, F>(
+    listener: TcpListener,
+    handler: H,
+    shutdown: watch::Receiver<bool>,
+    limits: Limits,
+) where
+    H: Fn(RawConn) -> F + Send + 'static,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    accept_loop(
+        listener,
+        shutdown.clone(),
+        limits,
+        move |stream, slot, state| {
+            let conn = RawConn {
+                stream,
+                hooks: ConnHooks(state.clone()),
+                _slot: slot,
+            };
+            let work = handler(conn);
+            let mut stop = shutdown.clone();
+            async move {
+                tokio::select! {
+                    _ = work => {}
+                    _ = stop.changed() => {}
+                    _ = state.close.notified() => {}
+                    _ = expiry(&state, &limits) => {}
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// Accepts connections on `listener` within `limits` until `shutdown` flips, running what
+/// `spawn` makes of each admitted one; then drops every connection.
+async fn accept_loop<S, F>(
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    limits: Limits,
+    spawn: S,
+) where
+    S: Fn(TcpStream, Slot, Arc<ConnState>) -> F,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     let registry = Arc::new(Registry::default());
     let shedding = Arc::new(Semaphore::new(MAX_SHEDDING));
     // given up to accept (and answer) a connection when descriptors run out
@@ -390,18 +487,7 @@ pub(crate) async fn serve(
             }
             continue;
         };
-        let io = Tracked {
-            inner: stream,
-            state: state.clone(),
-            _slot: slot,
-        };
-        conns.spawn(connection(
-            io,
-            state,
-            router.clone(),
-            shutdown.clone(),
-            limits,
-        ));
+        conns.spawn(spawn(stream, slot, state));
     }
     conns.abort_all();
     while conns.join_next().await.is_some() {}

@@ -7,7 +7,8 @@
 //!
 //! * [`token`]: the signed `spv1.` tokens;
 //! * [`netns`]: connections into a sandbox's network namespace;
-//! * [`pool`]: kept-alive connections to apps inside sandboxes.
+//! * [`pool`]: kept-alive connections to apps inside sandboxes;
+//! * [`relay`]: HTTP/1.1 framing, and bodies relayed between sockets with `splice(2)`.
 //!
 //! Published ports and their token versions live in memory for the proxy and in SQLite
 //! (table `preview_ports`), so they survive a restart; the token key is a file in the data
@@ -17,7 +18,8 @@
 
 pub(crate) mod netns;
 pub(crate) mod pool;
-mod sys;
+pub(crate) mod relay;
+pub(crate) mod sys;
 pub(crate) mod token;
 
 use std::collections::{BTreeMap, HashMap};
