@@ -43,7 +43,7 @@ pub(crate) async fn relay(
 
 /// One direction: `src` → pipe → `dst`; on end of input, shuts down `dst`'s write side.
 async fn pump(src: &TcpStream, dst: &TcpStream, count: &AtomicU64) -> io::Result<()> {
-    let (pr, pw) = sys::pipe(CHUNK)?;
+    let (pr, pw, _) = sys::pipe(CHUNK)?;
     loop {
         let n = src
             .async_io(Interest::READABLE, || {

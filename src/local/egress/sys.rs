@@ -5,7 +5,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// Sets `SO_LINGER` to zero, so that closing the socket sends a reset.
 pub(crate) fn set_linger_zero(sock: BorrowedFd<'_>) -> io::Result<()> {
@@ -126,39 +126,7 @@ pub(crate) fn interface_addrs() -> Vec<(Ipv4Addr, Ipv4Addr)> {
     out
 }
 
-/// A non-blocking pipe (read end, write end), grown to hold `size` bytes when the kernel
-/// allows it.
-pub(crate) fn pipe(size: usize) -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2 writes two descriptors into the two-element array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just returned by pipe2, each is owned exactly once.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
-    // a larger pipe means fewer calls; the default size works too
-    // SAFETY: F_SETPIPE_SZ takes an int argument; the descriptor is owned above.
-    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
-    Ok((r, w))
-}
-
-/// Moves up to `len` bytes from `from` to `to` without copying them through user space
-/// (`splice`, non-blocking).
-pub(crate) fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
-    // SAFETY: fd-to-fd transfer with null offsets: no user memory is involved.
-    let n = unsafe {
-        libc::splice(
-            from.as_raw_fd(),
-            std::ptr::null_mut(),
-            to.as_raw_fd(),
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
-}
+pub(crate) use super::super::sys::{pipe, splice};
 
 /// Shuts down the write side of a socket.
 pub(crate) fn shutdown_write(sock: BorrowedFd<'_>) {

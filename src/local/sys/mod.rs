@@ -6,7 +6,7 @@
 //! * [`proto`]: the channel's messages (shared with the agent program in `agent/`);
 //! * [`seccomp`]: the sandboxes' seccomp filter;
 //! * [`pool`]: the layer store's pool (loop device, detached mount, reflinks);
-//! * here: pidfds, descriptors, the data-directory lock.
+//! * here: pidfds, descriptors, pipes and `splice(2)`, the data-directory lock.
 
 #![allow(unsafe_code)]
 
@@ -18,7 +18,7 @@ pub(crate) mod spawn;
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Mutex;
@@ -191,6 +191,52 @@ impl Drop for DirLock {
         self.file.take();
         held.retain(|k| *k != self.key);
     }
+}
+
+/// A non-blocking pipe: read end, write end, and how many bytes it holds (grown to `size`
+/// when the kernel allows it; the default size otherwise).
+pub(crate) fn pipe(size: usize) -> io::Result<(OwnedFd, OwnedFd, usize)> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just returned by pipe2, each is owned exactly once.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let want = c_int::try_from(size).unwrap_or(c_int::MAX);
+    // SAFETY: F_SETPIPE_SZ takes an int argument and answers the new size (or fails and
+    // leaves the default); the descriptor is owned above.
+    let set = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
+    let got = if set > 0 {
+        set
+    } else {
+        // SAFETY: F_GETPIPE_SZ takes no argument and answers the size.
+        unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) }
+    };
+    let capacity = usize::try_from(got)
+        .ok()
+        .filter(|&n| n > 0)
+        .unwrap_or(65536);
+    Ok((r, w, capacity))
+}
+
+/// Moves up to `len` bytes from `from` to `to` (one of them a pipe) without copying them
+/// through this process (`splice`, non-blocking); `Ok(0)`: `from` is at its end;
+/// `ErrorKind::WouldBlock` when either side is not ready.
+pub(crate) fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    // SAFETY: fd-to-fd transfer with null offsets: no user memory is involved; both
+    // descriptors are borrowed, so they stay open for the call.
+    let n = unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            std::ptr::null_mut(),
+            to.as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 #[cfg(test)]
