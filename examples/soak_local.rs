@@ -195,6 +195,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     sb.commands().run("true")?;
     sb.kill()?;
     let (mounts0, netns0, veths0) = (mount_lines(), net_namespaces(), veths());
+    // the backend's own loop device (the layer store's pool) is there before any sandbox
+    let loops0 = loop_devices(server.data_dir());
     let (conns0, fds0) = descriptors(&api_ports);
 
     let t = Instant::now();
@@ -210,7 +212,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut netns_leaked = usize::MAX;
     for _ in 0..50 {
         netns_leaked = net_namespaces().difference(&netns0).count();
-        if netns_leaked == 0 && loop_devices(server.data_dir()) == 0 {
+        if netns_leaked == 0 && loop_devices(server.data_dir()) <= loops0 {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -230,7 +232,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "leaked loop devices:       {}",
-        loop_devices(server.data_dir())
+        loop_devices(server.data_dir()).saturating_sub(loops0)
     );
     println!("leaked cgroups:            {}", cgroups(&instance));
     println!("leaked network namespaces: {netns_leaked}");
