@@ -359,15 +359,15 @@ class S(socketserver.ThreadingTCPServer):
 S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 "#;
 
-/// Opens `url` in headless Chromium (fresh profile, DevTools on a port of its choosing) and
-/// evaluates `expression` in the page (DevTools protocol, `Runtime.evaluate`) until its value
-/// contains `want`, for at most `wait`; returns the last value. For pages whose state changes
-/// after load (a WebSocket connecting). A missing `chromium` is a failure naming the package.
-pub fn chromium_eval_until(url: &str, expression: &str, want: &str, wait: Duration) -> String {
-    use std::process::{Command, Stdio};
-    use tokio_tungstenite::tungstenite::{self, Message};
-    let profile = super::temp_path("chromium");
-    let child = Command::new("chromium")
+/// Starts headless Chromium with the (fresh) profile directory `profile` and `args`, its output
+/// as `stdout` and `stderr` say. A missing `chromium` is a failure naming the package.
+pub fn spawn_chromium(
+    profile: &std::path::Path,
+    args: &[&str],
+    stdout: std::process::Stdio,
+    stderr: std::process::Stdio,
+) -> std::process::Child {
+    let child = std::process::Command::new("chromium")
         .args([
             "--headless",
             "--no-sandbox",
@@ -377,22 +377,40 @@ pub fn chromium_eval_until(url: &str, expression: &str, want: &str, wait: Durati
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
-            "--remote-debugging-address=127.0.0.1",
-            "--remote-debugging-port=0",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .args(args)
+        .stdout(stdout)
+        .stderr(stderr)
         .spawn();
-    let mut child = match child {
+    match child {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
             "this test needs headless Chromium: install Debian's `chromium` package \
              (apt-get install chromium)"
         ),
         Err(e) => panic!("cannot start chromium: {e}"),
-    };
+    }
+}
+
+/// Opens `url` in headless Chromium (fresh profile, DevTools on a port of its choosing) and
+/// evaluates `expression` in the page (DevTools protocol, `Runtime.evaluate`) until its value
+/// contains `want`, for at most `wait`; returns the last value. For pages whose state changes
+/// after load (a WebSocket connecting). A missing `chromium` is a failure naming the package.
+pub fn chromium_eval_until(url: &str, expression: &str, want: &str, wait: Duration) -> String {
+    use std::process::Stdio;
+    use tokio_tungstenite::tungstenite::{self, Message};
+    let profile = super::temp_path("chromium");
+    let mut child = spawn_chromium(
+        &profile,
+        &[
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+            url,
+        ],
+        Stdio::null(),
+        Stdio::piped(),
+    );
     // "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/…" on stderr; the rest of
     // stderr is drained so Chromium never blocks on it
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));

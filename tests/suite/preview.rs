@@ -1091,32 +1091,12 @@ pub async fn preview_in_a_real_browser() {
 fn dump_dom(url: &str) -> String {
     use std::process::{Command, Stdio};
     let profile = common::temp_path("preview-chromium");
-    let child = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=5000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("--dump-dom")
-        .arg(url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let child = match child {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-            "this test needs headless Chromium: install Debian's `chromium` package \
-             (apt-get install chromium)"
-        ),
-        Err(e) => panic!("cannot start chromium: {e}"),
-    };
+    let child = crate::common::preview::spawn_chromium(
+        &profile,
+        &["--virtual-time-budget=5000", "--dump-dom", url],
+        Stdio::piped(),
+        Stdio::piped(),
+    );
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
