@@ -235,13 +235,7 @@ fn authorize(app: &App, t: &Target, creds: &Credentials) -> Result<Granted, Refu
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    headers.contains_key(header::UPGRADE) && relay::connection_has(headers, "upgrade")
 }
 
 /// What the proxy does with a request.
@@ -509,7 +503,40 @@ fn upstream_request(t: &Target, req: Request, upgrade: bool) -> Result<Request, 
 /// Serves one connection of the preview listener: its requests one after another (HTTP/1.1
 /// keep-alive), each answered by the proxy or relayed to its app, until either side closes,
 /// a request cannot be framed, or the connection becomes a tunnel.
-pub(crate) async fn serve_connection(app: Arc<App>, conn: RawConn) {
+pub(crate) async fn serve_connection(app: Arc<App>, mut conn: RawConn) {
+    if serve_requests(&app, &conn).await {
+        close_gracefully(&mut conn.stream).await;
+    }
+}
+
+/// How long a connection the proxy closes may take to send what it had not read yet.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// Most unread bytes taken (and dropped) while closing.
+const CLOSE_DRAIN: usize = 1 << 20;
+
+/// Closes a connection whose client may still be sending (a request the proxy answered
+/// without reading all of it): closing with unread bytes would reset the connection and
+/// could destroy the answer before the client reads it. So the write side is shut first and
+/// what arrives is read and dropped, for a moment.
+async fn close_gracefully(client: &mut TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = client.shutdown().await;
+    let mut sink = vec![0u8; 16 * 1024];
+    let mut drained = 0;
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while drained < CLOSE_DRAIN {
+            match client.read(&mut sink).await {
+                Ok(n) if n > 0 => drained += n,
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
+/// Serves the requests of a connection; `true` when the proxy ends the connection (rather
+/// than the client closing it or failing).
+async fn serve_requests(app: &App, conn: &RawConn) -> bool {
     let client = &conn.stream;
     let hooks = &conn.hooks;
     let mut buf = BytesMut::new();
@@ -517,7 +544,7 @@ pub(crate) async fn serve_connection(app: Arc<App>, conn: RawConn) {
     loop {
         let head = match relay::read_request(client, &mut buf, || hooks.bytes_arrived()).await {
             Ok(head) => head,
-            Err(HeadError::Closed | HeadError::Io(_)) => return,
+            Err(HeadError::Closed | HeadError::Io(_)) => return false,
             Err(HeadError::TooLarge) => {
                 let p = page(
                     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -525,8 +552,9 @@ pub(crate) async fn serve_connection(app: Arc<App>, conn: RawConn) {
                     "Request head too large",
                     "The request line and header fields are longer than this proxy takes.",
                 );
-                let _ = write_answer(client, p.into_response(), false, false).await;
-                return;
+                return write_answer(client, p.into_response(), false, false)
+                    .await
+                    .is_ok();
             }
             Err(HeadError::Malformed(why)) => {
                 let p = page(
@@ -535,15 +563,16 @@ pub(crate) async fn serve_connection(app: Arc<App>, conn: RawConn) {
                     "Invalid request",
                     &format!("The request cannot be read as HTTP/1.1: {why}."),
                 );
-                let _ = write_answer(client, p.into_response(), false, false).await;
-                return;
+                return write_answer(client, p.into_response(), false, false)
+                    .await
+                    .is_ok();
             }
         };
         hooks.request_started();
-        let keep = exchange(&app, client, hooks, &mut buf, &mut pipe, head).await;
+        let keep = exchange(app, client, hooks, &mut buf, &mut pipe, head).await;
         hooks.response_done();
         if !keep {
-            return;
+            return true;
         }
     }
 }

@@ -772,7 +772,8 @@ pub async fn preview_streams_bodies_both_ways() {
 /// The proxy frames HTTP/1.1 itself: requests pipelined on one connection are answered in
 /// order (a short body, a long one that is spliced, a `HEAD` whose answer has no body, then
 /// one more); `Expect: 100-continue` gets its interim answer before the body is sent; an
-/// HTTP/1.0 client is answered and its connection closed; a request with both
+/// HTTP/1.0 client is answered (a chunked answer without its framing) and its connection
+/// closed; a request head past the proxy's limit gets `431`; a request with both
 /// `Content-Length` and `Transfer-Encoding` (a smuggling attempt) is refused with `400`.
 #[dual]
 pub async fn preview_proxy_frames_http11_itself() {
@@ -838,6 +839,32 @@ pub async fn preview_proxy_frames_http11_itself() {
     assert!(text.starts_with("http/1.1 200"), "{text}");
     assert!(text.contains("connection: close"), "{text}");
     assert!(all.ends_with(&(0u8..10).collect::<Vec<_>>()), "{text}");
+    // a chunked answer reaches an HTTP/1.0 client without its chunk framing
+    sh(&sb, "touch /tmp/go").await;
+    let mut s = connect();
+    write!(s, "GET /slow HTTP/1.0\r\nhost: {host}\r\n\r\n").unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("transfer-encoding"),
+        "{text}"
+    );
+    assert!(text.ends_with("\r\n\r\nfirst\nsecond\n"), "{text}");
+
+    // a request head longer than the proxy takes: 431, closed
+    let mut s = connect();
+    let big = "x".repeat(70 * 1024);
+    write!(s, "GET / HTTP/1.1\r\nhost: {host}\r\nx-big: {big}\r\n\r\n").unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let text = String::from_utf8_lossy(&all).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 431"), "{text}");
+    assert!(
+        text.contains("x-superserve-preview-error: request_head_too_large"),
+        "{text}"
+    );
 
     // Content-Length and Transfer-Encoding together: refused, closed
     let mut s = connect();
