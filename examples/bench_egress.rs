@@ -47,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .allow_private_destination("10.88.0.0/16")
         .start()?;
     if !server.egress_available() {
-        return Err("egress needs `ip` and `nft` on the host".into());
+        return Err("egress needs nf_tables NAT in the kernel".into());
     }
     let up = upstream::Upstream::start();
     server.set_dns_host("bench.upstream.test", up.ip);

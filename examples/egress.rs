@@ -23,7 +23,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let server = LocalServer::start()?;
     let config = server.config();
     if !server.egress_available() {
-        println!("note: this host lacks `ip`/`nft`, so sandboxes have loopback only");
+        println!("note: this kernel lacks nf_tables NAT, so sandboxes have loopback only");
     }
 
     let providers: Vec<String> = Provider::list_with_config(&config)?

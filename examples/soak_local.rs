@@ -194,7 +194,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sb = Sandbox::create_with_config(&config, CreateOptions::new("warm-up"))?;
     sb.commands().run("true")?;
     sb.kill()?;
-    let (mounts0, netns0, veths0) = (mount_lines(), net_namespaces(), veths());
+    // the backend keeps a few disks and network namespaces ready for the next creates (its
+    // warm pools, refilled in the background): they are counted once refilled
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (mounts0, netns0, veths0) = (mount_lines(), net_namespaces().len(), veths());
     // the backend's own loop device (the layer store's pool) is there before any sandbox
     let loops0 = loop_devices(server.data_dir());
     let (conns0, fds0) = descriptors(&api_ports);
@@ -211,7 +214,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // and a blocking thread finish after `kill` returns): give that up to 5 s to settle
     let mut netns_leaked = usize::MAX;
     for _ in 0..50 {
-        netns_leaked = net_namespaces().difference(&netns0).count();
+        netns_leaked = net_namespaces().len().saturating_sub(netns0);
         if netns_leaked == 0 && loop_devices(server.data_dir()) <= loops0 {
             break;
         }

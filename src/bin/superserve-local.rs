@@ -42,8 +42,8 @@ OPTIONS:
 On start it prints SUPERSERVE_BASE_URL, SUPERSERVE_SANDBOX_URL, SUPERSERVE_API_KEY and
 SUPERSERVE_PREVIEW_URL lines (for `eval`), then serves until SIGINT or SIGTERM, then kills every sandbox process and exits.
 Sandboxes that were running are paused on the next start with the same --data-dir.
-Needs root on Linux (namespaces, overlayfs, cgroup v1 freezer); sandbox egress needs `ip`
-(iproute2) and `nft` (nftables).
+Needs root on Linux (namespaces, overlayfs, cgroup v1 freezer); sandbox egress needs
+nf_tables NAT in the kernel.
 ";
 
 struct Args {

@@ -7,16 +7,33 @@
 //! are off), and btrfs qgroups fail with `EDQUOT`, not `ENOSPC`. A fresh image is a sparse
 //! copy of a per-size template made once with `mkfs.ext4` (about 2 MiB of metadata to copy),
 //! without a journal (mounting one costs several milliseconds on the create path).
+//!
+//! The backend attaches and mounts the images itself, as *detached* mounts (nothing in any
+//! mount table; the mount, and with it the loop device, goes when its last descriptor or user
+//! does, a crash included), and hands the mounts to the sandbox's agent. Attaching a loop
+//! device waits for the kernel (several milliseconds, more while other namespaces are torn
+//! down), so a few fresh disks of the default size are kept attached and mounted ahead of
+//! time ("spares"): a new sandbox takes one and another is made in the background.
 
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use super::error::LocalError;
 use super::fault::lock;
 use super::layers::pool::clone_file;
+use super::spares::Spares;
+use super::sys::pool as sys;
+
+/// Fresh disks of the default size kept mounted ahead of time.
+const SPARES: usize = 2;
+/// Name prefix of a spare disk's image (renamed to a sandbox's once taken; one left by a
+/// backend that stopped is removed at start like any image without a sandbox).
+const SPARE_PREFIX: &str = "spare-";
 
 /// Host tool that formats the templates (e2fsprogs).
 const MKFS: &str = "mkfs.ext4";
@@ -36,11 +53,29 @@ pub(crate) struct Disks {
     mkfs: PathBuf,
     /// One lock per template size, so each is formatted once.
     making: Mutex<HashMap<u32, Arc<Mutex<()>>>>,
+    /// The size of the spare disks (the default `disk_mib`).
+    spare_mib: u32,
+    spares: Spares<Spare>,
+}
+
+/// A fresh disk, attached and mounted, that no sandbox has taken yet (its image is removed
+/// if none does).
+struct Spare {
+    image: PathBuf,
+    mount: Option<OwnedFd>,
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        if self.mount.take().is_some() {
+            let _ = std::fs::remove_file(&self.image);
+        }
+    }
 }
 
 impl Disks {
-    /// Checks for `mkfs.ext4` and loop devices.
-    pub(crate) fn new(dir: PathBuf) -> Result<Disks, LocalError> {
+    /// Checks for `mkfs.ext4` and loop devices; spares are disks of `spare_mib` MiB.
+    pub(crate) fn new(dir: PathBuf, spare_mib: u32) -> Result<Arc<Disks>, LocalError> {
         let mkfs = find_mkfs().ok_or_else(|| LocalError::Unsupported {
             what: "per-sandbox disks",
             detail: format!("{MKFS} not found (install e2fsprogs)"),
@@ -51,11 +86,23 @@ impl Disks {
                 detail: "/dev/loop-control does not exist (the kernel needs loop devices)".into(),
             });
         }
-        Ok(Disks {
-            dir,
-            mkfs,
-            making: Mutex::new(HashMap::new()),
-        })
+        let next = AtomicU64::new(0);
+        Ok(Arc::new_cyclic(|me: &Weak<Disks>| {
+            let me = me.clone();
+            let make = move || {
+                let disks = me
+                    .upgrade()
+                    .ok_or_else(|| io::Error::other("the backend is stopping"))?;
+                disks.make_spare(next.fetch_add(1, Ordering::Relaxed))
+            };
+            Disks {
+                dir,
+                mkfs,
+                making: Mutex::new(HashMap::new()),
+                spare_mib,
+                spares: Spares::new("superserve-disks", SPARES, make),
+            }
+        }))
     }
 
     /// Where sandbox `id`'s disk image lives.
@@ -74,12 +121,27 @@ impl Disks {
         &self.dir
     }
 
-    /// Makes sure the sandbox's image exists at `image` (a fresh, empty disk of `mib` MiB if
-    /// not). Blocking.
-    pub(crate) fn ensure(&self, image: &Path, mib: u32) -> io::Result<()> {
+    /// The sandbox's disk at `image`, mounted (detached, `nodev`): the existing one, or a
+    /// fresh, empty disk of `mib` MiB (a spare when one is ready). Blocking.
+    pub(crate) fn mount(&self, image: &Path, mib: u32) -> io::Result<OwnedFd> {
         if image.exists() {
-            return Ok(());
+            return mount_image(image, false);
         }
+        if mib == self.spare_mib {
+            if let Some(mut spare) = self.spares.take() {
+                // the loop device holds the file, whatever its name
+                std::fs::rename(&spare.image, image)?;
+                if let Some(mount) = spare.mount.take() {
+                    return Ok(mount);
+                }
+            }
+        }
+        self.fresh(image, mib)?;
+        mount_image(image, false)
+    }
+
+    /// Makes a fresh, empty disk of `mib` MiB at `image`.
+    fn fresh(&self, image: &Path, mib: u32) -> io::Result<()> {
         let template = self.template(mib)?;
         let tmp = image.with_extension("tmp");
         let _ = std::fs::remove_file(&tmp);
@@ -87,6 +149,16 @@ impl Disks {
         // no fsync: a fresh disk holds nothing yet, and one lost to a power cut is remade
         // empty from the template (the rename below is what makes it count)
         std::fs::rename(&tmp, image)
+    }
+
+    fn make_spare(&self, n: u64) -> io::Result<Spare> {
+        let image = self
+            .dir
+            .join(format!("{SPARE_PREFIX}{}-{n}.ext4", std::process::id()));
+        self.fresh(&image, self.spare_mib)?;
+        let mut spare = Spare { image, mount: None };
+        spare.mount = Some(mount_image(&spare.image, false)?);
+        Ok(spare)
     }
 
     fn template(&self, mib: u32) -> io::Result<PathBuf> {
@@ -116,4 +188,28 @@ impl Disks {
         std::fs::rename(&tmp, &path)?;
         Ok(path)
     }
+}
+
+/// Attaches an ext4 image to a loop device and mounts it detached (`nodev`; read-only and
+/// without journal recovery when `ro`). The loop device goes with the mount.
+pub(crate) fn mount_image(image: &Path, ro: bool) -> io::Result<OwnedFd> {
+    // the device's descriptor stays open until the mount holds the device
+    let (dev, _held) = sys::attach_loop(image, ro)?;
+    // without `noinit_itable` the kernel would zero the inode tables in the background,
+    // filling the sparse image
+    let rw_flags: &[&std::ffi::CStr] = &[c"noinit_itable"];
+    // a captured layer is an image of a mounted file system, flushed (`syncfs`: every block
+    // at its home location) but still marked as needing journal recovery, which a read-only
+    // device cannot do: it is mounted without replaying the journal
+    let ro_flags: &[&std::ffi::CStr] = &[c"noinit_itable", c"ro", c"norecovery"];
+    let spec = sys::MountSpec {
+        options: &[],
+        flags: if ro { ro_flags } else { rw_flags },
+        attrs: if ro {
+            sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_RDONLY
+        } else {
+            sys::MOUNT_ATTR_NODEV
+        },
+    };
+    sys::mount_detached(c"ext4", &dev, &spec)
 }

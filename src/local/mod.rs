@@ -84,9 +84,9 @@
 //! addresses a connection could go to (none left: `REFUSED`), and each refused lookup is in
 //! the network log as a blocked `connection` row with the name as `host`, `dst_port` 53 and
 //! rule `dns:<rule>`. Egress is TCP over IPv4 (plus DNS);
-//! other UDP, ICMP and IPv6 have no way out. Egress needs `ip` (iproute2) and `nft`
-//! (nftables) on the host; without them sandboxes get loopback only
-//! ([`LocalServer::egress_available`]).
+//! other UDP, ICMP and IPv6 have no way out. The backend configures each namespace (address,
+//! route, nf_tables redirect rules) over netlink itself; on a kernel without nf_tables NAT
+//! sandboxes get loopback only ([`LocalServer::egress_available`]).
 //!
 //! Secrets: team secrets are stored encrypted (ChaCha20-Poly1305, key in the data directory).
 //! A bound secret appears in the sandbox as a stand-in token; a request to one of the secret's
@@ -231,6 +231,7 @@ mod runtime;
 mod secrets;
 mod server;
 mod snapshots;
+mod spares;
 mod store;
 mod sys;
 mod templates;

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use super::agent::{AgentConn, Process, SpawnError};
 use super::cgroup::{Cgroups, SandboxCgroup};
-use super::disk::Disks;
+use super::disk::{mount_image, Disks};
 use super::egress::{Egress, SandboxNet, SandboxPolicy};
 use super::idmap::{self, IdRanges};
 use super::image::BaseImage;
@@ -44,7 +44,7 @@ pub(crate) struct Host {
     /// Network namespaces' setup and the egress proxy.
     pub egress: Arc<Egress>,
     /// Per-sandbox disk images.
-    pub disks: Disks,
+    pub disks: Arc<Disks>,
     /// The layer store (read-only layers, and the pool the disks live in).
     pub layers: Arc<LayerStore>,
     /// Host id ranges of the sandboxes' user namespaces.
@@ -157,6 +157,9 @@ impl Runtime {
         let dirs = SandboxDirs::new(host, spec.id);
         let cgroup = host.cgroups.sandbox(spec.id);
         let (vcpu, memory_mib, disk_mib) = (spec.vcpu, spec.memory_mib, spec.disk_mib);
+        // a spare network namespace, or one configured (over netlink) while the disks
+        // are mounted below
+        let net = host.egress.take_net();
         let prep = tokio::task::block_in_place(|| -> io::Result<(Resolved, Vec<OwnedFd>)> {
             if !dirs.disk.exists() && dirs.dir.join("upper").is_dir() {
                 // made by a backend that kept files in plain directories, owned by host root:
@@ -173,24 +176,23 @@ impl Runtime {
                 .map_err(io::Error::other)?;
             cgroup.destroy()?;
             dirs.create()?;
-            host.disks.ensure(&dirs.disk, disk_mib)?;
-            // the disk and the read-only layer images go to the agent as descriptors
-            let mut fds = vec![OwnedFd::from(
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&dirs.disk)?,
-            )];
+            // the disk and the read-only layer images go to the agent mounted (detached)
+            let mut fds = vec![host.disks.mount(&dirs.disk, disk_mib)?];
             for image in &resolved.images {
-                fds.push(OwnedFd::from(std::fs::File::open(image).map_err(|e| {
+                fds.push(mount_image(image, true).map_err(|e| {
                     io::Error::new(e.kind(), format!("layer {}: {e}", image.display()))
-                })?));
+                })?);
             }
             cgroup.create(vcpu, memory_mib)?;
             Ok((resolved, fds))
         });
         let (resolved, fds) = prep.map_err(|e| format!("preparing the sandbox: {e}"))?;
-        let agent = spawn::spawn_agent().map_err(|e| format!("starting the sandbox agent: {e}"))?;
+        let net = net
+            .wait()
+            .await
+            .map_err(|e| format!("setting up the sandbox network: {e}"))?;
+        let agent =
+            spawn::spawn_agent(net.ns()).map_err(|e| format!("starting the sandbox agent: {e}"))?;
         let pid = agent.pid;
         let kill = |pidfd: &OwnedFd| {
             let _ = sys::pidfd_kill(pidfd, libc::SIGKILL);
@@ -219,16 +221,8 @@ impl Runtime {
             reap_later(pidfd, dead);
             Err(msg)
         };
-        // The network namespace exists from the clone on: its egress setup (which runs `ip`
-        // and `nft`) proceeds while the agent builds the rest of the sandbox.
-        let net_ns = match sys::open_raw(Path::new(&format!("/proc/{pid}/ns/net")), libc::O_RDONLY)
-        {
-            Ok(fd) => fd,
-            Err(e) => return fail(agent.pidfd, dead, format!("the sandbox agent is gone: {e}")),
-        };
         let built =
-            tokio::time::timeout(SETUP_TIMEOUT, AgentConn::setup(agent.channel, setup, fds));
-        let (built, net) = tokio::join!(built, host.egress.attach(spec.id, net_ns, &spec.policy));
+            tokio::time::timeout(SETUP_TIMEOUT, AgentConn::setup(agent.channel, setup, fds)).await;
         let conn = match built {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return fail(agent.pidfd, dead, format!("building the sandbox: {e}")),
@@ -237,7 +231,7 @@ impl Runtime {
                 return fail(agent.pidfd, dead, msg);
             }
         };
-        let net = match net {
+        let net = match host.egress.attach(spec.id, net, &spec.policy) {
             Ok(net) => net,
             Err(e) => {
                 return fail(

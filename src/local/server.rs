@@ -733,7 +733,7 @@ impl LocalServer {
             db.clone(),
             image::runtime_layer(&data_dir),
         )?);
-        let disks = Disks::new(layers.pool().path(super::layers::pool::DISKS))?;
+        let disks = Disks::new(layers.pool().path(super::layers::pool::DISKS), b.disk_mib)?;
         let ids = IdRanges::open(&data_dir).map_err(|e| LocalError::Unsupported {
             what: "sandbox user id ranges",
             detail: format!("cannot open the registry of id ranges: {e}"),
@@ -936,9 +936,9 @@ impl LocalServer {
         self.app.host.egress.set_host(name, vec![ip]);
     }
 
-    /// Whether sandboxes can reach the outside through the egress proxy. It needs `ip`
-    /// (iproute2) and `nft` (nftables) on the host; without them every sandbox still gets
-    /// its own network namespace, with loopback only.
+    /// Whether sandboxes can reach the outside through the egress proxy. It needs nf_tables
+    /// NAT in the kernel (the backend sets the rules over netlink); without it every sandbox
+    /// still gets its own network namespace, with loopback only.
     pub fn egress_available(&self) -> bool {
         self.app.host.egress.unavailable().is_none()
     }

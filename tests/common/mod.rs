@@ -322,7 +322,7 @@ pub fn egress_server() -> LocalServer {
         .unwrap_or_else(|e| panic!("local backend failed to start: {e}"));
     assert!(
         server.egress_available(),
-        "these tests need `ip` (iproute2) and `nft` (nftables) on the host"
+        "these tests need sandbox egress (nf_tables NAT in the kernel)"
     );
     server
 }

@@ -17,6 +17,7 @@
 
 pub(crate) mod broker;
 pub(crate) mod dns;
+mod netlink;
 pub(crate) mod policy;
 mod splice;
 pub(crate) mod sys;
@@ -26,7 +27,6 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -40,6 +40,7 @@ use tokio::task::AbortHandle;
 
 use super::fault::lock;
 use super::secrets::SecretLookup;
+use super::spares::Spares;
 use super::store::{self, Db, NetworkEventRow};
 use super::time::now_ns;
 pub(crate) use policy::SandboxPolicy;
@@ -87,25 +88,12 @@ const HOST_BUNDLES: &[&str] = &[
     "/etc/pki/tls/certs/ca-bundle.crt",
 ];
 
-/// The tools that configure a namespace (`ip`, `nft`), when the host has them.
-#[derive(Debug)]
-struct Tools {
-    ip: PathBuf,
-    nft: PathBuf,
-}
-
-fn find_tool(name: &str) -> Option<PathBuf> {
-    ["/usr/sbin", "/sbin", "/usr/bin", "/bin", "/usr/local/sbin"]
-        .iter()
-        .map(|d| PathBuf::from(d).join(name))
-        .find(|p| p.is_file())
-}
-
 /// The egress service shared by all sandboxes.
 pub(crate) struct Egress {
     allow_private: Vec<Cidr4>,
     hosts: RwLock<HashMap<String, Vec<Ipv4Addr>>>,
-    tools: Result<Tools, String>,
+    /// Whether sandboxes get egress (the kernel can configure their namespaces), or why not.
+    available: Result<(), String>,
     mitm: Result<tls::Mitm, String>,
     host_networks: Mutex<(Option<std::time::Instant>, Arc<HostNetworks>)>,
     /// Where connections and secret-bearing requests are logged.
@@ -116,13 +104,51 @@ pub(crate) struct Egress {
     relays: Arc<Semaphore>,
     /// The share of one sandbox.
     relays_per_sandbox: usize,
+    /// Network namespaces configured ahead of time.
+    spares: Spares<PreparedNet>,
+}
+
+/// Network namespaces kept configured ahead of time (making one waits on the kernel).
+const SPARE_NAMESPACES: usize = 2;
+
+/// A configured network namespace no sandbox uses yet: loopback up and, with egress, the
+/// sandbox address, route and redirect rules, and the bound (idle) proxy and DNS sockets.
+/// No process is in it: it lives as long as this descriptor, or the agent that joins it.
+pub(crate) struct PreparedNet {
+    ns: OwnedFd,
+    sockets: Option<(std::net::TcpListener, std::net::UdpSocket)>,
+}
+
+impl PreparedNet {
+    /// The namespace, for the sandbox's agent to join.
+    pub(crate) fn ns(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.ns.as_fd()
+    }
+}
+
+/// A network namespace for a new sandbox: a spare, or one being configured now.
+pub(crate) enum NetTicket {
+    Ready(PreparedNet),
+    Pending(tokio::sync::oneshot::Receiver<io::Result<PreparedNet>>),
+}
+
+impl NetTicket {
+    /// The namespace, once configured.
+    pub(crate) async fn wait(self) -> io::Result<PreparedNet> {
+        match self {
+            NetTicket::Ready(n) => Ok(n),
+            NetTicket::Pending(rx) => rx
+                .await
+                .map_err(|_| io::Error::other("the namespace's thread ended"))?,
+        }
+    }
 }
 
 impl std::fmt::Debug for Egress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Egress")
             .field("allow_private", &self.allow_private)
-            .field("available", &self.tools.is_ok())
+            .field("available", &self.available.is_ok())
             .finish_non_exhaustive()
     }
 }
@@ -187,37 +213,34 @@ impl Names {
 }
 
 impl Egress {
-    /// The service, logging to `db` and brokering the secrets of `secrets`; without `ip` and
-    /// `nft` on the host, sandboxes get no egress at all.
+    /// The service, logging to `db` and brokering the secrets of `secrets`; on a kernel that
+    /// cannot configure a namespace (no nf_tables NAT), sandboxes get no egress at all.
     pub(crate) fn new(settings: EgressSettings, db: Db, secrets: SecretLookup) -> Egress {
-        let tools = match (find_tool("ip"), find_tool("nft")) {
-            (Some(ip), Some(nft)) => Ok(Tools { ip, nft }),
-            (ip, nft) => Err(format!(
-                "sandboxes have no network egress: {} not found (install iproute2 and nftables)",
-                [("ip", ip.is_none()), ("nft", nft.is_none())]
-                    .iter()
-                    .filter(|(_, missing)| *missing)
-                    .map(|(n, _)| *n)
-                    .collect::<Vec<_>>()
-                    .join(" and ")
-            )),
-        };
+        // one namespace configured now tells whether the kernel can (nf_tables, NAT)
+        let available = prepare(true).map(drop).map_err(|e| {
+            format!("sandboxes have no network egress: cannot configure a namespace: {e}")
+        });
         let mut roots: Vec<Vec<u8>> = HOST_BUNDLES
             .iter()
             .filter_map(|p| std::fs::read(p).ok())
             .collect();
         roots.extend(settings.upstream_roots);
         let mitm = tls::Mitm::new(&roots).map_err(|e| format!("no TLS interception: {e}"));
+        let egress = available.is_ok();
+        let spares = Spares::new("superserve-netns", SPARE_NAMESPACES, move || {
+            prepare(egress)
+        });
         Egress {
             allow_private: settings.allow_private,
             hosts: RwLock::new(settings.hosts),
-            tools,
+            available,
             mitm,
             host_networks: Mutex::new((None, Arc::default())),
             db,
             secrets,
             relays: Arc::new(Semaphore::new(settings.max_connections.max(1))),
             relays_per_sandbox: (settings.max_connections / 4).max(4),
+            spares,
         }
     }
 
@@ -228,7 +251,7 @@ impl Egress {
 
     /// Why egress is unavailable, if it is.
     pub(crate) fn unavailable(&self) -> Option<&str> {
-        self.tools.as_ref().err().map(String::as_str)
+        self.available.as_ref().err().map(String::as_str)
     }
 
     /// Adds (or replaces) a name the sandboxes' DNS answers with `addrs`.
@@ -237,28 +260,36 @@ impl Egress {
         hosts.insert(name.trim_end_matches('.').to_ascii_lowercase(), addrs);
     }
 
-    /// Sets up the network namespace `ns` of sandbox `id` (loopback up; with the tools, the
-    /// route and redirect rules) and starts its proxy and DNS tasks, which ask `policy` for
-    /// the sandbox's rules.
-    pub(crate) async fn attach(
-        self: &Arc<Self>,
-        id: &str,
-        ns: OwnedFd,
-        policy: &Arc<dyn SandboxPolicy>,
-    ) -> io::Result<SandboxNet> {
-        let ns_fd = ns.try_clone()?;
-        let tools = self
-            .tools
-            .as_ref()
-            .ok()
-            .map(|t| (t.ip.clone(), t.nft.clone()));
+    /// A network namespace for a new sandbox: a spare when one is ready, else one
+    /// configured now on a thread of its own.
+    pub(crate) fn take_net(&self) -> NetTicket {
+        if let Some(n) = self.spares.take() {
+            return NetTicket::Ready(n);
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
+        let egress = self.available.is_ok();
+        let spawned = std::thread::Builder::new()
             .name("superserve-netns".into())
             .spawn(move || {
-                let _ = tx.send(configure(&ns_fd, tools));
-            })?;
-        let sockets = rx.await.map_err(io::Error::other)??;
+                let _ = tx.send(configure_new(egress));
+            });
+        if let Err(e) = spawned {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = tx.send(Err(e));
+            return NetTicket::Pending(rx);
+        }
+        NetTicket::Pending(rx)
+    }
+
+    /// Starts the proxy and DNS tasks of sandbox `id` in its configured namespace `net`;
+    /// they ask `policy` for the sandbox's rules.
+    pub(crate) fn attach(
+        self: &Arc<Self>,
+        id: &str,
+        net: PreparedNet,
+        policy: &Arc<dyn SandboxPolicy>,
+    ) -> io::Result<SandboxNet> {
+        let PreparedNet { ns, sockets } = net;
         let net = SandboxNet {
             ns,
             tasks: Mutex::new(Vec::new()),
@@ -716,64 +747,33 @@ fn original_dst(s: &TcpStream) -> Option<SocketAddrV4> {
     sys::original_dst(s.as_fd()).filter(|d| *d.ip() != Ipv4Addr::LOCALHOST)
 }
 
-/// nftables rules of every sandbox namespace.
-const RULES: &str = "table ip superserve {
-  chain egress {
-    type nat hook output priority -100; policy accept;
-    ip daddr != 127.0.0.0/8 meta l4proto tcp redirect to :15001
-    ip daddr != 127.0.0.0/8 udp dport 53 redirect to :53
-  }
+/// Makes and configures a network namespace on a thread of its own (which leaves it with
+/// the thread: the descriptor returned is what keeps it).
+fn prepare(egress: bool) -> io::Result<PreparedNet> {
+    std::thread::Builder::new()
+        .name("superserve-netns".into())
+        .spawn(move || configure_new(egress))?
+        .join()
+        .map_err(|_| io::Error::other("configuring a network namespace panicked"))?
 }
-";
 
-/// Runs on a thread of its own (it joins the namespace): brings loopback up and, with the
-/// tools, adds the sandbox address, the default route and the redirect rules, then binds the
-/// proxy and DNS sockets inside the namespace.
-fn configure(
-    ns: &OwnedFd,
-    tools: Option<(PathBuf, PathBuf)>,
-) -> io::Result<Option<(std::net::TcpListener, std::net::UdpSocket)>> {
-    sys::enter_net_namespace(ns.as_fd())?;
+/// Runs on a thread of its own, which it moves into a new network namespace: brings loopback
+/// up and, with egress, adds the sandbox address, the default route and the redirect
+/// rules, then binds the proxy and DNS sockets inside the namespace. The thread must end
+/// afterwards.
+fn configure_new(egress: bool) -> io::Result<PreparedNet> {
+    let ns = sys::new_net_namespace()?;
     sys::loopback_up()?;
-    let Some((ip, nft)) = tools else {
-        return Ok(None);
-    };
-    run_with_stdin(
-        &ip,
-        &["-batch", "-"],
-        &format!(
-            "addr add {SANDBOX_ADDR}/32 dev lo\nroute add default dev lo src {SANDBOX_ADDR}\n"
-        ),
-    )?;
-    run_with_stdin(&nft, &["-f", "-"], RULES)?;
+    if !egress {
+        return Ok(PreparedNet { ns, sockets: None });
+    }
+    netlink::configure(SANDBOX_ADDR, PROXY_PORT, 53)?;
     let tcp = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, PROXY_PORT))?;
     tcp.set_nonblocking(true)?;
     let udp = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 53))?;
     udp.set_nonblocking(true)?;
-    Ok(Some((tcp, udp)))
-}
-
-fn run_with_stdin(program: &std::path::Path, args: &[&str], input: &str) -> io::Result<()> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "{} failed ({}): {}",
-            program.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    Ok(PreparedNet {
+        ns,
+        sockets: Some((tcp, udp)),
+    })
 }

@@ -65,6 +65,18 @@ pub(crate) fn enter_net_namespace(ns: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Moves the calling thread into a new network namespace (owned by the host user namespace)
+/// and returns a descriptor of it. The thread should end afterwards: it never returns to the
+/// backend's namespace.
+pub(crate) fn new_net_namespace() -> io::Result<OwnedFd> {
+    // SAFETY: unshare changes the network namespace of the calling thread only.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let f = std::fs::File::open("/proc/thread-self/ns/net")?;
+    Ok(OwnedFd::from(f))
+}
+
 /// Brings the loopback device of the calling thread's network namespace up (`ip link set lo
 /// up`, by ioctl).
 pub(crate) fn loopback_up() -> io::Result<()> {
@@ -132,4 +144,86 @@ pub(crate) use super::super::sys::{pipe, splice};
 pub(crate) fn shutdown_write(sock: BorrowedFd<'_>) {
     // SAFETY: shutdown has no memory arguments; the descriptor is borrowed for the call.
     unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_WR) };
+}
+
+/// Sends netlink messages `msgs` (already framed) on a new socket of `protocol` in the
+/// calling thread's network namespace and waits for `acks` acknowledgements; the first
+/// error the kernel reports is returned.
+pub(crate) fn netlink_transact(protocol: libc::c_int, msgs: &[u8], acks: usize) -> io::Result<()> {
+    // SAFETY: socket() has no memory arguments; its result is checked before use.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            protocol,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by socket() and is owned by nothing else.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let timeout = libc::timeval {
+        tv_sec: 5,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt reads a timeval of the given size.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a zeroed sockaddr_nl addresses the kernel.
+    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: sendto reads `msgs` and the address, both live for the call.
+    let sent = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            msgs.as_ptr().cast(),
+            msgs.len(),
+            0,
+            (&kernel as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut acked = 0;
+    while acked < acks {
+        // SAFETY: recv writes at most buf.len() bytes into buf.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut at = 0usize;
+        let n = n as usize;
+        while at + 16 <= n {
+            let len = u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
+            let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
+            if len < 16 || at + len > n {
+                return Err(io::Error::other("a malformed netlink reply"));
+            }
+            // NLMSG_ERROR: an int error (0: acknowledged), then the request's header
+            if kind == libc::NLMSG_ERROR as u16 && len >= 20 {
+                let b = &buf[at + 16..at + 20];
+                let err = i32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+                if err != 0 {
+                    return Err(io::Error::from_raw_os_error(-err));
+                }
+                acked += 1;
+            }
+            at += len.next_multiple_of(4);
+        }
+    }
+    Ok(())
 }

@@ -171,9 +171,14 @@ fn mount(image: &Path) -> io::Result<OwnedFd> {
                     .open(&d)?;
                 (d, OwnedFd::from(f))
             }
-            None => sys::attach_loop(image)?,
+            None => sys::attach_loop(image, false)?,
         };
-        match sys::mount_detached(c"btrfs", &dev, &[(c"discard", &discard)]) {
+        let spec = sys::MountSpec {
+            options: &[(c"discard", &discard)],
+            flags: &[],
+            attrs: sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC,
+        };
+        match sys::mount_detached(c"btrfs", &dev, &spec) {
             Ok(fd) => return Ok(fd),
             // the device was freed (or taken) between the look-up and the mount: again
             Err(e) => last = e,

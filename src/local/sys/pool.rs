@@ -14,14 +14,21 @@ use super::{cvt, path_cstr};
 
 const LOOP_CTL_GET_FREE: c_ulong = 0x4C82;
 const LOOP_CONFIGURE: c_ulong = 0x4C0A;
+const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 const FSOPEN_CLOEXEC: u32 = 1;
 const FSMOUNT_CLOEXEC: u32 = 1;
+const FSCONFIG_SET_FLAG: u32 = 0;
 const FSCONFIG_SET_STRING: u32 = 1;
 const FSCONFIG_CMD_CREATE: u32 = 6;
-const MOUNT_ATTR_NOSUID: u64 = 0x2;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+/// `MOUNT_ATTR_RDONLY`.
+pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
+/// `MOUNT_ATTR_NOSUID`.
+pub(crate) const MOUNT_ATTR_NOSUID: u64 = 0x2;
+/// `MOUNT_ATTR_NODEV`.
+pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x4;
+/// `MOUNT_ATTR_NOEXEC`.
+pub(crate) const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 /// `_IOW(0x94, 9, int)`.
 const FICLONE: c_ulong = 0x4004_9409;
 /// `FS_IOC_GETFLAGS` / `FS_IOC_SETFLAGS` (`_IOR/_IOW('f', 1|2, long)`).
@@ -73,22 +80,24 @@ fn open(path: &Path, flags: c_int) -> io::Result<OwnedFd> {
     }))
 }
 
-/// Attaches `image` (opened read-write) to a free loop device that the kernel frees once
-/// nothing uses it; returns the device's path and an open descriptor of it (the device is
-/// freed when that descriptor closes unless something, a mount, uses it by then).
-pub(crate) fn attach_loop(image: &Path) -> io::Result<(std::path::PathBuf, OwnedFd)> {
-    let img = open(image, libc::O_RDWR)?;
+/// Attaches `image` (opened read-write, or read-only when `ro`) to a free loop device that
+/// the kernel frees once nothing uses it; returns the device's path and an open descriptor of
+/// it (the device is freed when that descriptor closes unless something, a mount, uses it by
+/// then).
+pub(crate) fn attach_loop(image: &Path, ro: bool) -> io::Result<(std::path::PathBuf, OwnedFd)> {
+    let mode = if ro { libc::O_RDONLY } else { libc::O_RDWR };
+    let img = open(image, mode)?;
     let ctl = open(Path::new("/dev/loop-control"), libc::O_RDWR)?;
     for _ in 0..64 {
         // SAFETY: ioctl without argument on the loop control device.
         let n = cvt(unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) })?;
         let path = std::path::PathBuf::from(format!("/dev/loop{n}"));
-        let dev = open(&path, libc::O_RDWR)?;
+        let dev = open(&path, mode)?;
         // SAFETY: a zeroed loop_config is valid; the fields used are set.
         let mut cfg: LoopConfig = unsafe { std::mem::zeroed() };
         cfg.fd = img.as_raw_fd() as u32;
         cfg.block_size = 4096;
-        cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR;
+        cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR | if ro { LO_FLAGS_READ_ONLY } else { 0 };
         // SAFETY: LOOP_CONFIGURE reads the config struct, which outlives the call.
         let r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &cfg as *const LoopConfig) };
         if r == 0 {
@@ -103,15 +112,16 @@ pub(crate) fn attach_loop(image: &Path) -> io::Result<(std::path::PathBuf, Owned
     Err(io::Error::from_raw_os_error(libc::EBUSY))
 }
 
-fn fsconfig_string(fs: &OwnedFd, key: &CStr, value: &CStr) -> io::Result<()> {
-    // SAFETY: fsconfig with valid C strings on a file system context we own.
+fn fsconfig(fs: &OwnedFd, cmd: u32, key: Option<&CStr>, value: Option<&CStr>) -> io::Result<()> {
+    let ptr = |c: Option<&CStr>| c.map_or(std::ptr::null(), CStr::as_ptr);
+    // SAFETY: fsconfig with valid (or null) C strings on a file system context we own.
     let r = unsafe {
         libc::syscall(
             libc::SYS_fsconfig,
             fs.as_raw_fd(),
-            FSCONFIG_SET_STRING,
-            key.as_ptr(),
-            value.as_ptr(),
+            cmd,
+            ptr(key),
+            ptr(value),
             0,
         )
     };
@@ -122,37 +132,43 @@ fn fsconfig_string(fs: &OwnedFd, key: &CStr, value: &CStr) -> io::Result<()> {
     }
 }
 
-/// Mounts the file system of type `fstype` on `device` as a detached mount (nosuid, nodev,
-/// noexec) with the string `options`; returns the mount's root directory descriptor.
+/// How to mount a file system with [`mount_detached`].
+pub(crate) struct MountSpec<'a> {
+    /// `key=value` options.
+    pub options: &'a [(&'a CStr, &'a CStr)],
+    /// Flag options (`ro`, `norecovery`, ...).
+    pub flags: &'a [&'a CStr],
+    /// `MOUNT_ATTR_*` of the mount.
+    pub attrs: u64,
+}
+
+/// Mounts the file system of type `fstype` on `device` as a detached mount as `spec` says;
+/// returns the mount's root directory descriptor.
 pub(crate) fn mount_detached(
     fstype: &CStr,
     device: &Path,
-    options: &[(&CStr, &CStr)],
+    spec: &MountSpec<'_>,
 ) -> io::Result<OwnedFd> {
     // SAFETY: fsopen with a valid C string.
     let fs = owned(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) })?;
     let source = path_cstr(device)?;
-    fsconfig_string(&fs, c"source", &source)?;
-    for (k, v) in options {
-        fsconfig_string(&fs, k, v)?;
+    fsconfig(&fs, FSCONFIG_SET_STRING, Some(c"source"), Some(&source))?;
+    for (k, v) in spec.options {
+        fsconfig(&fs, FSCONFIG_SET_STRING, Some(k), Some(v))?;
     }
-    // SAFETY: fsconfig(CMD_CREATE) on a context we own.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            FSCONFIG_CMD_CREATE,
-            std::ptr::null::<u8>(),
-            std::ptr::null::<u8>(),
-            0,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
+    for f in spec.flags {
+        fsconfig(&fs, FSCONFIG_SET_FLAG, Some(f), None)?;
     }
-    let attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+    fsconfig(&fs, FSCONFIG_CMD_CREATE, None, None)?;
     // SAFETY: fsmount on a created context we own.
-    owned(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) })
+    owned(unsafe {
+        libc::syscall(
+            libc::SYS_fsmount,
+            fs.as_raw_fd(),
+            FSMOUNT_CLOEXEC,
+            spec.attrs,
+        )
+    })
 }
 
 /// Makes `dst` share `src`'s extents (a reflink clone of the whole file): no data is copied.

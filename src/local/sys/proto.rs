@@ -14,8 +14,8 @@ pub const SETUP_STEPS: &[&str] = &[
     "reading the setup message",
     "making mounts private",
     "creating the user namespace",
-    "attaching the sandbox disk",
-    "mounting the sandbox disk",
+    "receiving the sandbox disk",
+    "(unused: the backend mounts the disks)",
     "preparing the writable layers",
     "idmapping the read-only layers",
     "mounting the root overlay",
@@ -33,8 +33,7 @@ pub const SETUP_STEPS: &[&str] = &[
     "watching for child exits",
     "joining the sandbox cgroups",
     "creating a user namespace for a layer's owner",
-    "attaching a read-only layer image",
-    "mounting a read-only layer image",
+    "finding a read-only layer image",
 ];
 
 /// Spawn steps of a command, by index (used in `SpawnFailed`).
@@ -57,7 +56,7 @@ pub const STEP_EXEC: u8 = 5;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Lower {
     /// `0`: `path` is a directory on the host. `n > 0`: the `n`-th descriptor sent with the
-    /// setup (an ext4 image, mounted read-only) and `path` a directory inside it.
+    /// setup (an ext4 image's read-only detached mount) and `path` a directory inside it.
     pub image: u32,
     /// The layer's directory (absolute on the host, relative inside an image).
     pub path: Vec<u8>,
@@ -69,8 +68,8 @@ pub struct Lower {
 }
 
 /// What the agent needs to build the sandbox (sent once, first). Descriptors ride along:
-/// the first is the sandbox's disk image (read-write), then the read-only images that
-/// [`Lower::image`] refers to.
+/// the first is the sandbox's disk (a read-write detached mount), then the read-only
+/// images' detached mounts that [`Lower::image`] refers to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Setup {
     /// The sandbox's hostname.
@@ -100,13 +99,13 @@ pub struct Setup {
     pub cgroup_tasks: Vec<Vec<u8>>,
 }
 
-/// Most descriptors sent with a setup (the disk and the read-only layer images).
+/// Most descriptors sent with a setup (the disk and the read-only layer images' mounts).
 pub const MAX_SETUP_FDS: usize = 64;
 
 /// Backend → agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToAgent {
-    /// Build the sandbox; descriptors: the disk image, then the read-only layer images.
+    /// Build the sandbox; descriptors: the disk's mount, then the read-only layer images'.
     Setup(Setup),
     /// Start a command. Descriptors: stdout and stderr write ends, then the stdin read end
     /// when `stdin` is set (else the command's stdin is `/dev/null`).

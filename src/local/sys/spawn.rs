@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::OnceLock;
 
 use libc::{c_int, c_void};
@@ -14,13 +14,11 @@ use super::cvt;
 /// The agent program, built by `build.rs` from `src/local/sys/agent/`.
 static AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/superserve-agent"));
 
-/// Namespaces every agent starts in: a new PID namespace (it is PID 1), mount, UTS, IPC and
-/// network namespaces, all owned by the host user namespace.
-const AGENT_NAMESPACES: u64 = (libc::CLONE_NEWPID
-    | libc::CLONE_NEWNS
-    | libc::CLONE_NEWUTS
-    | libc::CLONE_NEWIPC
-    | libc::CLONE_NEWNET) as u64;
+/// Namespaces every agent starts in: a new PID namespace (it is PID 1), mount, UTS and IPC
+/// namespaces, all owned by the host user namespace. Its network namespace, configured
+/// beforehand, is joined before the agent runs.
+const AGENT_NAMESPACES: u64 =
+    (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
 
 fn owned(fd: c_int) -> OwnedFd {
     // SAFETY: callers pass a descriptor that was just returned to them and nobody else owns.
@@ -86,12 +84,12 @@ struct CloneArgs {
     tls: u64,
 }
 
-/// Starts an agent: `clone3` into new PID, mount, UTS, IPC and network namespaces; the child
-/// (alone in its brand-new PID namespace, where nothing can see it) resets its signal mask,
-/// puts `/dev/null` on 0-2 and its channel end on 3, marks every other descriptor
-/// close-on-exec and executes the sealed agent image at once. No other code of the backend
-/// runs in it.
-pub(crate) fn spawn_agent() -> io::Result<Agent> {
+/// Starts an agent: `clone3` into new PID, mount, UTS and IPC namespaces; the child (alone in
+/// its brand-new PID namespace, where nothing can see it) joins the network namespace
+/// `net` (made for it, with no process in it), resets its signal mask, puts `/dev/null` on
+/// 0-2 and its channel end on 3, marks every other descriptor close-on-exec and executes the
+/// sealed agent image at once. No other code of the backend runs in it.
+pub(crate) fn spawn_agent(net: BorrowedFd<'_>) -> io::Result<Agent> {
     let image = dup_high(agent_image()?.as_raw_fd())?;
     let mut pair = [0 as c_int; 2];
     // SAFETY: socketpair fills the two-element array.
@@ -135,6 +133,7 @@ pub(crate) fn spawn_agent() -> io::Result<Agent> {
         tls: 0,
     };
     let (chan, null, img) = (theirs.as_raw_fd(), devnull.as_raw_fd(), image.as_raw_fd());
+    let net = net.as_raw_fd();
     // SAFETY: clone3 without CLONE_VM: the child gets a copy of this process and, below, only
     // makes raw system calls on values prepared before the call (async-signal-safe), then
     // execs or exits. The parent just gets the pid and pidfd.
@@ -147,7 +146,7 @@ pub(crate) fn spawn_agent() -> io::Result<Agent> {
     };
     if pid == 0 {
         // SAFETY: in the child, see above.
-        unsafe { agent_child(chan, null, img, &argv, &envp) }
+        unsafe { agent_child(chan, null, img, net, &argv, &envp) }
     }
     if pid < 0 {
         return Err(io::Error::last_os_error());
@@ -167,11 +166,15 @@ unsafe fn agent_child(
     chan: RawFd,
     devnull: RawFd,
     image: RawFd,
+    net: RawFd,
     argv: &[*const libc::c_char; 2],
     envp: &[*const libc::c_char; 1],
 ) -> ! {
     // SAFETY: raw system calls on this process only.
     unsafe {
+        if libc::setns(net, libc::CLONE_NEWNET) != 0 {
+            libc::_exit(125);
+        }
         let empty = [0u64; 16];
         libc::syscall(
             libc::SYS_rt_sigprocmask,

@@ -57,31 +57,6 @@ pub struct mount_attr {
 }
 
 #[repr(C)]
-pub struct loop_info64 {
-    pub lo_device: u64,
-    pub lo_inode: u64,
-    pub lo_rdevice: u64,
-    pub lo_offset: u64,
-    pub lo_sizelimit: u64,
-    pub lo_number: u32,
-    pub lo_encrypt_type: u32,
-    pub lo_encrypt_key_size: u32,
-    pub lo_flags: u32,
-    pub lo_file_name: [u8; 64],
-    pub lo_crypt_name: [u8; 64],
-    pub lo_encrypt_key: [u8; 32],
-    pub lo_init: [u64; 2],
-}
-
-#[repr(C)]
-pub struct loop_config {
-    pub fd: u32,
-    pub block_size: u32,
-    pub info: loop_info64,
-    pub reserved: [u64; 8],
-}
-
-#[repr(C)]
 pub struct sock_fprog {
     pub len: u16,
     pub filter: *const u8,
@@ -154,7 +129,6 @@ extern "C" {
     pub fn close(fd: c_int) -> c_int;
     pub fn read(fd: c_int, buf: *mut u8, n: usize) -> isize;
     pub fn write(fd: c_int, buf: *const u8, n: usize) -> isize;
-    pub fn ioctl(fd: c_int, req: c_ulong, ...) -> c_int;
     pub fn fcntl(fd: c_int, cmd: c_int, ...) -> c_int;
     pub fn __errno_location() -> *mut c_int;
 }
@@ -166,7 +140,6 @@ pub const AT_SYMLINK_NOFOLLOW: c_int = 0x100;
 
 pub const O_RDONLY: c_int = 0;
 pub const O_WRONLY: c_int = 1;
-pub const O_RDWR: c_int = 2;
 pub const O_NONBLOCK: c_int = 0o4000;
 pub const O_CLOEXEC: c_int = 0o2_000_000;
 pub const O_PATH: c_int = 0o10_000_000;
@@ -236,16 +209,9 @@ pub const MOUNT_ATTR_NODEV: u64 = 0x4;
 pub const MOUNT_ATTR_IDMAP: u64 = 0x10_0000;
 pub const FSOPEN_CLOEXEC: u32 = 1;
 pub const FSMOUNT_CLOEXEC: u32 = 1;
-pub const FSCONFIG_SET_FLAG: u32 = 0;
-pub const FSCONFIG_SET_STRING: u32 = 1;
 pub const FSCONFIG_SET_FD: u32 = 5;
 pub const FSCONFIG_CMD_CREATE: u32 = 6;
 pub const MOVE_MOUNT_F_EMPTY_PATH: u32 = 4;
-
-pub const LOOP_CTL_GET_FREE: c_ulong = 0x4C82;
-pub const LOOP_CONFIGURE: c_ulong = 0x4C0A;
-pub const LO_FLAGS_READ_ONLY: u32 = 1;
-pub const LO_FLAGS_AUTOCLEAR: u32 = 4;
 
 pub const S_IFCHR: mode_t = 0o020_000;
 

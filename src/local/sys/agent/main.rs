@@ -170,8 +170,9 @@ fn step<T>(i: u8, r: Result<T, c_int>) -> Result<T, StepError> {
     r.map_err(|e| (i, e))
 }
 
-/// Builds the sandbox; returns the SIGCHLD signalfd. `images[0]` is the disk image, the
-/// others the read-only layer images the lowers refer to.
+/// Builds the sandbox; returns the SIGCHLD signalfd. `images[0]` is the disk's detached
+/// mount, the others the read-only layer images' mounts the lowers refer to (the backend
+/// attaches and mounts the images).
 fn build(s: &Setup, images: Vec<Fd>) -> Result<Fd, StepError> {
     // Every signal is blocked in the agent (commands get a clean mask): SIGCHLD is read from
     // a signalfd, and as PID 1 it ignores what the sandbox sends it anyway.
@@ -196,16 +197,13 @@ fn build(s: &Setup, images: Vec<Fd>) -> Result<Fd, StepError> {
     step(1, mount_fs(c"proc", c"/proc", c"proc", flags, None))?;
     let userns = step(2, user_namespace(0, s.id_base, s.id_count))?;
     let mut images = images.into_iter();
-    let disk_image = images.next().ok_or((3, ffi::EINVAL))?;
-    let loopdev = step(3, attach_loop(&disk_image, false))?;
-    drop(disk_image);
-    let disk = step(4, mount_disk(&loopdev, false))?;
+    let disk = images.next().ok_or((3, ffi::EINVAL))?;
     let [upper, work, usr_upper, usr_work] = step(5, writable_layers(&disk, s.id_base))?;
     let mut layers = Layers {
         id_base: s.id_base,
         id_count: s.id_count,
         userns: vec![(0, userns)],
-        images: images.map(|f| (f, None)).collect(),
+        images: images.map(|f| (f, false)).collect(),
     };
     let root_lowers = layers.open_all(&s.root_layers)?;
     let usr_lowers = layers.open_all(&s.usr_layers)?;
@@ -345,39 +343,6 @@ fn user_namespace(inside: u32, outside: u32, count: u32) -> Result<Fd, c_int> {
     res
 }
 
-/// Attaches an image to a free loop device (freed by the kernel once unmounted), read-only
-/// when `ro`.
-fn attach_loop(img: &Fd, ro: bool) -> Result<Fd, c_int> {
-    // SAFETY: open with a valid C string.
-    let ctl = Fd(check(unsafe {
-        ffi::open(c"/dev/loop-control".as_ptr(), ffi::O_RDWR | ffi::O_CLOEXEC)
-    })?);
-    for _ in 0..64 {
-        // SAFETY: ioctl without argument on the loop control device.
-        let n = check(unsafe { ffi::ioctl(ctl.0, ffi::LOOP_CTL_GET_FREE) })?;
-        let path = cstr(format!("/dev/loop{n}").as_bytes())?;
-        let mode = if ro { ffi::O_RDONLY } else { ffi::O_RDWR };
-        // SAFETY: open with a valid C string.
-        let dev = Fd(check(unsafe {
-            ffi::open(path.as_ptr(), mode | ffi::O_CLOEXEC)
-        })?);
-        // SAFETY: a zeroed loop_config is valid; the fields used are set.
-        let mut cfg: ffi::loop_config = unsafe { std::mem::zeroed() };
-        cfg.fd = img.0 as u32;
-        cfg.block_size = 4096;
-        cfg.info.lo_flags = ffi::LO_FLAGS_AUTOCLEAR | if ro { ffi::LO_FLAGS_READ_ONLY } else { 0 };
-        // SAFETY: LOOP_CONFIGURE reads the config struct.
-        if unsafe { ffi::ioctl(dev.0, ffi::LOOP_CONFIGURE, &cfg as *const ffi::loop_config) } == 0 {
-            return Ok(dev);
-        }
-        // another process took this device between GET_FREE and CONFIGURE: try the next
-        if ffi::errno() != ffi::EBUSY {
-            return Err(ffi::errno());
-        }
-    }
-    Err(ffi::EBUSY)
-}
-
 fn fsconfig(
     fs: &Fd,
     cmd: u32,
@@ -409,42 +374,6 @@ fn fsmount(fs: &Fd, attrs: u64) -> Result<Fd, c_int> {
     // SAFETY: fsmount on a created context we own.
     check_long(unsafe { ffi::syscall(ffi::nr_common::FSMOUNT, fs.0, ffi::FSMOUNT_CLOEXEC, attrs) })
         .map(Fd)
-}
-
-/// Mounts an ext4 disk as a detached mount (never attached anywhere), read-only when `ro`.
-fn mount_disk(dev: &Fd, ro: bool) -> Result<Fd, c_int> {
-    let fs = fsopen(c"ext4")?;
-    let source = cstr(format!("/proc/self/fd/{}", dev.0).as_bytes())?;
-    fsconfig(
-        &fs,
-        ffi::FSCONFIG_SET_STRING,
-        Some(c"source"),
-        source.as_ptr().cast(),
-        0,
-    )?;
-    // the kernel would otherwise zero the inode tables in the background, filling the image
-    fsconfig(
-        &fs,
-        ffi::FSCONFIG_SET_FLAG,
-        Some(c"noinit_itable"),
-        std::ptr::null(),
-        0,
-    )?;
-    if ro {
-        // a captured layer is an image of a mounted file system, flushed (`syncfs`: every
-        // block at its home location) but still marked as needing journal recovery, which a
-        // read-only device cannot do: it is mounted without replaying the journal
-        for flag in [c"ro", c"norecovery"] {
-            fsconfig(&fs, ffi::FSCONFIG_SET_FLAG, Some(flag), std::ptr::null(), 0)?;
-        }
-    }
-    fsconfig(&fs, ffi::FSCONFIG_CMD_CREATE, None, std::ptr::null(), 0)?;
-    let attrs = if ro {
-        ffi::MOUNT_ATTR_NODEV | ffi::MOUNT_ATTR_RDONLY
-    } else {
-        ffi::MOUNT_ATTR_NODEV
-    };
-    fsmount(&fs, attrs)
 }
 
 /// The four writable directories on the disk (created, owned by the sandbox's root, on
@@ -568,15 +497,15 @@ fn overlay(lowers: &[Fd], upper: &Fd, work: &Fd, target: &[u8]) -> Result<(), c_
     move_mount(&mnt, target)
 }
 
-/// Opens the lower layers: user namespaces per layer owner, read-only layer images mounted
-/// once each.
+/// Opens the lower layers: user namespaces per layer owner, the read-only layer images'
+/// mounts (made by the backend) idmapped once each.
 struct Layers {
     id_base: u32,
     id_count: u32,
     /// (owner base, user namespace mapping it to the sandbox's range).
     userns: Vec<(u32, Fd)>,
-    /// The read-only images and, once mounted, their idmapped mount.
-    images: Vec<(Fd, Option<Fd>)>,
+    /// The read-only images' detached mounts, and whether each is idmapped yet.
+    images: Vec<(Fd, bool)>,
 }
 
 impl Layers {
@@ -602,15 +531,11 @@ impl Layers {
         if i >= self.images.len() {
             return Err((22, ffi::EINVAL));
         }
-        if self.images[i].1.is_none() {
-            let dev = step(22, attach_loop(&self.images[i].0, true))?;
-            let mnt = step(23, mount_disk(&dev, true))?;
-            step(6, idmap(&mnt, &self.userns[ns].1, false, 0))?;
-            self.images[i].1 = Some(mnt);
+        let (mnt, mapped) = &mut self.images[i];
+        if !*mapped {
+            step(6, idmap(mnt, &self.userns[ns].1, false, 0))?;
+            *mapped = true;
         }
-        let Some(mnt) = &self.images[i].1 else {
-            return Err((23, ffi::EINVAL));
-        };
         let p = cstr(&l.path).map_err(|e| (6, e))?;
         let flags = ffi::O_PATH | ffi::O_DIRECTORY | ffi::O_NOFOLLOW | ffi::O_CLOEXEC;
         // SAFETY: openat relative to a mount descriptor we own, with a valid C string.
