@@ -55,10 +55,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sb.kill()?;
     }
 
+    let (mut creates, mut kills) = (Vec::new(), Vec::new());
     let t = Instant::now();
     for i in 0..100 {
+        let c = Instant::now();
         let sb = Sandbox::create_with_config(&config, CreateOptions::new(format!("tp-{i}")))?;
+        let k = Instant::now();
         sb.kill()?;
+        creates.push(k - c);
+        kills.push(k.elapsed());
     }
     let tp = t.elapsed();
 
@@ -75,6 +80,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         tp.as_secs_f64(),
         100.0 / tp.as_secs_f64(),
         ms(tp) / 100.0
+    );
+    println!(
+        "  of which create: median {:.1} ms, kill: median {:.1} ms",
+        ms(median(creates)),
+        ms(median(kills))
     );
     println!(
         "peak RSS (backend + client, one process): {:.1} MiB",

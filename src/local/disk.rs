@@ -1,7 +1,7 @@
 //! Per-sandbox disks: each sandbox's writable layer lives on an ext4 image of its own
-//! (`disk_mib` MiB, sparse, in the layer store's pool so that a snapshot can clone it), which
-//! the sandbox's agent attaches to a loop device and mounts inside the sandbox only. A full disk is `ENOSPC` for every writer (the sandbox, and the
-//! backend's `/files` uploads into it), and never touches the host or another sandbox.
+//! (`disk_mib` MiB, sparse, in the layer store's pool so that a snapshot can clone it),
+//! mounted for that sandbox only. A full disk is `ENOSPC` for every writer (the sandbox, and
+//! the backend's `/files` uploads into it), and never touches the host or another sandbox.
 //!
 //! Why images: this kernel has no project quotas (`CONFIG_XFS_QUOTA` and `CONFIG_QFMT_V2`
 //! are off), and btrfs qgroups fail with `EDQUOT`, not `ENOSPC`. A fresh image is a sparse
@@ -14,6 +14,10 @@
 //! device waits for the kernel (several milliseconds, more while other namespaces are torn
 //! down), so a few fresh disks of the default size are kept attached and mounted ahead of
 //! time ("spares"): a new sandbox takes one and another is made in the background.
+//!
+//! A deleted sandbox's disk is shut down (`EXT4_IOC_SHUTDOWN`, nothing flushed) before its
+//! processes are killed: its unmount, when the last of them exits, then writes nothing back
+//! and flushes nothing to the image that is about to be removed.
 
 use std::collections::HashMap;
 use std::io;
@@ -212,4 +216,43 @@ pub(crate) fn mount_image(image: &Path, ro: bool) -> io::Result<OwnedFd> {
         },
     };
     sys::mount_detached(c"ext4", &dev, &spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsFd, AsRawFd};
+
+    use super::*;
+
+    /// A disk shut down for a delete refuses every later write with `EIO` (so nothing of it is
+    /// written back or flushed when it is unmounted), while it took writes before.
+    #[test]
+    fn a_discarded_disk_takes_no_more_writes() {
+        let dir = std::env::temp_dir().join(format!("superserve-disk-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let image = dir.join("d.ext4");
+        let out = Command::new(find_mkfs().expect("mkfs.ext4 is installed"))
+            .args(["-F", "-q", "-O", "^has_journal", "-b", "4096"])
+            .arg(&image)
+            .arg("16M")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mount = mount_image(&image, false).expect("mount the image (needs root)");
+        let at = |name: &str| format!("/proc/self/fd/{}/{name}", mount.as_raw_fd());
+        std::fs::write(at("before"), b"kept until the delete").unwrap();
+
+        sys::shut_down_ext4(mount.as_fd()).unwrap();
+
+        let err = std::fs::write(at("after"), b"x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+        let err = std::fs::read(at("before")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+        drop(mount);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

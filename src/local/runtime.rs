@@ -34,6 +34,8 @@ pub(crate) const SANDBOX_PATH: &str =
 pub(crate) const SANDBOX_HOME: &str = "/root";
 /// How long an agent may take to build its sandbox.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long [`Runtime::kill`] waits for the agent's exit before it looks at the cgroup.
+const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// Host-side context shared by all sandboxes.
 pub(crate) struct Host {
@@ -130,6 +132,9 @@ pub(crate) struct Runtime {
     net: SandboxNet,
     /// The sandbox's root directory (an `O_PATH` fd), for the files API (taken on drop).
     root: Option<OwnedFd>,
+    /// The root of the sandbox disk's mount (taken on drop), to discard the disk when the
+    /// sandbox is deleted.
+    disk: Option<OwnedFd>,
     /// Host uid/gid of the sandbox's root (owner of what the files API writes).
     pub root_id: u32,
     pub cgroup: SandboxCgroup,
@@ -187,6 +192,9 @@ impl Runtime {
             Ok((resolved, fds))
         });
         let (resolved, fds) = prep.map_err(|e| format!("preparing the sandbox: {e}"))?;
+        let disk = fds[0]
+            .try_clone()
+            .map_err(|e| format!("preparing the sandbox: {e}"))?;
         let net = net
             .wait()
             .await
@@ -267,6 +275,7 @@ impl Runtime {
             agent: conn,
             net,
             root: Some(root),
+            disk: Some(disk),
             root_id: id_base,
             cgroup,
             dead,
@@ -308,10 +317,27 @@ impl Runtime {
     /// Kills every process of the sandbox and removes its cgroup (waits until they are gone).
     pub(crate) async fn kill(&self) -> io::Result<()> {
         let _ = sys::pidfd_kill(&self.pidfd, libc::SIGKILL);
+        // The agent is PID 1 of the sandbox: by the time it has exited (its pidfd is
+        // readable), the kernel has killed and reaped every other process of the sandbox.
+        // Waiting for that, rather than polling the cgroup, answers as soon as it happens.
+        if let Ok(fd) = self.pidfd.try_clone().and_then(spawn::async_fd) {
+            let _ = tokio::time::timeout(KILL_WAIT, fd.readable()).await;
+        }
         let cgroup = self.cgroup.clone();
         tokio::task::spawn_blocking(move || cgroup.destroy())
             .await
             .map_err(io::Error::other)?
+    }
+
+    /// Shuts the sandbox's disk down before a delete: every access fails from now on, and the
+    /// disk's unmount (when the sandbox's last process exits) writes nothing back and
+    /// flushes nothing, which would only be thrown away with the image. Call it just before
+    /// [`kill`](Self::kill) of a sandbox being deleted, never of one that will run again.
+    pub(crate) fn discard_disk(&self) -> io::Result<()> {
+        match &self.disk {
+            Some(disk) => sys::pool::shut_down_ext4(std::os::fd::AsFd::as_fd(disk)),
+            None => Ok(()),
+        }
     }
 
     /// Freezes (pause) or thaws (resume) every process of the sandbox.
@@ -328,8 +354,9 @@ impl Drop for Runtime {
         // The root descriptor may hold the sandbox's last reference to its overlay: closing it
         // unmounts the overlay and the sandbox disk and frees the loop device, which takes
         // tens of milliseconds. That happens on a blocking thread, not on a runtime worker.
-        if let (Some(root), Ok(h)) = (self.root.take(), tokio::runtime::Handle::try_current()) {
-            h.spawn_blocking(move || drop(root));
+        let held = (self.root.take(), self.disk.take());
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            h.spawn_blocking(move || drop(held));
         }
     }
 }

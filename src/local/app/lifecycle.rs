@@ -458,6 +458,10 @@ impl App {
         let rt = entry.rt.write().await.take();
         let mut problems = Vec::new();
         if let Some(rt) = rt {
+            // nothing of the disk is kept: no write-back, no flush on the way out
+            if let Err(e) = rt.discard_disk() {
+                tracing::debug!(sandbox = id, error = %e, "the sandbox disk was not shut down");
+            }
             if let Err(e) = rt.kill().await {
                 problems.push(format!("killing processes: {e}"));
             }
