@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +39,10 @@ const SPARES: usize = 2;
 /// Name prefix of a spare disk's image (renamed to a sandbox's once taken; one left by a
 /// backend that stopped is removed at start like any image without a sandbox).
 const SPARE_PREFIX: &str = "spare-";
+
+/// The directories at the top of every disk, as the sandbox's agent uses them (`upper` and
+/// `work` of the root overlay, the same for `/usr`).
+const WRITABLE_DIRS: [&str; 4] = ["upper", "work", "usr-upper", "usr-work"];
 
 /// Host tool that formats the templates (e2fsprogs).
 const MKFS: &str = "mkfs.ext4";
@@ -174,15 +179,29 @@ impl Disks {
         }
         let tmp = path.with_extension("tmp");
         let _ = std::fs::remove_file(&tmp);
+        // the directories every sandbox writes to (the overlays' upper and work directories,
+        // owned by host root until a sandbox's agent takes them) come with the template:
+        // making them on each fresh disk costs the agent a block allocation, and a read of
+        // the group's bitmap through the loop device, on the create path
+        let skel = self.dir.join(format!("template-{mib}m.skel"));
+        let _ = std::fs::remove_dir_all(&skel);
+        for d in std::iter::once("").chain(WRITABLE_DIRS) {
+            let dir = skel.join(d);
+            std::fs::create_dir_all(&dir)?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        }
         let out = Command::new(&self.mkfs)
             .args(["-F", "-q", "-m", "0", "-O", "^has_journal"])
             .args(["-E", "lazy_itable_init=1,nodiscard", "-b", "4096"])
+            .arg("-d")
+            .arg(&skel)
             .arg(&tmp)
             .arg(format!("{mib}M"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .output()?;
+        let _ = std::fs::remove_dir_all(&skel);
         if !out.status.success() {
             return Err(io::Error::other(format!(
                 "{MKFS} failed: {}",

@@ -184,6 +184,14 @@ pub async fn sandbox_root_is_not_host_root() {
     assert!(map[1] >= 65536, "sandbox root maps to host id {}", map[1]);
     assert!(map[2] <= 65536, "{r:?}");
 
+    // the top directories of a fresh disk belong to the sandbox's root
+    let r = sb
+        .commands()
+        .run("stat -c %u:%g:%a / /usr && touch /top /usr/top && stat -c %u:%g /top /usr/top")
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, "0:0:755\n0:0:755\n0:0\n0:0\n", "{r:?}");
+
     let r = sb
         .commands()
         .run(

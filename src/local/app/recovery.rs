@@ -113,6 +113,9 @@ impl App {
                 };
                 if orphan {
                     let _ = std::fs::remove_file(d.path());
+                } else if name.ends_with(".skel") {
+                    // the contents of a template being made when the backend stopped
+                    let _ = std::fs::remove_dir_all(d.path());
                 }
             }
         }

@@ -383,11 +383,16 @@ fn writable_layers(disk: &Fd, id: u32) -> Result<[Fd; 4], c_int> {
     for name in [c"upper", c"work", c"usr-upper", c"usr-work"] {
         // SAFETY: mkdirat/fchownat/openat relative to a directory descriptor we own.
         unsafe {
-            if ffi::mkdirat(disk.0, name.as_ptr(), 0o755) == 0 {
+            let new = if ffi::mkdirat(disk.0, name.as_ptr(), 0o755) == 0 {
+                true
+            } else if ffi::errno() == ffi::EEXIST {
+                fresh_dir(disk, name)?
+            } else {
+                return Err(ffi::errno());
+            };
+            if new {
                 check(ffi::fchownat(disk.0, name.as_ptr(), id, id, 0))?;
                 check(ffi::fchmodat(disk.0, name.as_ptr(), 0o755, 0))?;
-            } else if ffi::errno() != ffi::EEXIST {
-                return Err(ffi::errno());
             }
             let flags = ffi::O_PATH | ffi::O_DIRECTORY | ffi::O_NOFOLLOW | ffi::O_CLOEXEC;
             out.push(Fd(check(ffi::openat(disk.0, name.as_ptr(), flags))?));
@@ -398,6 +403,19 @@ fn writable_layers(disk: &Fd, id: u32) -> Result<[Fd; 4], c_int> {
         (Some(a), Some(b), Some(c), Some(d)) => Ok([a, b, c, d]),
         _ => Err(ffi::EINVAL),
     }
+}
+
+/// Whether `name` exists on the disk as a directory a fresh disk comes with (made with the
+/// disk's template, owned by host root; once the sandbox has used it, it belongs to the
+/// sandbox's ids, and no process of a sandbox can give a file to host root).
+fn fresh_dir(disk: &Fd, name: &std::ffi::CStr) -> Result<bool, c_int> {
+    use std::os::unix::fs::MetadataExt;
+    let path = format!("/proc/self/fd/{}/{}", disk.0, name.to_string_lossy());
+    let fresh = match std::fs::symlink_metadata(&path) {
+        Ok(m) => m.is_dir() && m.uid() == 0 && m.gid() == 0,
+        Err(e) => return Err(e.raw_os_error().unwrap_or(ffi::EINVAL)),
+    };
+    Ok(fresh)
 }
 
 /// A detached copy of the mount tree at `path`, idmapped through `userns` (host id 0 shows as
