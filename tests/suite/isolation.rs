@@ -433,6 +433,75 @@ os.killpg(0, signal.SIGKILL)
     other.kill().await.unwrap();
 }
 
+/// Swap on the host for as long as it lives (a swap file of its own, taken off and removed
+/// on drop).
+struct HostSwap {
+    file: PathBuf,
+}
+
+impl HostSwap {
+    fn on(mib: u32) -> HostSwap {
+        let file =
+            std::env::temp_dir().join(format!("superserve-test-swap-{}", std::process::id()));
+        let run = |program: &str, args: &[&std::ffi::OsStr]| {
+            let out = std::process::Command::new(program)
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("{program}: {e}"));
+            assert!(
+                out.status.success(),
+                "{program} failed (the test needs root and a file system that holds swap \
+                 files): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = std::fs::remove_file(&file);
+        let size = format!("{mib}M");
+        run(
+            "fallocate",
+            &["-l".as_ref(), size.as_ref(), file.as_os_str()],
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let swap = HostSwap { file };
+        run("mkswap", &[swap.file.as_os_str()]);
+        run("swapon", &[swap.file.as_os_str()]);
+        swap
+    }
+}
+
+impl Drop for HostSwap {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("swapoff")
+            .arg(&self.file)
+            .output();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// Point 4: the memory limit counts swap. With swap on the host, a process that touches more
+/// memory than its sandbox's limit (512 MiB by default) is killed, not swapped out; the
+/// sandbox works on.
+#[dual]
+pub async fn memory_limit_counts_swap() {
+    local_only!("the local backend's memory limit");
+    let _swap = HostSwap::on(1024);
+    let server = common::server();
+    let sb = make(&server, "swap").await;
+    let r = sb
+        .commands()
+        .run("python3 -c 'b = b\"x\" * (900 * 2**20); print(\"survived\", len(b))'")
+        .await
+        .unwrap();
+    assert_eq!(
+        r.exit_code, 137,
+        "killed by the OOM killer (SIGKILL): {r:?}"
+    );
+    assert!(!r.stdout.contains("survived"), "{r:?}");
+    let r = sb.commands().run("echo alive").await.unwrap();
+    assert_eq!(r.stdout, "alive\n");
+    sb.kill().await.unwrap();
+}
+
 /// Point 4: writing past the disk quota fails with ENOSPC inside the sandbox and with 507 for
 /// uploads; another sandbox and the host are unaffected.
 #[dual]
