@@ -293,6 +293,30 @@ pub(crate) fn configure(addr: Ipv4Addr, proxy_port: u16, dns_port: u16) -> io::R
 mod tests {
     use super::*;
 
+    /// In a network namespace of its own (a thread that leaves with it): the kernel takes the
+    /// messages as built, and an error it answers (the address exists already: `EEXIST`)
+    /// comes back as that error, naming the step. Needs root.
+    #[test]
+    fn the_kernel_takes_the_messages_and_its_errors_come_back() {
+        let outcome = std::thread::spawn(|| {
+            let _ns = sys::new_net_namespace().expect("a network namespace (needs root)");
+            sys::loopback_up().unwrap();
+            let addr = Ipv4Addr::new(10, 200, 0, 2);
+            let first = configure(addr, 15001, 53);
+            let again = configure(addr, 15001, 53);
+            (first, again)
+        })
+        .join()
+        .unwrap();
+        outcome.0.expect("the kernel refused the messages");
+        let e = outcome.1.expect_err("the address was added twice");
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "{e}");
+        assert!(
+            e.to_string().starts_with("adding the sandbox address: "),
+            "{e}"
+        );
+    }
+
     #[test]
     fn attributes_are_padded_and_nests_carry_their_length() {
         let mut a = Attrs::default();
