@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use super::error::LocalError;
 use super::fault::lock;
@@ -134,6 +135,7 @@ impl Disks {
     /// fresh, empty disk of `mib` MiB (a spare when one is ready). Blocking.
     pub(crate) fn mount(&self, image: &Path, mib: u32) -> io::Result<OwnedFd> {
         if image.exists() {
+            wait_until_released(image)?;
             return mount_image(image, false);
         }
         if mib == self.spare_mib {
@@ -213,6 +215,27 @@ impl Disks {
     }
 }
 
+/// How long a restarting sandbox waits for its disk's previous mount to go.
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until no loop device holds `image`: a sandbox started again (its agent died, or a
+/// resume) must not mount its disk while the mount of its previous run still lives (the
+/// backend's descriptors of it are closed in the background, and an open file can hold it a
+/// while longer). Two live ext4 mounts of one image would each write their own view of it.
+fn wait_until_released(image: &Path) -> io::Result<()> {
+    let deadline = Instant::now() + RELEASE_WAIT;
+    while sys::loop_attached(image)? {
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                "the sandbox's disk is still in use by its previous run",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
 /// Attaches an ext4 image to a loop device and mounts it detached (`nodev`; read-only and
 /// without journal recovery when `ro`). The loop device goes with the mount.
 pub(crate) fn mount_image(image: &Path, ro: bool) -> io::Result<OwnedFd> {
@@ -272,6 +295,38 @@ mod tests {
         let err = std::fs::read(at("before")).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
         drop(mount);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A mounted image is seen as attached (by device and inode, not by name), and released
+    /// once its mount is gone; a copy of it under the same name elsewhere is not attached.
+    #[test]
+    fn an_image_is_attached_while_mounted() {
+        let dir = std::env::temp_dir().join(format!("superserve-disk-att-{}", std::process::id()));
+        let other = dir.join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        let image = dir.join("d.ext4");
+        let out = Command::new(find_mkfs().expect("mkfs.ext4 is installed"))
+            .args(["-F", "-q", "-O", "^has_journal", "-b", "4096"])
+            .arg(&image)
+            .arg("16M")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::copy(&image, other.join("d.ext4")).unwrap();
+        assert!(!sys::loop_attached(&image).unwrap());
+
+        let mount = mount_image(&image, false).expect("mount the image (needs root)");
+        assert!(sys::loop_attached(&image).unwrap());
+        assert!(!sys::loop_attached(&other.join("d.ext4")).unwrap());
+
+        drop(mount);
+        wait_until_released(&image).expect("released once unmounted");
+        assert!(!sys::loop_attached(&image).unwrap());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -502,6 +502,59 @@ pub async fn memory_limit_counts_swap() {
     sb.kill().await.unwrap();
 }
 
+/// Point 8: a sandbox whose PID 1 died is started again on its own disk only once the mount
+/// of its previous run is gone. A download from the previous run holds that mount: while it
+/// is open the restart is refused (two live mounts of one ext4 image would each write their
+/// own view of it); once it is closed, the sandbox starts with its files.
+#[dual]
+pub async fn a_restart_never_mounts_a_disk_twice() {
+    local_only!("the local backend's sandbox disks");
+    let server = common::server();
+    let sb = make(&server, "remount").await;
+    let marker = format!("/.remount-{}", sb.id());
+    let r = sb
+        .commands()
+        .run(&format!(
+            "touch {marker} && head -c 33554432 /dev/urandom > /big && echo kept > /kept.txt \
+             && echo ok"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, "ok\n", "{r:?}");
+    // opened and left unread: the backend holds the file of the running disk
+    let reader = sb.files().open_read("/big").await.unwrap();
+    let agent = pids_with_root_file(&marker)
+        .into_iter()
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.starts_with("NSpid:") && l.ends_with("\t1"))
+        })
+        .expect("the sandbox's PID 1 on the host");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &agent.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    for _ in 0..1000 {
+        if !Path::new(&format!("/proc/{agent}")).exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+
+    let err = sb.commands().run("cat /kept.txt").await.unwrap_err();
+    assert!(
+        err.to_string().contains("still in use by its previous run"),
+        "{err:?}"
+    );
+    drop(reader);
+    let r = sb.commands().run("cat /kept.txt").await.unwrap();
+    assert_eq!(r.stdout, "kept\n", "{r:?}");
+    sb.kill().await.unwrap();
+}
+
 /// Point 4: writing past the disk quota fails with ENOSPC inside the sandbox and with 507 for
 /// uploads; another sandbox and the host are unaffected.
 #[dual]

@@ -14,6 +14,7 @@ use super::{cvt, path_cstr};
 
 const LOOP_CTL_GET_FREE: c_ulong = 0x4C82;
 const LOOP_CONFIGURE: c_ulong = 0x4C0A;
+const LOOP_GET_STATUS64: c_ulong = 0x4C05;
 const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 const FSOPEN_CLOEXEC: u32 = 1;
@@ -110,6 +111,48 @@ pub(crate) fn attach_loop(image: &Path, ro: bool) -> io::Result<(std::path::Path
         }
     }
     Err(io::Error::from_raw_os_error(libc::EBUSY))
+}
+
+/// Whether a loop device is attached to `image` (the very file: same device and inode), that
+/// is, whether a mount of it may still be alive.
+pub(crate) fn loop_attached(image: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(image)?;
+    let Some(name) = image.file_name() else {
+        return Ok(false);
+    };
+    let name = name.to_string_lossy();
+    for entry in std::fs::read_dir("/sys/block")? {
+        let dev = entry?.file_name().to_string_lossy().into_owned();
+        if !dev.starts_with("loop") {
+            continue;
+        }
+        // the path as the kernel sees it (a file in a detached mount shows relative to that
+        // mount): a cheap filter before the exact check
+        let backing = std::fs::read_to_string(format!("/sys/block/{dev}/loop/backing_file"))
+            .unwrap_or_default();
+        if !backing.trim_end().ends_with(&*name) {
+            continue;
+        }
+        let Ok(fd) = open(Path::new(&format!("/dev/{dev}")), libc::O_RDONLY) else {
+            continue;
+        };
+        // SAFETY: a zeroed loop_info64 is valid for the kernel to fill.
+        let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+        // SAFETY: LOOP_GET_STATUS64 writes a loop_info64 into `info`, which outlives the call.
+        let r = unsafe {
+            libc::ioctl(
+                fd.as_raw_fd(),
+                LOOP_GET_STATUS64,
+                &mut info as *mut LoopInfo64,
+            )
+        };
+        // ENXIO: detached since the directory was read
+        if r == 0 && info.lo_device == meta.dev() && info.lo_inode == meta.ino() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn fsconfig(fs: &OwnedFd, cmd: u32, key: Option<&CStr>, value: Option<&CStr>) -> io::Result<()> {
