@@ -266,12 +266,8 @@ mod tests {
 
     use super::*;
 
-    /// A disk shut down for a delete refuses every later write with `EIO` (so nothing of it is
-    /// written back or flushed when it is unmounted), while it took writes before.
-    #[test]
-    fn a_discarded_disk_takes_no_more_writes() {
-        let dir = std::env::temp_dir().join(format!("superserve-disk-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+    /// A fresh 16 MiB ext4 image `d.ext4` in `dir`.
+    fn small_image(dir: &Path) -> PathBuf {
         let image = dir.join("d.ext4");
         let out = Command::new(find_mkfs().expect("mkfs.ext4 is installed"))
             .args(["-F", "-q", "-O", "^has_journal", "-b", "4096"])
@@ -284,6 +280,16 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        image
+    }
+
+    /// A disk shut down for a delete refuses every later write with `EIO` (so nothing of it is
+    /// written back or flushed when it is unmounted), while it took writes before.
+    #[test]
+    fn a_discarded_disk_takes_no_more_writes() {
+        let dir = std::env::temp_dir().join(format!("superserve-disk-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let image = small_image(&dir);
         let mount = mount_image(&image, false).expect("mount the image (needs root)");
         let at = |name: &str| format!("/proc/self/fd/{}/{name}", mount.as_raw_fd());
         std::fs::write(at("before"), b"kept until the delete").unwrap();
@@ -305,18 +311,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("superserve-disk-att-{}", std::process::id()));
         let other = dir.join("other");
         std::fs::create_dir_all(&other).unwrap();
-        let image = dir.join("d.ext4");
-        let out = Command::new(find_mkfs().expect("mkfs.ext4 is installed"))
-            .args(["-F", "-q", "-O", "^has_journal", "-b", "4096"])
-            .arg(&image)
-            .arg("16M")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let image = small_image(&dir);
         std::fs::copy(&image, other.join("d.ext4")).unwrap();
         assert!(!sys::loop_attached(&image).unwrap());
 
