@@ -34,16 +34,13 @@ use super::fault::lock;
 use super::layers::pool::clone_file;
 use super::spares::Spares;
 use super::sys::pool as sys;
+use super::sys::proto::WRITABLE_DIRS;
 
 /// Fresh disks of the default size kept mounted ahead of time.
 const SPARES: usize = 2;
 /// Name prefix of a spare disk's image (renamed to a sandbox's once taken; one left by a
 /// backend that stopped is removed at start like any image without a sandbox).
 const SPARE_PREFIX: &str = "spare-";
-
-/// The directories at the top of every disk, as the sandbox's agent uses them (`upper` and
-/// `work` of the root overlay, the same for `/usr`).
-const WRITABLE_DIRS: [&str; 4] = ["upper", "work", "usr-upper", "usr-work"];
 
 /// Host tool that formats the templates (e2fsprogs).
 const MKFS: &str = "mkfs.ext4";

@@ -351,9 +351,9 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        // The root descriptor may hold the sandbox's last reference to its overlay: closing it
-        // unmounts the overlay and the sandbox disk and frees the loop device, which takes
-        // tens of milliseconds. That happens on a blocking thread, not on a runtime worker.
+        // The root and disk descriptors may hold the sandbox's last references to its overlay
+        // and disk: closing them unmounts both and frees the loop device, which can take tens
+        // of milliseconds. That happens on a blocking thread, not on a runtime worker.
         let held = (self.root.take(), self.disk.take());
         if let Ok(h) = tokio::runtime::Handle::try_current() {
             h.spawn_blocking(move || drop(held));

@@ -537,12 +537,14 @@ pub async fn a_restart_never_mounts_a_disk_twice() {
         .status()
         .unwrap();
     assert!(killed.success());
-    for _ in 0..1000 {
-        if !Path::new(&format!("/proc/{agent}")).exists() {
-            break;
-        }
+    let gone = (0..1000).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+        !Path::new(&format!("/proc/{agent}")).exists()
+    });
+    assert!(
+        gone,
+        "the sandbox's PID 1 ({agent}) outlived SIGKILL for 10 s"
+    );
 
     let err = sb.commands().run("cat /kept.txt").await.unwrap_err();
     assert!(

@@ -102,6 +102,11 @@ pub struct Setup {
 /// Most descriptors sent with a setup (the disk and the read-only layer images' mounts).
 pub const MAX_SETUP_FDS: usize = 64;
 
+/// The directories at the top of every sandbox disk: `upper` and `work` of the root overlay,
+/// the same for `/usr`. The agent makes them (or takes them from a fresh disk's template,
+/// which the backend makes with them, owned by host root) and gives them to the sandbox's root.
+pub const WRITABLE_DIRS: [&str; 4] = ["upper", "work", "usr-upper", "usr-work"];
+
 /// Backend → agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToAgent {

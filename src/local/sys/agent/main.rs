@@ -380,13 +380,14 @@ fn fsmount(fs: &Fd, attrs: u64) -> Result<Fd, c_int> {
 /// first use), as `O_PATH` descriptors.
 fn writable_layers(disk: &Fd, id: u32) -> Result<[Fd; 4], c_int> {
     let mut out = Vec::new();
-    for name in [c"upper", c"work", c"usr-upper", c"usr-work"] {
+    for name in proto::WRITABLE_DIRS {
+        let name = cstr(name.as_bytes())?;
         // SAFETY: mkdirat/fchownat/openat relative to a directory descriptor we own.
         unsafe {
             let new = if ffi::mkdirat(disk.0, name.as_ptr(), 0o755) == 0 {
                 true
             } else if ffi::errno() == ffi::EEXIST {
-                fresh_dir(disk, name)?
+                fresh_dir(disk, &name)?
             } else {
                 return Err(ffi::errno());
             };
