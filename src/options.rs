@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
 use crate::models::{NetworkConfig, NetworkVerdict, PreviewAccessPolicy, SandboxStatus, Timestamp};
+use crate::wire::exec::OutputCallback;
 
 const METADATA_MAX_KEYS: usize = 64;
 const METADATA_MAX_KEY_BYTES: usize = 256;
@@ -703,23 +704,6 @@ mod tests {
             .to_body()
             .unwrap();
         assert_eq!(b, json!({"metadata":{}}));
-    }
-}
-
-type OutputFn = dyn FnMut(&str) + Send + 'static;
-
-/// A callback that receives decoded output text as it arrives.
-#[derive(Clone)]
-pub(crate) struct OutputCallback(Arc<Mutex<OutputFn>>);
-
-impl OutputCallback {
-    fn new(f: impl FnMut(&str) + Send + 'static) -> Self {
-        OutputCallback(Arc::new(Mutex::new(f)))
-    }
-
-    pub(crate) fn call(&self, text: &str) {
-        let mut f = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        f(text);
     }
 }
 

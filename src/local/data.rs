@@ -19,7 +19,6 @@ use tokio::sync::mpsc;
 
 use super::agent::SpawnError;
 use super::app::{App, Entry, SpawnFailure, Unavailable};
-use super::desktop_api;
 use super::exec::{
     command_spec, Collected, Event, ExecBody, Running, Utf8Decoder, DEFAULT_TIMEOUT,
 };
@@ -51,16 +50,14 @@ fn check_exec_body(body: &ExecBody) -> Result<(), String> {
     }
 }
 
-/// The data-plane router.
-pub(crate) fn router(app: Arc<App>) -> Router {
+/// The data plane's own routes (the desktop service is routed beside them, in `http`).
+pub(crate) fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/exec", post(exec))
         .route("/exec/stream", post(exec_stream))
         .route("/exec/connect", get(exec_connect))
         .route("/files", get(files_get).post(files_post))
-        .route(desktop_api::ROUTE, post(desktop_api::call))
         .fallback(|| async { text(StatusCode::NOT_FOUND, "404 page not found") })
-        .with_state(app)
 }
 
 /// `r` with `Retry-After: secs`.

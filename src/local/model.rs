@@ -5,8 +5,6 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::layers::Stack;
-use super::templates::Boot;
 use super::time::format_rfc3339;
 
 /// The only template this backend has.
@@ -468,6 +466,65 @@ pub(crate) fn validate_auto_delete(t: u64) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// What is under a stack's layers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Base {
+    /// `superserve/base`: the skeleton root and the host's `/usr` (its own overlay).
+    #[default]
+    Host,
+    /// Nothing: the layers are a whole root (an OCI image), under the backend's small
+    /// runtime layer (`/etc/resolv.conf`, `/etc/hosts`, mount points).
+    None,
+}
+
+/// An ordered stack of layers, top first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Stack {
+    #[serde(default)]
+    pub layers: Vec<String>,
+    #[serde(default)]
+    pub base: Base,
+}
+
+impl Stack {
+    /// `layer` on top of this stack.
+    pub(crate) fn with_top(&self, layer: &str) -> Stack {
+        let mut layers = vec![layer.to_owned()];
+        layers.extend(self.layers.iter().cloned());
+        Stack {
+            layers,
+            base: self.base,
+        }
+    }
+}
+
+/// What a sandbox made from a template boots with.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Boot {
+    /// Environment of every command (under the sandbox's own `env_vars`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Default working directory of commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Default user of commands (root when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Started (in the background) whenever the sandbox boots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_cmd: Option<String>,
+    /// Polled after `start_cmd` until it succeeds before the sandbox is active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_cmd: Option<String>,
+}
+
+impl Boot {
+    pub(crate) fn is_empty(&self) -> bool {
+        *self == Boot::default()
+    }
 }
 
 #[cfg(test)]

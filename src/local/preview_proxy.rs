@@ -31,7 +31,7 @@ use bytes::BytesMut;
 use tokio::net::TcpStream;
 
 use super::app::{App, Entry};
-use super::http::{ConnHooks, RawConn};
+use super::http::{serve_raw, ConnHooks, Limits, RawConn};
 use super::model::Status;
 use super::preview::netns::DialError;
 use super::preview::relay::{self, Framing, HeadError, RequestHead, ResponseHead};
@@ -500,10 +500,29 @@ fn upstream_request(t: &Target, req: Request, upgrade: bool) -> Result<Request, 
     Ok(Request::from_parts(parts, body))
 }
 
+/// Serves the preview proxy on `listener` (the shared accept loop: connection cap, timeouts,
+/// shedding): its own HTTP/1.1 framing (bodies are spliced between the sockets), routing (by
+/// `Host` or path) and access rules, no journal (its requests carry preview tokens) and no
+/// fault rules.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Arc<App>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    limits: Limits,
+) {
+    serve_raw(
+        listener,
+        move |conn| serve_connection(app.clone(), conn),
+        stop,
+        limits,
+    )
+    .await
+}
+
 /// Serves one connection of the preview listener: its requests one after another (HTTP/1.1
 /// keep-alive), each answered by the proxy or relayed to its app, until either side closes,
 /// a request cannot be framed, or the connection becomes a tunnel.
-pub(crate) async fn serve_connection(app: Arc<App>, mut conn: RawConn) {
+async fn serve_connection(app: Arc<App>, mut conn: RawConn) {
     if serve_requests(&app, &conn).await {
         close_gracefully(&mut conn.stream).await;
     }

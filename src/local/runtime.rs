@@ -23,7 +23,8 @@ use super::disk::{mount_image, Disks};
 use super::egress::{Egress, SandboxNet, SandboxPolicy};
 use super::idmap::{self, IdRanges};
 use super::image::BaseImage;
-use super::layers::{LayerStore, Resolved, Stack};
+use super::layers::{LayerStore, Resolved};
+use super::model::Stack;
 use super::sys::proto::Setup;
 use super::sys::{self, spawn};
 

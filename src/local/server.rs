@@ -24,6 +24,7 @@ use super::image;
 use super::journal::{Plane, RecordedRequest};
 use super::layers::LayerStore;
 use super::preview::{self, Previews};
+use super::preview_proxy;
 use super::runtime::Host;
 use super::secrets::{SecretKey, SecretLookup, Secrets, Vault};
 use super::store::Db;
@@ -1039,7 +1040,7 @@ fn run(
             stop.clone(),
             limits,
         ));
-        let previews = tokio::spawn(http::serve_previews(pl, app.clone(), stop.clone(), limits));
+        let previews = tokio::spawn(preview_proxy::serve(pl, app.clone(), stop.clone(), limits));
         let reaper_app = app.clone();
         let mut reaper_stop = stop.clone();
         let reaper = tokio::spawn(async move {

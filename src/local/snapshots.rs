@@ -16,10 +16,9 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::layers::Stack;
+use super::model::{Boot, Stack};
 use super::model::{Network, Record};
 use super::store::StoreError;
-use super::templates::Boot;
 use super::time::format_rfc3339;
 
 /// The only kind this backend captures.

@@ -677,12 +677,12 @@ mod tests {
             access_token: "t".into(),
             template: "superserve/base".into(),
             hostname: "h".into(),
-            stack: crate::local::layers::Stack {
+            stack: crate::local::model::Stack {
                 layers: vec!["cap-1".into()],
-                base: crate::local::layers::Base::Host,
+                base: crate::local::model::Base::Host,
             },
             source_snapshot: Some("snap-1".into()),
-            boot: crate::local::templates::Boot {
+            boot: crate::local::model::Boot {
                 workdir: Some("/srv".into()),
                 ..Default::default()
             },

@@ -3,12 +3,12 @@
 //! meaning of a terminal event, and collecting output under a cap.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, Error};
 use crate::models::{CommandResult, ExecEvent};
-use crate::options::OutputCallback;
 
 /// WebSocket subprotocol of the exec bridge.
 pub(crate) const EXEC_SUBPROTOCOL: &str = "superserve.exec.v1";
@@ -289,6 +289,23 @@ impl Collected {
             exit_code,
             truncated: self.truncated,
         }
+    }
+}
+
+type OutputFn = dyn FnMut(&str) + Send + 'static;
+
+/// A callback that receives decoded output text as it arrives.
+#[derive(Clone)]
+pub(crate) struct OutputCallback(Arc<Mutex<OutputFn>>);
+
+impl OutputCallback {
+    pub(crate) fn new(f: impl FnMut(&str) + Send + 'static) -> Self {
+        OutputCallback(Arc::new(Mutex::new(f)))
+    }
+
+    pub(crate) fn call(&self, text: &str) {
+        let mut f = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(text);
     }
 }
 

@@ -9,12 +9,13 @@ use axum::http::StatusCode;
 use super::super::desktop::{self, Desktop};
 use super::super::error::ApiError;
 use super::super::ident::{new_token, uuid_v4};
-use super::super::layers::{sandbox_holder, Stack};
+use super::super::layers::sandbox_holder;
+use super::super::model::Boot;
+use super::super::model::Stack;
 use super::super::model::{
     self, CreateBody, PatchBody, Record, Status, DEFAULT_MEMORY_MIB, DEFAULT_VCPU,
 };
 use super::super::runtime::{Runtime, SandboxDirs, SandboxSpec};
-use super::super::templates::Boot;
 use super::super::time::now_ns;
 use super::{App, Entry};
 

@@ -11,14 +11,15 @@ use super::super::error::ApiError;
 use super::super::exec::{Event, Running};
 use super::super::ident::uuid_v4;
 use super::super::idmap;
-use super::super::layers::{pool, Base, Stack};
+use super::super::layers::pool;
+use super::super::model::{Base, Boot, Stack};
 use super::super::oci;
 use super::super::runtime::{
     CommandSpec, Runtime, SandboxDirs, SandboxSpec, SANDBOX_HOME, SANDBOX_PATH,
 };
 use super::super::templates::build::{as_user, BuildCtl, BuildPolicy};
 use super::super::templates::{
-    self as tpl, Boot, BuildRow, BuildSpec, BuildStatus, CreateBody, Resources, Step, TemplateRow,
+    self as tpl, BuildRow, BuildSpec, BuildStatus, CreateBody, Resources, Step, TemplateRow,
 };
 use super::super::time::now_ns;
 use super::App;

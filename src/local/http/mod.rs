@@ -1,14 +1,15 @@
 //! HTTP plumbing shared by the listeners (control plane, data plane, preview proxy): the
 //! accept loop ([`serve`]: HTTP/1 with upgrades, connection caps, timeouts, shedding, and the
-//! ability to drop a connection on cue), and each plane's service: its handlers' routes behind
-//! the journal + fault middleware (and, on the control plane, the API-key check; the preview
-//! proxy keeps no journal: its requests carry preview tokens).
+//! ability to drop a connection on cue; [`serve_raw`] for the preview proxy, which frames
+//! HTTP/1.1 itself), and the two API planes' services: their handlers' routes behind the
+//! journal + fault middleware (and, on the control plane, the API-key check). Handlers never
+//! import this module's planes; the preview proxy uses only its connection types.
 
 mod serve;
 
 use serve::ConnCtl;
 pub(crate) use serve::{
-    serve, ConnHooks, Limits, RawConn, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    serve, serve_raw, ConnHooks, Limits, RawConn, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
 };
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::post;
 use axum::Router;
 use futures_util::StreamExt;
 
@@ -25,7 +27,7 @@ use super::app::App;
 use super::error::ApiError;
 use super::fault::{lock, CutAfter, Fault};
 use super::journal::{Plane, RecordedRequest, Slot};
-use super::{control, data, preview_proxy};
+use super::{control, data, desktop_api};
 
 /// The control plane: its routes behind the API-key check (all but `/health`), the request
 /// journal and the fault rules.
@@ -35,28 +37,13 @@ pub(crate) fn control_plane(app: Arc<App>) -> Router {
         .layer(from_fn_with_state((app, Plane::Control), observe))
 }
 
-/// The data plane: its routes (each authorised by the sandbox's access token) behind the
-/// request journal and the fault rules.
+/// The data plane: its routes and the desktop service's (each authorised by the sandbox's
+/// access token) behind the request journal and the fault rules.
 pub(crate) fn data_plane(app: Arc<App>) -> Router {
-    data::router(app.clone()).layer(from_fn_with_state((app, Plane::Data), observe))
-}
-
-/// Serves the preview proxy on `listener`: its own HTTP/1.1 framing (bodies are spliced
-/// between the sockets), routing (by `Host` or path) and access rules, no journal (its
-/// requests carry preview tokens) and no fault rules.
-pub(crate) async fn serve_previews(
-    listener: tokio::net::TcpListener,
-    app: Arc<App>,
-    stop: tokio::sync::watch::Receiver<bool>,
-    limits: Limits,
-) {
-    serve::serve_raw(
-        listener,
-        move |conn| preview_proxy::serve_connection(app.clone(), conn),
-        stop,
-        limits,
-    )
-    .await
+    data::routes()
+        .route(desktop_api::ROUTE, post(desktop_api::call))
+        .with_state(app.clone())
+        .layer(from_fn_with_state((app, Plane::Data), observe))
 }
 
 fn capture_body(req: &mut Request, app: Arc<App>, slot: Slot) {

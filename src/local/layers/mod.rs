@@ -30,11 +30,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::{Deserialize, Serialize};
 
 use super::error::LocalError;
 use super::ident::uuid_v4;
 use super::image::BaseImage;
+use super::model::{Base, Stack};
 use super::store::{Db, StoreError};
 use super::sys::proto::{Lower, MAX_SETUP_FDS};
 use super::time::now_ns;
@@ -61,39 +61,6 @@ CREATE INDEX IF NOT EXISTS layer_refs_by_layer ON layer_refs (layer);
 /// Most image layers a stack may have (each is a descriptor sent to the agent, and a loop
 /// device in the sandbox).
 pub(crate) const MAX_IMAGE_LAYERS: usize = MAX_SETUP_FDS - 1;
-
-/// What is under a stack's layers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum Base {
-    /// `superserve/base`: the skeleton root and the host's `/usr` (its own overlay).
-    #[default]
-    Host,
-    /// Nothing: the layers are a whole root (an OCI image), under the backend's small
-    /// runtime layer (`/etc/resolv.conf`, `/etc/hosts`, mount points).
-    None,
-}
-
-/// An ordered stack of layers, top first.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Stack {
-    #[serde(default)]
-    pub layers: Vec<String>,
-    #[serde(default)]
-    pub base: Base,
-}
-
-impl Stack {
-    /// `layer` on top of this stack.
-    pub(crate) fn with_top(&self, layer: &str) -> Stack {
-        let mut layers = vec![layer.to_owned()];
-        layers.extend(self.layers.iter().cloned());
-        Stack {
-            layers,
-            base: self.base,
-        }
-    }
-}
 
 /// A stack as the agent gets it.
 #[derive(Debug, Default)]

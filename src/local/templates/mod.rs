@@ -12,13 +12,11 @@
 
 pub(crate) mod build;
 
-use std::collections::BTreeMap;
-
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::layers::Stack;
+use super::model::{Boot, Stack};
 use super::model::{BASE_TEMPLATE, BASE_TEMPLATE_ID};
 use super::store::StoreError;
 use super::time::format_rfc3339;
@@ -63,32 +61,6 @@ pub(crate) fn builtin(name_or_id: &str) -> Option<&'static Builtin> {
     BUILTINS
         .iter()
         .find(|b| b.id == name_or_id || b.name == name_or_id)
-}
-
-/// What a sandbox made from a template boots with.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Boot {
-    /// Environment of every command (under the sandbox's own `env_vars`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, String>,
-    /// Default working directory of commands.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workdir: Option<String>,
-    /// Default user of commands (root when unset).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// Started (in the background) whenever the sandbox boots.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_cmd: Option<String>,
-    /// Polled after `start_cmd` until it succeeds before the sandbox is active.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ready_cmd: Option<String>,
-}
-
-impl Boot {
-    pub(crate) fn is_empty(&self) -> bool {
-        *self == Boot::default()
-    }
 }
 
 /// One build step: exactly one of its keys.
