@@ -232,6 +232,7 @@ suite_tests!(
     out_of_range_numbers_are_rejected,
     system_errors_are_client_errors,
     hostile_directory_trees_cannot_break_zip_downloads,
+    clients_that_hang_up_leave_nothing_half_made,
     // isolation: hostile processes inside sandboxes
     agent_is_out_of_reach_from_inside,
     stopped_children_in_one_sandbox_stall_nobody_else,

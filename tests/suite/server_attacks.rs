@@ -183,6 +183,123 @@ pub async fn a_full_listener_sheds_with_a_fast_503() {
     sb.kill().await.unwrap();
 }
 
+/// The sandboxes that have a cgroup of the server's instance, in any cgroup v1 hierarchy.
+fn sandboxes_with_cgroups(server: &LocalServer) -> std::collections::BTreeSet<String> {
+    let instance = std::fs::read_to_string(server.data_dir().join(".instance")).unwrap();
+    std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .filter_map(|h| {
+            std::fs::read_dir(h.path().join("superserve-local").join(instance.trim())).ok()
+        })
+        .flat_map(|g| g.flatten())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Clients that send a create, or a delete, and hang up before the answer, at every moment
+/// of it: each sandbox is made whole or not at all, and deleted whole. None is left half made
+/// ("starting" for ever, or holding a cgroup that no sandbox owns), every one that was made
+/// works, and the deletes leave no cgroup behind.
+#[dual]
+pub async fn clients_that_hang_up_leave_nothing_half_made() {
+    local_only!("the local backend (its records and cgroups)");
+    let server = LocalServer::start().unwrap();
+    let config = common::config(&server);
+    let control = authority(server.base_url());
+    for i in 0..16u64 {
+        let mut s = TcpStream::connect(&control).unwrap();
+        let body = format!(r#"{{"name":"hangup-{i}"}}"#);
+        let head = format!(
+            "POST /sandboxes HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            server.api_key(),
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body.as_bytes()).unwrap();
+        // hang up 0 to 15 ms into the create: before, during and after its steps
+        std::thread::sleep(Duration::from_millis(i));
+        drop(s);
+    }
+    // every create has ended (made whole, or undone) once no sandbox is "starting"
+    let mut listed = Vec::new();
+    for _ in 0..300 {
+        listed = Sandbox::list_with_config(&config, superserve::ListOptions::new())
+            .await
+            .unwrap();
+        if listed
+            .iter()
+            .all(|i| i.status != superserve::SandboxStatus::Starting)
+        {
+            break;
+        }
+        crate::flavor::sleep(Duration::from_millis(100)).await;
+    }
+    let stuck: Vec<_> = listed
+        .iter()
+        .filter(|i| i.status != superserve::SandboxStatus::Active)
+        .map(|i| (i.name.clone(), i.status.clone()))
+        .collect();
+    assert!(stuck.is_empty(), "sandboxes left half made: {stuck:?}");
+    assert_eq!(
+        sandboxes_with_cgroups(&server),
+        listed.iter().map(|i| i.id.clone()).collect(),
+        "cgroups belong to the sandboxes that exist, none to a create that was undone"
+    );
+    for info in &listed {
+        let sb = Sandbox::connect_with_config(&config, &info.id)
+            .await
+            .unwrap();
+        let r = sb.commands().run("echo whole").await.unwrap();
+        assert_eq!(r.stdout, "whole\n", "{}", info.name);
+    }
+    // deletes whose clients hang up at every moment of the delete
+    for (i, info) in listed.iter().enumerate() {
+        let mut s = TcpStream::connect(&control).unwrap();
+        let head = format!(
+            "DELETE /sandboxes/{} HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
+            info.id,
+            server.api_key()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(i as u64 % 8));
+        drop(s);
+    }
+    // a delete runs to its end or (its request never read) not at all: what is listed
+    // is active and owns its cgroup, and nothing else owns one
+    let mut listed = Vec::new();
+    for _ in 0..300 {
+        listed = Sandbox::list_with_config(&config, superserve::ListOptions::new())
+            .await
+            .unwrap();
+        let ids: std::collections::BTreeSet<String> = listed.iter().map(|i| i.id.clone()).collect();
+        if sandboxes_with_cgroups(&server) == ids {
+            break;
+        }
+        crate::flavor::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        sandboxes_with_cgroups(&server),
+        listed.iter().map(|i| i.id.clone()).collect(),
+        "a delete cut by its client left a cgroup without a sandbox"
+    );
+    for info in &listed {
+        assert_eq!(
+            info.status,
+            superserve::SandboxStatus::Active,
+            "{}",
+            info.name
+        );
+        let sb = Sandbox::connect_with_config(&config, &info.id)
+            .await
+            .unwrap();
+        sb.kill().await.unwrap();
+    }
+    let left = sandboxes_with_cgroups(&server);
+    assert!(left.is_empty(), "deleted sandboxes left cgroups: {left:?}");
+}
+
 /// Reads from `s` until the server closes the connection (or `WAIT` runs out); returns
 /// whether it closed.
 fn closed_by_server(s: &mut TcpStream) -> bool {

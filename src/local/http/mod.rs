@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
-use axum::middleware::{from_fn_with_state, Next};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{from_fn, from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -29,10 +29,11 @@ use super::fault::{lock, CutAfter, Fault};
 use super::journal::{Plane, RecordedRequest, Slot};
 use super::{control, data, desktop_api};
 
-/// The control plane: its routes behind the API-key check (all but `/health`), the request
-/// journal and the fault rules.
+/// The control plane: its routes (every change run to its end, see [`run_to_end`]) behind
+/// the API-key check (all but `/health`), the request journal and the fault rules.
 pub(crate) fn control_plane(app: Arc<App>) -> Router {
     control::router(app.clone())
+        .layer(from_fn(run_to_end))
         .layer(from_fn_with_state(app.clone(), require_api_key))
         .layer(from_fn_with_state((app, Plane::Control), observe))
 }
@@ -143,6 +144,21 @@ async fn observe(
     };
     lock(&slot).status = resp.status().as_u16();
     resp
+}
+
+/// Runs a control-plane request that changes something (any method but `GET` and `HEAD`) in
+/// a task of its own, so that it ends as it would have for a client that waited. A client
+/// that hangs up ends its connection, and the connection's future with it: a create, delete,
+/// pause or resume cut at one of its awaits would leave a sandbox half made ("starting" for
+/// ever, with a cgroup no record owns). Its answer goes nowhere; the change is whole.
+async fn run_to_end(req: Request, next: Next) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return next.run(req).await;
+    }
+    match tokio::spawn(next.run(req)).await {
+        Ok(resp) => resp,
+        Err(e) => ApiError::internal(format!("the request's handler failed: {e}")).into_response(),
+    }
 }
 
 /// Control-plane authentication (everything but `/health`).
