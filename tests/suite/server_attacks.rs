@@ -198,6 +198,15 @@ fn sandboxes_with_cgroups(server: &LocalServer) -> std::collections::BTreeSet<St
         .collect()
 }
 
+/// Sends `request` (head and body) to `addr` and closes the connection `after` later,
+/// without reading the answer.
+fn send_and_hang_up(addr: &str, request: &str, after: Duration) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    std::thread::sleep(after);
+    drop(s);
+}
+
 /// Clients that send a create, or a delete, and hang up before the answer, at every moment
 /// of it: each sandbox is made whole or not at all, and deleted whole. None is left half made
 /// ("starting" for ever, or holding a cgroup that no sandbox owns), every one that was made
@@ -209,18 +218,14 @@ pub async fn clients_that_hang_up_leave_nothing_half_made() {
     let config = common::config(&server);
     let control = authority(server.base_url());
     for i in 0..16u64 {
-        let mut s = TcpStream::connect(&control).unwrap();
+        // hang up 0 to 15 ms into the create: before, during and after its steps
         let body = format!(r#"{{"name":"hangup-{i}"}}"#);
-        let head = format!(
-            "POST /sandboxes HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        let request = format!(
+            "POST /sandboxes HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
             server.api_key(),
             body.len()
         );
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(body.as_bytes()).unwrap();
-        // hang up 0 to 15 ms into the create: before, during and after its steps
-        std::thread::sleep(Duration::from_millis(i));
-        drop(s);
+        send_and_hang_up(&control, &request, Duration::from_millis(i));
     }
     // every create has ended (made whole, or undone) once no sandbox is "starting"
     let mut listed = Vec::new();
@@ -256,15 +261,12 @@ pub async fn clients_that_hang_up_leave_nothing_half_made() {
     }
     // deletes whose clients hang up at every moment of the delete
     for (i, info) in listed.iter().enumerate() {
-        let mut s = TcpStream::connect(&control).unwrap();
-        let head = format!(
+        let request = format!(
             "DELETE /sandboxes/{} HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
             info.id,
             server.api_key()
         );
-        s.write_all(head.as_bytes()).unwrap();
-        std::thread::sleep(Duration::from_millis(i as u64 % 8));
-        drop(s);
+        send_and_hang_up(&control, &request, Duration::from_millis(i as u64 % 8));
     }
     // a delete runs to its end or (its request never read) not at all: what is listed
     // is active and owns its cgroup, and nothing else owns one
