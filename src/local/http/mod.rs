@@ -157,7 +157,11 @@ async fn run_to_end(req: Request, next: Next) -> Response {
     }
     match tokio::spawn(next.run(req)).await {
         Ok(resp) => resp,
-        Err(e) => ApiError::internal(format!("the request's handler failed: {e}")).into_response(),
+        // no panic payload in the answer or the log: it could hold anything the handler held
+        Err(_) => {
+            tracing::error!("a control-plane handler stopped before answering");
+            ApiError::internal("the request's handler stopped before answering").into_response()
+        }
     }
 }
 
@@ -180,5 +184,76 @@ async fn require_api_key(State(app): State<Arc<App>>, req: Request, next: Next) 
             "missing or invalid API key (X-API-Key)",
         )
         .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers one request through `router`, the way the listener does.
+    async fn answer(mut router: Router, method: Method) -> (StatusCode, String) {
+        let req = Request::builder()
+            .method(method)
+            .uri("/op")
+            .body(Body::empty())
+            .unwrap();
+        std::future::poll_fn(|cx| tower_service::Service::<Request>::poll_ready(&mut router, cx))
+            .await
+            .unwrap();
+        let resp = tower_service::Service::call(&mut router, req)
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_change_runs_to_its_end_and_a_failed_one_is_a_500_without_its_payload() {
+        // the handler waits for `go`, then says it `ended`
+        let (go, ended) = (
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        let (wait, done) = (go.clone(), ended.clone());
+        let router = Router::new()
+            .route(
+                "/op",
+                post(move || async move {
+                    wait.notified().await;
+                    done.notify_one();
+                    "made"
+                })
+                .delete(|| async {
+                    if true {
+                        panic!("secret-ish payload");
+                    }
+                    "never"
+                }),
+            )
+            .layer(from_fn(run_to_end));
+        // the caller gives up before the handler can answer; the handler still runs to its end
+        let cut = tokio::time::timeout(
+            std::time::Duration::from_millis(10),
+            answer(router.clone(), Method::POST),
+        )
+        .await;
+        assert!(cut.is_err(), "the caller gave up before the answer");
+        go.notify_one();
+        tokio::time::timeout(std::time::Duration::from_secs(10), ended.notified())
+            .await
+            .expect("the handler ran to its end after its caller was gone");
+        go.notify_one();
+        assert_eq!(
+            answer(router.clone(), Method::POST).await,
+            (StatusCode::OK, "made".to_owned())
+        );
+        let (status, body) = answer(router, Method::DELETE).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(body.contains("stopped before answering"), "{body}");
+        assert!(!body.contains("secret-ish"), "{body}");
     }
 }
