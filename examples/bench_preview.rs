@@ -6,6 +6,12 @@
 //! server inside the sandbox (Python's standard library, the download sent with `sendfile`).
 //! Direct and proxied rounds alternate, so both see the same machine load.
 //!
+//! For the downloads it also prints the CPU time each path costs per GiB: the whole
+//! machine's busy time (`/proc/stat`), the client (this program's main thread) and the
+//! backend (its other threads, the proxy among them; `schedstat`). When a path keeps every
+//! CPU busy, its throughput is its CPU count over its CPU time per byte, so the ratio of the
+//! two costs bounds the proxy's throughput ratio on this machine.
+//!
 //! ```text
 //! cargo run --release --example bench_preview --features blocking,local
 //! ```
@@ -106,6 +112,65 @@ impl Client {
     }
 }
 
+/// CPU time used so far, in seconds.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    /// Every CPU's busy time: all but idle and I/O wait (`/proc/stat`, in `USER_HZ` ticks,
+    /// which Linux fixes at 100 per second).
+    machine: f64,
+    /// This program's main thread: the client.
+    client: f64,
+    /// This program's other threads: the embedded backend, its preview proxy among them.
+    backend: f64,
+}
+
+impl Cpu {
+    fn now() -> Cpu {
+        let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()
+            .expect("cpu line")
+            .split_whitespace()
+            .skip(1)
+            .map(|t| t.parse().expect("tick count"))
+            .collect();
+        // user nice system idle iowait irq softirq steal
+        let busy: u64 = ticks.iter().take(8).sum::<u64>() - ticks[3] - ticks[4];
+        let me = std::process::id().to_string();
+        let (mut client, mut backend) = (0.0, 0.0);
+        for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+            let task = task.expect("task");
+            // a thread may end between the listing and the read: its time is then not counted
+            let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) else {
+                continue;
+            };
+            let ns: f64 = s
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .expect("schedstat");
+            if task.file_name().to_str() == Some(me.as_str()) {
+                client += ns / 1e9;
+            } else {
+                backend += ns / 1e9;
+            }
+        }
+        Cpu {
+            machine: busy as f64 / 100.0,
+            client,
+            backend,
+        }
+    }
+
+    fn add_since(&mut self, start: Cpu) {
+        let now = Cpu::now();
+        self.machine += now.machine - start.machine;
+        self.client += now.client - start.client;
+        self.backend += now.backend - start.backend;
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -183,13 +248,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 256 MiB downloads, each on a fresh kept-alive connection, alternating
     let (mut ds, mut ps) = (Vec::new(), Vec::new());
+    let (mut dcpu, mut pcpu) = (Cpu::default(), Cpu::default());
+    let (mut dwall, mut pwall) = (0.0, 0.0);
     for _ in 0..BIG_RUNS {
-        for (via_proxy, speeds) in [(false, &mut ds), (true, &mut ps)] {
+        for via_proxy in [false, true] {
             let mut c = if via_proxy { proxied() } else { direct() };
+            let cpu = Cpu::now();
             let t = Instant::now();
             let got = c.get("/big");
             let secs = t.elapsed().as_secs_f64();
             assert_eq!(got, BIG);
+            let (speeds, used, wall) = if via_proxy {
+                (&mut ps, &mut pcpu, &mut pwall)
+            } else {
+                (&mut ds, &mut dcpu, &mut dwall)
+            };
+            used.add_since(cpu);
+            *wall += secs;
             speeds.push(got as f64 / (1024.0 * 1024.0) / secs);
         }
     }
@@ -201,6 +276,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "  through the preview proxy {pm:8.1} MiB/s   ({:.2}x direct; goal >= 0.8x)",
         pm / dm
+    );
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let gib = (BIG_RUNS as u64 * BIG) as f64 / (1u64 << 30) as f64;
+    println!("CPU time per GiB downloaded, all {BIG_RUNS} runs ({cpus} CPUs):");
+    println!("                            machine    client   backend  app+kernel   CPUs busy");
+    for (name, c, wall) in [
+        ("direct into the sandbox", dcpu, dwall),
+        ("through the preview proxy", pcpu, pwall),
+    ] {
+        let rest = c.machine - c.client - c.backend;
+        println!(
+            "  {name:25} {:6.0} ms {:6.0} ms {:6.0} ms {:8.0} ms   {:6.0} %",
+            c.machine / gib * 1000.0,
+            c.client / gib * 1000.0,
+            c.backend / gib * 1000.0,
+            rest / gib * 1000.0,
+            c.machine / (wall * cpus as f64) * 100.0
+        );
+    }
+    println!(
+        "  the proxied path costs {:.2}x the CPU per byte: with every CPU busy, the proxy \
+         reaches at most {:.2}x direct here",
+        pcpu.machine / dcpu.machine,
+        dcpu.machine / pcpu.machine
     );
     sb.kill()?;
     Ok(())
