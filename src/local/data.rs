@@ -739,7 +739,7 @@ fn file_error(e: FileError) -> Response {
 
 /// Validates the query path, authorises, and gets the sandbox running.
 async fn file_target(
-    app: &App,
+    app: &Arc<App>,
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<(Arc<super::runtime::Runtime>, String, Option<String>), Reject> {

@@ -408,6 +408,16 @@ pub fn authority(url: &str) -> String {
         .to_owned()
 }
 
+/// Sends `request` (head and body) to `addr` and closes the connection `after` later,
+/// without reading the answer.
+pub fn send_and_hang_up(addr: &str, request: &str, after: Duration) {
+    use std::io::Write;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    std::thread::sleep(after);
+    drop(s);
+}
+
 /// One HTTP/1.1 exchange on a fresh connection (`Connection: close`): `request` is the
 /// request line and headers without the blank line; returns the status (0 when the
 /// connection ended without a response) and the raw response. Waits at most `wait` for it.

@@ -45,6 +45,40 @@ fn pids_with_root_file(marker: &str) -> Vec<i32> {
         .collect()
 }
 
+/// The host PIDs of the PID 1s (agents) whose root holds `marker`.
+fn pid1s_with_root_file(marker: &str) -> Vec<i32> {
+    pids_with_root_file(marker)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.starts_with("NSpid:") && l.ends_with("\t1"))
+        })
+        .collect()
+}
+
+/// Kills the PID 1 of the sandbox whose root holds `marker` from the host (SIGKILL), and
+/// waits until it is gone.
+fn kill_pid1(marker: &str) {
+    let agent = *pid1s_with_root_file(marker)
+        .first()
+        .expect("the sandbox's PID 1 on the host");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &agent.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let gone = (0..1000).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        !Path::new(&format!("/proc/{agent}")).exists()
+    });
+    assert!(
+        gone,
+        "the sandbox's PID 1 ({agent}) outlived SIGKILL for 10 s"
+    );
+}
+
 const SYSCALLS: &str = r#"
 import ctypes, os
 libc = ctypes.CDLL(None, use_errno=True)
@@ -523,29 +557,7 @@ pub async fn a_restart_never_mounts_a_disk_twice() {
     assert_eq!(r.stdout, "ok\n", "{r:?}");
     // opened and left unread: the backend holds the file of the running disk
     let reader = sb.files().open_read("/big").await.unwrap();
-    let agent = pids_with_root_file(&marker)
-        .into_iter()
-        .find(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .unwrap_or_default()
-                .lines()
-                .any(|l| l.starts_with("NSpid:") && l.ends_with("\t1"))
-        })
-        .expect("the sandbox's PID 1 on the host");
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &agent.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let gone = (0..1000).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        !Path::new(&format!("/proc/{agent}")).exists()
-    });
-    assert!(
-        gone,
-        "the sandbox's PID 1 ({agent}) outlived SIGKILL for 10 s"
-    );
-
+    kill_pid1(&marker);
     let err = sb.commands().run("cat /kept.txt").await.unwrap_err();
     assert!(
         err.to_string().contains("still in use by its previous run"),
@@ -554,6 +566,82 @@ pub async fn a_restart_never_mounts_a_disk_twice() {
     drop(reader);
     let r = sb.commands().run("cat /kept.txt").await.unwrap();
     assert_eq!(r.stdout, "kept\n", "{r:?}");
+    sb.kill().await.unwrap();
+}
+
+/// Point 8: data-plane calls that start a sandbox again (its PID 1 died) and whose clients
+/// hang up at every moment of that start leave the sandbox whole: a start once begun runs to
+/// its end (the sandbox's PID 1 is back with nobody waiting), and the next call uses that
+/// runtime, on the sandbox's own files.
+#[dual]
+pub async fn hang_ups_during_a_restart_leave_the_sandbox_whole() {
+    local_only!("the local backend's sandbox runtimes");
+    let server = common::server();
+    let sb = make(&server, "restart-hangup").await;
+    let marker = format!("/.restart-hangup-{}", sb.id());
+    let r = sb
+        .commands()
+        .run(&format!("echo kept > {marker} && echo ok"))
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, "ok\n", "{r:?}");
+    let data = common::authority(server.sandbox_url());
+    for round in 0..4u64 {
+        // a token of its own each round: the SDK's calls activate again (which rotates it)
+        let (status, resp) = common::raw_http(
+            &common::authority(server.base_url()),
+            &format!(
+                "POST /sandboxes/{}/activate HTTP/1.1\r\nhost: x\r\nx-api-key: {}",
+                sb.id(),
+                server.api_key()
+            ),
+            b"",
+            std::time::Duration::from_secs(60),
+        );
+        assert_eq!(status, 200, "{resp}");
+        let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        let token = v["access_token"].as_str().unwrap().to_owned();
+        let exec = r#"{"command":"true"}"#;
+        let request = format!(
+            "POST /exec HTTP/1.1\r\nhost: x\r\nx-superserve-sandbox-id: {}\r\n\
+             x-access-token: {token}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n{exec}",
+            sb.id(),
+            exec.len()
+        );
+        kill_pid1(&marker);
+        // each start is cut by its client 2 to 25 ms in, one after another
+        for i in 0..6u64 {
+            common::send_and_hang_up(
+                &data,
+                &request,
+                std::time::Duration::from_millis(2 + round * 6 + i),
+            );
+        }
+        // a start that was begun runs to its end with nobody waiting for it: the sandbox's
+        // PID 1 is back before any other call
+        let mut pid1s = Vec::new();
+        for _ in 0..1000 {
+            pid1s = pid1s_with_root_file(&marker);
+            if !pid1s.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(
+            pid1s.len(),
+            1,
+            "round {round}: the start cut by its clients did not finish: PID 1s {pid1s:?}"
+        );
+        let r = sb.commands().run(&format!("cat {marker}")).await.unwrap();
+        assert_eq!(r.stdout, "kept\n", "round {round}: {r:?}");
+        assert_eq!(
+            pid1s_with_root_file(&marker),
+            pid1s,
+            "round {round}: the call after the cuts started the sandbox again"
+        );
+    }
     sb.kill().await.unwrap();
 }
 

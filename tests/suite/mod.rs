@@ -243,6 +243,7 @@ suite_tests!(
     fork_bomb_hits_the_sandbox_pids_limit,
     memory_limit_counts_swap,
     a_restart_never_mounts_a_disk_twice,
+    hang_ups_during_a_restart_leave_the_sandbox_whole,
     disk_quota_is_enforced,
     kill_9_in_the_middle_of_creates_then_restart,
     // preview ports through the local preview proxy (raw HTTP, curl, WebSocket, Chromium)

@@ -198,15 +198,6 @@ fn sandboxes_with_cgroups(server: &LocalServer) -> std::collections::BTreeSet<St
         .collect()
 }
 
-/// Sends `request` (head and body) to `addr` and closes the connection `after` later,
-/// without reading the answer.
-fn send_and_hang_up(addr: &str, request: &str, after: Duration) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    std::thread::sleep(after);
-    drop(s);
-}
-
 /// Clients that send a create, or a delete, and hang up before the answer, at every moment
 /// of it: each sandbox is made whole or not at all, and deleted whole. None is left half made
 /// ("starting" for ever, or holding a cgroup that no sandbox owns), every one that was made
@@ -225,7 +216,7 @@ pub async fn clients_that_hang_up_leave_nothing_half_made() {
             server.api_key(),
             body.len()
         );
-        send_and_hang_up(&control, &request, Duration::from_millis(i));
+        common::send_and_hang_up(&control, &request, Duration::from_millis(i));
     }
     // every create has ended (made whole, or undone) once no sandbox is "starting"
     let mut listed = Vec::new();
@@ -266,7 +257,7 @@ pub async fn clients_that_hang_up_leave_nothing_half_made() {
             info.id,
             server.api_key()
         );
-        send_and_hang_up(&control, &request, Duration::from_millis(i as u64 % 8));
+        common::send_and_hang_up(&control, &request, Duration::from_millis(i as u64 % 8));
     }
     // a delete runs to its end or (its request never read) not at all: what is listed
     // is active and owns its cgroup, and nothing else owns one

@@ -11,8 +11,13 @@ use super::{App, Entry, SpawnFailure, Unavailable};
 impl App {
     /// A running runtime for a data-plane call, starting the init if an active sandbox has
     /// none (e.g. it died).
+    ///
+    /// The start runs in a task of its own: a data-plane client that hangs up drops its
+    /// request's future, and a start cut at one of its awaits would leave an agent half set
+    /// up, holding the sandbox's disk and cgroup so that the next start is refused. The
+    /// caller that gave up loses only the answer.
     pub(crate) async fn ensure_running(
-        &self,
+        self: &Arc<Self>,
         entry: &Arc<Entry>,
     ) -> Result<Arc<Runtime>, Unavailable> {
         {
@@ -27,6 +32,21 @@ impl App {
                 return Ok(rt.clone());
             }
         }
+        let (app, entry) = (self.clone(), entry.clone());
+        match tokio::spawn(async move { app.start_if_needed(&entry).await }).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::error!("a sandbox's start stopped before its end");
+                Err(Unavailable::Failed(
+                    "the sandbox's start stopped before its end".into(),
+                ))
+            }
+        }
+    }
+
+    /// The slow path of [`ensure_running`](Self::ensure_running), under the sandbox's
+    /// operation lock: a fresh runtime unless another call has just started one.
+    async fn start_if_needed(&self, entry: &Arc<Entry>) -> Result<Arc<Runtime>, Unavailable> {
         let _ops = entry.ops.lock().await;
         if entry.is_deleted() {
             return Err(Unavailable::Gone);
@@ -52,7 +72,7 @@ impl App {
     /// Spawns a command in an active sandbox. The runtime lock is held (for reading) while
     /// spawning, so a concurrent pause waits for the spawn instead of freezing it midway.
     pub(crate) async fn spawn(
-        &self,
+        self: &Arc<Self>,
         entry: &Arc<Entry>,
         spec: CommandSpec,
     ) -> Result<Process, SpawnFailure> {
