@@ -13,9 +13,9 @@ impl App {
     /// none (e.g. it died).
     ///
     /// The start runs in a task of its own: a data-plane client that hangs up drops its
-    /// request's future, and a start cut at one of its awaits would leave an agent half set
-    /// up, holding the sandbox's disk and cgroup so that the next start is refused. The
-    /// caller that gave up loses only the answer.
+    /// request's future, and a start cut at one of its awaits would abandon an agent half set
+    /// up, with the sandbox's disk mounted, beside the one the next call starts. The caller
+    /// that gave up loses only the answer.
     pub(crate) async fn ensure_running(
         self: &Arc<Self>,
         entry: &Arc<Entry>,
