@@ -277,7 +277,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "  through the preview proxy {pm:8.1} MiB/s   ({:.2}x direct; goal >= 0.8x)",
         pm / dm
     );
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // the machine's CPUs, as /proc/stat counts them (the busy time is the whole machine's,
+    // whatever this program's affinity)
+    let cpus = std::fs::read_to_string("/proc/stat")?
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count()
+        .max(1);
     let gib = (BIG_RUNS as u64 * BIG) as f64 / (1u64 << 30) as f64;
     println!("CPU time per GiB downloaded, all {BIG_RUNS} runs ({cpus} CPUs):");
     println!("                            machine    client   backend  app+kernel   CPUs busy");
