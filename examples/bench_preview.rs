@@ -8,9 +8,9 @@
 //!
 //! For the downloads it also prints the CPU time each path costs per GiB: the whole
 //! machine's busy time (`/proc/stat`), the client (this program's main thread) and the
-//! backend (its other threads, the proxy among them; `schedstat`). When a path keeps every
-//! CPU busy, its throughput is its CPU count over its CPU time per byte, so the ratio of the
-//! two costs bounds the proxy's throughput ratio on this machine.
+//! backend (its other threads, the proxy among them; `schedstat`). A path can carry at most
+//! the machine's CPU count over its CPU time per byte, so the proxied path's cost bounds the
+//! proxy's throughput on this machine, and its ratio to the direct median.
 //!
 //! ```text
 //! cargo run --release --example bench_preview --features blocking,local
@@ -301,11 +301,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             c.machine / (wall * cpus as f64) * 100.0
         );
     }
+    // every CPU busy at the proxied path's cost per byte: the most it could carry here
+    let cap = cpus as f64 / (pcpu.machine / gib) * 1024.0;
     println!(
-        "  the proxied path costs {:.2}x the CPU per byte: with every CPU busy, the proxy \
-         reaches at most {:.2}x direct here",
+        "  the proxied path costs {:.2}x the CPU per byte; with all {cpus} CPUs busy at that \
+         cost it carries at most {cap:.0} MiB/s: {:.2}x the direct median",
         pcpu.machine / dcpu.machine,
-        dcpu.machine / pcpu.machine
+        cap / dm
     );
     sb.kill()?;
     Ok(())
