@@ -408,6 +408,27 @@ pub fn authority(url: &str) -> String {
         .to_owned()
 }
 
+/// A fresh access token for sandbox `id` (control plane, raw HTTP).
+pub fn access_token(base_url: &str, api_key: &str, id: &str) -> String {
+    let (status, resp) = raw_http(
+        &authority(base_url),
+        &format!("POST /sandboxes/{id}/activate HTTP/1.1\r\nhost: x\r\nx-api-key: {api_key}"),
+        b"",
+        Duration::from_secs(60),
+    );
+    assert_eq!(status, 200, "{resp}");
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v["access_token"].as_str().unwrap().to_owned()
+}
+
+/// A data-plane request for sandbox `id` with `token` (raw HTTP).
+pub fn data_request(method_path: &str, id: &str, token: &str) -> String {
+    format!(
+        "{method_path} HTTP/1.1\r\nhost: x\r\nx-superserve-sandbox-id: {id}\r\nx-access-token: {token}\r\ncontent-type: application/json"
+    )
+}
+
 /// Sends `request` (head and body) to `addr` and closes the connection `after` later,
 /// without reading the answer.
 pub fn send_and_hang_up(addr: &str, request: &str, after: Duration) {

@@ -550,20 +550,7 @@ pub async fn desktop_bad_raw_requests_get_connect_errors() {
     let desktop = sb.desktop();
     // a call through the SDK first, so the sandbox's token is current for the raw ones
     desktop.move_mouse(1, 1).await.unwrap();
-    let (status, resp) = raw_http(
-        &authority(server.base_url()),
-        &format!(
-            "POST /sandboxes/{}/activate HTTP/1.1\r\nhost: x\r\nx-api-key: {}",
-            sb.id(),
-            server.api_key()
-        ),
-        b"",
-        Duration::from_secs(60),
-    );
-    assert_eq!(status, 200, "{resp}");
-    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    let v: serde_json::Value = serde_json::from_str(body).unwrap();
-    let token = v["access_token"].as_str().unwrap().to_owned();
+    let token = common::access_token(server.base_url(), server.api_key(), sb.id());
     let call = |method: &str, body: &str| -> (u16, serde_json::Value) {
         let (status, resp) = raw_http(
             &authority(server.sandbox_url()),

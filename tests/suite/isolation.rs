@@ -588,26 +588,11 @@ pub async fn hang_ups_during_a_restart_leave_the_sandbox_whole() {
     let data = common::authority(server.sandbox_url());
     for round in 0..4u64 {
         // a token of its own each round: the SDK's calls activate again (which rotates it)
-        let (status, resp) = common::raw_http(
-            &common::authority(server.base_url()),
-            &format!(
-                "POST /sandboxes/{}/activate HTTP/1.1\r\nhost: x\r\nx-api-key: {}",
-                sb.id(),
-                server.api_key()
-            ),
-            b"",
-            std::time::Duration::from_secs(60),
-        );
-        assert_eq!(status, 200, "{resp}");
-        let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        let v: serde_json::Value = serde_json::from_str(body).unwrap();
-        let token = v["access_token"].as_str().unwrap().to_owned();
+        let token = common::access_token(server.base_url(), server.api_key(), sb.id());
         let exec = r#"{"command":"true"}"#;
         let request = format!(
-            "POST /exec HTTP/1.1\r\nhost: x\r\nx-superserve-sandbox-id: {}\r\n\
-             x-access-token: {token}\r\ncontent-type: application/json\r\n\
-             content-length: {}\r\n\r\n{exec}",
-            sb.id(),
+            "{}\r\ncontent-length: {}\r\n\r\n{exec}",
+            common::data_request("POST /exec", sb.id(), &token),
             exec.len()
         );
         kill_pid1(&marker);

@@ -15,27 +15,6 @@ use crate::flavor::Sandbox;
 /// Long enough for any answer on a loaded machine; a hang runs into it.
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A fresh access token for sandbox `id` (control plane, raw HTTP).
-fn access_token(base_url: &str, api_key: &str, id: &str) -> String {
-    let (status, resp) = raw_http(
-        &authority(base_url),
-        &format!("POST /sandboxes/{id}/activate HTTP/1.1\r\nhost: x\r\nx-api-key: {api_key}"),
-        b"",
-        WAIT,
-    );
-    assert_eq!(status, 200, "{resp}");
-    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    v["access_token"].as_str().unwrap().to_owned()
-}
-
-/// A data-plane request for sandbox `id` with `token` (raw HTTP).
-fn data_request(method_path: &str, id: &str, token: &str) -> String {
-    format!(
-        "{method_path} HTTP/1.1\r\nhost: x\r\nx-superserve-sandbox-id: {id}\r\nx-access-token: {token}\r\ncontent-type: application/json"
-    )
-}
-
 /// Opens up to `n` connections to `addr`: every fourth one starts a request head and never
 /// finishes it (slowloris), the others send nothing. Stops early when the listener stops
 /// accepting (its backlog is full).
@@ -129,7 +108,7 @@ pub async fn a_full_listener_sheds_with_a_fast_503() {
     let sb = Sandbox::create_with_config(&common::config(&server), CreateOptions::new("busy"))
         .await
         .unwrap();
-    let token = access_token(server.base_url(), server.api_key(), sb.id());
+    let token = common::access_token(server.base_url(), server.api_key(), sb.id());
     let data = authority(server.sandbox_url());
     // three streamed commands keep the data plane's three slots busy
     let mut streams = Vec::new();
@@ -138,7 +117,7 @@ pub async fn a_full_listener_sheds_with_a_fast_503() {
         let body = br#"{"command":"sleep 120"}"#;
         let head = format!(
             "{}\r\ncontent-length: {}\r\n\r\n",
-            data_request("POST /exec/stream", sb.id(), &token),
+            common::data_request("POST /exec/stream", sb.id(), &token),
             body.len()
         );
         s.write_all(head.as_bytes()).unwrap();
@@ -151,7 +130,7 @@ pub async fn a_full_listener_sheds_with_a_fast_503() {
     }
     let (status, resp) = raw_http(
         &data,
-        &data_request("POST /exec", sb.id(), &token),
+        &common::data_request("POST /exec", sb.id(), &token),
         br#"{"command":"echo shed"}"#,
         WAIT,
     );
@@ -169,7 +148,7 @@ pub async fn a_full_listener_sheds_with_a_fast_503() {
     for _ in 0..200 {
         let (status, _) = raw_http(
             &data,
-            &data_request("POST /exec", sb.id(), &token),
+            &common::data_request("POST /exec", sb.id(), &token),
             br#"{"command":"echo back"}"#,
             WAIT,
         );
@@ -351,7 +330,7 @@ pub async fn out_of_range_numbers_are_rejected() {
     let sb = Sandbox::create_with_config(&common::config(&server), CreateOptions::new("numbers"))
         .await
         .unwrap();
-    let token = access_token(server.base_url(), server.api_key(), sb.id());
+    let token = common::access_token(server.base_url(), server.api_key(), sb.id());
     let data = authority(server.sandbox_url());
     let control = authority(server.base_url());
     for timeout in [
@@ -365,7 +344,7 @@ pub async fn out_of_range_numbers_are_rejected() {
         for path in ["POST /exec", "POST /exec/stream"] {
             let (status, resp) = raw_http(
                 &data,
-                &data_request(path, sb.id(), &token),
+                &common::data_request(path, sb.id(), &token),
                 body.as_bytes(),
                 WAIT,
             );
